@@ -1,0 +1,148 @@
+//! The contract every backend implements.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::inbox::Inbox;
+
+/// What a backend promises about delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A message may be lost (broker restart, slow consumer, no subscriber).
+    AtMostOnce,
+    /// A message accepted by the broker is delivered at least once, also
+    /// across restarts of the subscriber.
+    AtLeastOnce,
+}
+
+/// What a backend supports. The conformance suite runs the cases a backend
+/// claims; the README shows the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Subscribers with a `group_id` share messages, each going to one member.
+    pub groups: bool,
+    /// Messages published while a subscriber is away are kept for it.
+    pub persistence: bool,
+    /// Order is kept from one publisher to one subscriber.
+    pub ordering: bool,
+    /// Subscriptions may use wildcards; the syntax, e.g. `"* >"` for NATS.
+    pub wildcards: Option<&'static str>,
+    /// Largest payload, in bytes, if the backend knows it.
+    pub max_payload: Option<usize>,
+    /// Delivery guarantee.
+    pub delivery: Delivery,
+}
+
+/// Live counters of one handle; read them with [`Counters::snapshot`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl Counters {
+    /// Count `n` messages accepted for publishing.
+    pub fn add_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count `n` messages received from the broker.
+    pub fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count `n` messages dropped because a buffer was full.
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count one reconnect to the broker.
+    pub fn add_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A copy of the current values.
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            published: self.published.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages accepted by `publish`.
+    pub published: u64,
+    /// Messages received from the broker (before any drop by overflow).
+    pub received: u64,
+    /// Messages dropped because a receive buffer was full (ours or the client library's).
+    pub dropped: u64,
+    /// Times the connection to the broker was re-established.
+    pub reconnects: u64,
+}
+
+/// What a backend is given when it connects.
+#[derive(Clone, Debug)]
+pub struct BackendContext {
+    /// Where to put received messages; it applies the overflow policy and counts.
+    pub inbox: Inbox,
+    /// The handle's counters (also reachable through the inbox).
+    pub counters: Arc<Counters>,
+}
+
+/// The async, object-safe contract of a backend, named as in the Python
+/// original. Backends are created by a [`crate::BackendFactory`] and used
+/// through [`crate::PubSub`] or [`crate::blocking::PubSub`], which check
+/// topics, track subscriptions and the closed state, and count publishes;
+/// a backend only talks to its broker.
+///
+/// Received messages go into the [`BackendContext::inbox`]; the message
+/// stream the user reads is that inbox.
+#[async_trait]
+pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
+    /// The backend's registered name (`"nats"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// What this backend supports, as connected (the max payload may come from the server).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Extra checks of a topic name for publishing (wildcards, backend rules).
+    /// The core rules of [`crate::validate_topic_name`] have been checked already.
+    fn check_publish_topic(&self, topic: &str) -> Result<()> {
+        let _ = topic;
+        Ok(())
+    }
+
+    /// Extra checks of a topic name (or pattern) for subscribing.
+    fn check_subscribe_topic(&self, topic: &str) -> Result<()> {
+        let _ = topic;
+        Ok(())
+    }
+
+    /// Start delivering messages of `topic` into the inbox. With `group`, the
+    /// subscription joins that group: each message goes to one member.
+    /// Never called twice for the same topic without `unsubscribe` between.
+    async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()>;
+
+    /// Stop delivering messages of `topic`. When this returns, the broker
+    /// will send no more messages of it.
+    async fn unsubscribe(&self, topic: &str) -> Result<()>;
+
+    /// Hand `payload` to the client for `topic`. Must not wait for a network
+    /// round trip. The payload size has been checked against
+    /// [`Capabilities::max_payload`] already.
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()>;
+
+    /// Wait until everything accepted by `publish` has been written to the broker.
+    async fn flush(&self) -> Result<()>;
+
+    /// Flush, stop all subscriptions, and disconnect. Called once.
+    async fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,397 @@
+//! The async API: [`PubSub`], used on the application's tokio runtime.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crate::backend::{BackendContext, Capabilities, Counters, PubSubBackend, Stats};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::factory::{self, BackendFactory};
+use crate::inbox::{Inbox, Recv};
+use crate::topic::{validate_topic_name, Message, Topic};
+
+/// Anything that names a topic: a [`Topic`], `&str` or `String`.
+pub trait TopicName {
+    /// The topic name.
+    fn topic_name(&self) -> &str;
+}
+
+impl TopicName for Topic {
+    fn topic_name(&self) -> &str {
+        self.name()
+    }
+}
+
+impl TopicName for str {
+    fn topic_name(&self) -> &str {
+        self
+    }
+}
+
+impl TopicName for String {
+    fn topic_name(&self) -> &str {
+        self
+    }
+}
+
+impl<T: TopicName + ?Sized> TopicName for &T {
+    fn topic_name(&self) -> &str {
+        (**self).topic_name()
+    }
+}
+
+/// A stream of received messages; it ends when the handle is closed or no
+/// subscription is left.
+pub type MessageStream = BoxStream<'static, Message>;
+
+struct Inner {
+    backend: Box<dyn PubSubBackend>,
+    inbox: Inbox,
+    counters: Arc<Counters>,
+    capabilities: Capabilities,
+    group_id: Option<String>,
+    close_timeout: Duration,
+    subscriptions: Mutex<BTreeSet<String>>,
+    closed: AtomicBool,
+    /// Serialises subscribe / unsubscribe / close.
+    control: tokio::sync::Mutex<()>,
+}
+
+/// A connection to the configured broker, used with `async`/`.await`.
+/// Cheap to clone; clones share the connection, the subscriptions and the
+/// receive buffer.
+///
+/// ```
+/// # async fn demo() -> pubsub_core::Result<()> {
+/// use pubsub_core::{Config, PubSub};
+/// let ps = PubSub::connect(&Config::default()).await?; // `memory` backend
+/// ps.subscribe("greetings").await?;
+/// ps.publish("greetings", "hello").await?;
+/// let msg = ps.recv().await?;
+/// assert_eq!(&msg.payload[..], b"hello");
+/// ps.close().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct PubSub {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSub")
+            .field("backend", &self.inner.backend)
+            .field("group_id", &self.inner.group_id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl PubSub {
+    /// Connect to the backend named by `config.backend`, looked up in the
+    /// registry ([`crate::register`]). Fails within `config.connect_timeout`.
+    pub async fn connect(config: &Config) -> Result<PubSub> {
+        config.validate()?;
+        let factory = factory::lookup(&config.backend)?;
+        PubSub::connect_with(&factory, config).await
+    }
+
+    /// Connect with the given backend, whatever `config.backend` says.
+    pub async fn connect_with(factory: &BackendFactory, config: &Config) -> Result<PubSub> {
+        config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let inbox = Inbox::new(&config.buffer, counters.clone());
+        let ctx = BackendContext {
+            inbox: inbox.clone(),
+            counters: counters.clone(),
+        };
+        let timeout = config.connect_timeout;
+        let backend =
+            match tokio::time::timeout(timeout, (factory.connect)(config.clone(), ctx)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "connecting to the {} backend took longer than connect_timeout ({})",
+                            factory.name,
+                            humantime_serde::re::humantime::format_duration(timeout)
+                        ),
+                    ))
+                }
+            };
+        let capabilities = backend.capabilities();
+        if config.group_id.is_some() && !capabilities.groups {
+            let _ = backend.close().await;
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "group_id: the {} backend, as configured, has no groups; remove group_id or choose a mode with groups",
+                    factory.name
+                ),
+            ));
+        }
+        Ok(PubSub {
+            inner: Arc::new(Inner {
+                backend,
+                inbox,
+                counters,
+                capabilities,
+                group_id: config.group_id.clone(),
+                close_timeout: config.close_timeout,
+                subscriptions: Mutex::new(BTreeSet::new()),
+                closed: AtomicBool::new(false),
+                control: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::closed())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribe to `topic`, in the configured `group_id` if there is one.
+    /// Subscribing again to a topic already subscribed does nothing.
+    pub async fn subscribe(&self, topic: impl TopicName) -> Result<()> {
+        let group = self.inner.group_id.clone();
+        self.subscribe_in(topic, group.as_deref()).await
+    }
+
+    /// Subscribe to `topic` as a member of `group` (`None`: a plain
+    /// subscription that receives every message), whatever `group_id` says.
+    pub async fn subscribe_in(&self, topic: impl TopicName, group: Option<&str>) -> Result<()> {
+        let name = topic.topic_name();
+        self.check_open()?;
+        validate_topic_name(name)?;
+        self.inner.backend.check_subscribe_topic(name)?;
+        if let Some(g) = group {
+            if !self.inner.capabilities.groups {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "group {g:?}: the {} backend, as configured, has no groups",
+                        self.inner.backend.name()
+                    ),
+                ));
+            }
+            if g.is_empty() || g.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::config(
+                    "group_id",
+                    format!("{g:?} must be non-empty, without whitespace or control characters"),
+                ));
+            }
+        }
+        let _guard = self.inner.control.lock().await;
+        self.check_open()?;
+        if self.subs().contains(name) {
+            return Ok(());
+        }
+        self.inner.backend.subscribe(name, group).await?;
+        self.subs().insert(name.to_string());
+        self.inner.inbox.set_subscribed(true);
+        Ok(())
+    }
+
+    /// Stop receiving `topic`. Messages of it already buffered stay in the buffer.
+    pub async fn unsubscribe(&self, topic: impl TopicName) -> Result<()> {
+        let name = topic.topic_name();
+        self.check_open()?;
+        let _guard = self.inner.control.lock().await;
+        self.check_open()?;
+        if !self.subs().contains(name) {
+            return Err(Error::new(
+                ErrorKind::NotSubscribed,
+                format!("topic {name:?} is not subscribed"),
+            ));
+        }
+        self.inner.backend.unsubscribe(name).await?;
+        let mut subs = self.subs();
+        subs.remove(name);
+        self.inner.inbox.set_subscribed(!subs.is_empty());
+        Ok(())
+    }
+
+    /// The topics subscribed now.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subs().iter().cloned().collect()
+    }
+
+    /// Publish `payload` to `topic`. Returns once the client has accepted the
+    /// message, without waiting for the broker; [`PubSub::flush`] waits.
+    pub async fn publish(&self, topic: impl TopicName, payload: impl Into<Bytes>) -> Result<()> {
+        let name = topic.topic_name();
+        let payload = payload.into();
+        self.check_publish(name, &payload)?;
+        self.inner.backend.publish(name, payload).await?;
+        self.inner.counters.add_published(1);
+        Ok(())
+    }
+
+    pub(crate) fn check_publish(&self, name: &str, payload: &Bytes) -> Result<()> {
+        self.check_open()?;
+        validate_topic_name(name)?;
+        self.inner.backend.check_publish_topic(name)?;
+        if let Some(max) = self.inner.capabilities.max_payload {
+            if payload.len() > max {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "payload of {} bytes for topic {name:?} is over the {} backend's limit of {max} bytes",
+                        payload.len(),
+                        self.inner.backend.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until every accepted message has been written to the broker
+    /// (at most `close_timeout`).
+    pub async fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        self.with_close_timeout("flush", self.inner.backend.flush())
+            .await
+    }
+
+    async fn with_close_timeout(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        match tokio::time::timeout(self.inner.close_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{what} did not finish within close_timeout ({})",
+                    humantime_serde::re::humantime::format_duration(self.inner.close_timeout)
+                ),
+            )),
+        }
+    }
+
+    /// Send what was accepted, end the subscriptions and disconnect, within
+    /// `close_timeout`. Afterwards every call fails with [`ErrorKind::Closed`];
+    /// closing twice is such a call.
+    pub async fn close(&self) -> Result<()> {
+        let _guard = self.inner.control.lock().await;
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(Error::closed());
+        }
+        let result = self
+            .with_close_timeout("close", self.inner.backend.close())
+            .await;
+        self.inner.inbox.close();
+        self.subs().clear();
+        result
+    }
+
+    /// Whether [`PubSub::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The next message from any subscribed topic, waiting for one.
+    /// Fails with [`ErrorKind::NotSubscribed`] when nothing is buffered and
+    /// no subscription is active, and with [`ErrorKind::Closed`] after close.
+    pub async fn recv(&self) -> Result<Message> {
+        self.check_open()?;
+        recv_result(self.inner.inbox.recv().await)?.ok_or_else(Error::closed)
+    }
+
+    /// Like [`PubSub::recv`], but `Ok(None)` when nothing arrives within `timeout`.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>> {
+        self.check_open()?;
+        match tokio::time::timeout(timeout, self.inner.inbox.recv()).await {
+            Ok(r) => recv_result(r),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Received messages as a [`futures::Stream`]. It ends when the handle is
+    /// closed or the last subscription is removed.
+    pub fn messages(&self) -> Result<MessageStream> {
+        self.check_open()?;
+        self.check_subscribed()?;
+        let inbox = self.inner.inbox.clone();
+        Ok(futures::stream::unfold(inbox, |inbox| async move {
+            match inbox.recv().await {
+                Recv::Message(m) => Some((m, inbox)),
+                _ => None,
+            }
+        })
+        .boxed())
+    }
+
+    pub(crate) fn check_subscribed(&self) -> Result<()> {
+        if self.subs().is_empty() && self.inner.inbox.is_empty() {
+            return Err(not_subscribed());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_last_handle(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
+    pub(crate) fn inbox(&self) -> &Inbox {
+        &self.inner.inbox
+    }
+
+    /// Counters: published, received, dropped by overflow, reconnects.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// What the backend supports, as connected.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The configured group, if any.
+    pub fn group_id(&self) -> Option<&str> {
+        self.inner.group_id.as_deref()
+    }
+}
+
+fn not_subscribed() -> Error {
+    Error::new(
+        ErrorKind::NotSubscribed,
+        "no subscription is active: call subscribe(topic) before listening",
+    )
+}
+
+/// `Ok(Some)` for a message, `Ok(None)` for a timeout, errors otherwise.
+pub(crate) fn recv_result(r: Recv) -> Result<Option<Message>> {
+    match r {
+        Recv::Message(m) => Ok(Some(m)),
+        Recv::Timeout => Ok(None),
+        Recv::NotSubscribed => Err(not_subscribed()),
+        Recv::Closed => Err(Error::closed()),
+    }
+}

@@ -1,0 +1,388 @@
+//! The `[nats]` section: everything the Python `NATSPubSub` config dict and
+//! `get_nats_config` know, with the same key names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::env::{Env, EnvSource};
+use super::{redact_url, Secret};
+use crate::error::{Error, Result};
+
+/// Settings of the NATS backend. Key names follow the Python original's
+/// config dict (`servers`, `user`, `password`, `token`, `nkeys_seed`,
+/// `user_jwt`, `user_credentials`, `tls`, `tls_ca_cert`, `tls_cert`,
+/// `tls_key`, `tls_verify`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`, `tls://host:port`); the client fails
+    /// over between them. Default `["nats://localhost:4222"]`.
+    pub servers: Vec<String>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<Secret>,
+    /// Authentication token.
+    pub token: Option<Secret>,
+    /// NKey seed (`SU...`). Alone: NKey authentication. With `user_jwt`: signs the JWT challenge.
+    pub nkeys_seed: Option<Secret>,
+    /// User JWT, signed with `nkeys_seed`.
+    pub user_jwt: Option<Secret>,
+    /// Path of a `.creds` file (JWT and NKey seed together).
+    pub user_credentials: Option<PathBuf>,
+    /// Require TLS. Also implied by a `tls://` server URL.
+    pub tls: bool,
+    /// CA certificate (PEM) to verify the server with, instead of the system roots.
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub tls_key: Option<PathBuf>,
+    /// Verify the server certificate (default true). Turning it off is for tests only.
+    pub tls_verify: bool,
+    /// Client name shown by the server (`connz`).
+    pub name: Option<String>,
+    /// Messages the client library buffers per subscription before it drops
+    /// (slow consumer); our own receive buffer sits behind it.
+    pub subscription_capacity: usize,
+    /// Reconnect attempts after a connection loss; `None` retries forever.
+    pub max_reconnects: Option<usize>,
+    /// Longest pause between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_delay_max: Duration,
+    /// Interval of client PINGs that detect a dead connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://localhost:4222".to_string()],
+            user: None,
+            password: None,
+            token: None,
+            nkeys_seed: None,
+            user_jwt: None,
+            user_credentials: None,
+            tls: false,
+            tls_ca_cert: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_verify: true,
+            name: None,
+            subscription_capacity: 65_536,
+            max_reconnects: None,
+            reconnect_delay_max: Duration::from_secs(4),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The environment variables of the NATS section, with the config key each sets.
+pub const NATS_ENV: &[(&str, &str)] = &[
+    ("MSIGHT_NATS_SERVERS", "nats.servers"),
+    ("MSIGHT_NATS_USERNAME", "nats.user"),
+    ("MSIGHT_NATS_PASSWORD", "nats.password"),
+    ("MSIGHT_NATS_TOKEN", "nats.token"),
+    ("MSIGHT_NATS_NKEY_SEED", "nats.nkeys_seed"),
+    ("MSIGHT_NATS_USER_JWT", "nats.user_jwt"),
+    ("MSIGHT_NATS_USER_CREDENTIALS", "nats.user_credentials"),
+    ("MSIGHT_NATS_USE_TLS", "nats.tls"),
+    ("MSIGHT_NATS_TLS_CA_CERT_FILE", "nats.tls_ca_cert"),
+    ("MSIGHT_NATS_TLS_CERT_FILE", "nats.tls_cert"),
+    ("MSIGHT_NATS_TLS_KEY_FILE", "nats.tls_key"),
+    ("MSIGHT_NATS_TLS_VERIFY", "nats.tls_verify"),
+];
+
+impl NatsConfig {
+    /// Override fields from the `MSIGHT_NATS_*` variables (see [`NATS_ENV`]).
+    pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+        let env = Env(source);
+        env.list(
+            "MSIGHT_NATS_SERVERS",
+            &["nats://host:4222", "nats://other:4222"],
+            &mut self.servers,
+        )?;
+        env.string("MSIGHT_NATS_USERNAME", &mut self.user);
+        env.secret("MSIGHT_NATS_PASSWORD", &mut self.password);
+        env.secret("MSIGHT_NATS_TOKEN", &mut self.token);
+        env.secret("MSIGHT_NATS_NKEY_SEED", &mut self.nkeys_seed);
+        env.secret("MSIGHT_NATS_USER_JWT", &mut self.user_jwt);
+        env.path("MSIGHT_NATS_USER_CREDENTIALS", &mut self.user_credentials);
+        env.bool("MSIGHT_NATS_USE_TLS", &mut self.tls)?;
+        env.path("MSIGHT_NATS_TLS_CA_CERT_FILE", &mut self.tls_ca_cert);
+        env.path("MSIGHT_NATS_TLS_CERT_FILE", &mut self.tls_cert);
+        env.path("MSIGHT_NATS_TLS_KEY_FILE", &mut self.tls_key);
+        env.bool("MSIGHT_NATS_TLS_VERIFY", &mut self.tls_verify)?;
+        Ok(())
+    }
+
+    /// Checks that need no network: at least one server, each a URL with a
+    /// NATS scheme, credentials that go together, and settings in range.
+    pub fn validate(&self) -> Result<()> {
+        if self.servers.is_empty() {
+            return Err(Error::config(
+                "nats.servers",
+                "at least one server URL is required",
+            ));
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            validate_server_url(
+                &format!("nats.servers[{i}]"),
+                s,
+                &["nats", "tls", "ws", "wss"],
+            )?;
+        }
+        if self.password.is_some() && self.user.is_none() {
+            return Err(Error::config(
+                "nats.password",
+                "a password needs a user (nats.user / MSIGHT_NATS_USERNAME)",
+            ));
+        }
+        if self.user_jwt.is_some() && self.nkeys_seed.is_none() {
+            return Err(Error::config(
+                "nats.user_jwt",
+                "a user JWT needs the NKey seed that signs it (nats.nkeys_seed / MSIGHT_NATS_NKEY_SEED)",
+            ));
+        }
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkeys_seed.is_some(),
+            self.user_credentials.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if methods > 1 {
+            return Err(Error::config(
+                "nats",
+                "choose one authentication method: user/password, token, nkeys_seed (optionally with user_jwt), or user_credentials",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_some() {
+                "nats.tls_key"
+            } else {
+                "nats.tls_cert"
+            };
+            return Err(Error::config(
+                missing,
+                "mutual TLS needs both a client certificate (nats.tls_cert) and its key (nats.tls_key)",
+            ));
+        }
+        if self.subscription_capacity == 0 {
+            return Err(Error::config(
+                "nats.subscription_capacity",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Check that `url` parses as `scheme://host[:port]` (or `host:port`) with a
+/// scheme from `schemes`. The error names `key` and shows the URL with any
+/// password removed.
+pub fn validate_server_url(key: &str, url: &str, schemes: &[&str]) -> Result<()> {
+    let shown = redact_url(url);
+    let expected = format!("expected a URL like \"{}://host:port\"", schemes[0]);
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if !schemes.contains(&scheme.to_ascii_lowercase().as_str()) {
+                return Err(Error::config(
+                    key,
+                    format!(
+                        "unknown URL scheme {scheme:?} in {shown:?}; use one of {}",
+                        schemes.join(", ")
+                    ),
+                ));
+            }
+            rest
+        }
+        None => url,
+    };
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return Err(Error::config(key, format!("{expected}, got {shown:?}"))),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == ',') {
+        return Err(Error::config(key, format!("{expected}, got {shown:?}")));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+            return Err(Error::config(
+                key,
+                format!("port {p:?} in {shown:?} is not a number from 1 to 65535"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_is_read() {
+        let env = [
+            (
+                "MSIGHT_NATS_SERVERS",
+                "['nats://s1:4222', 'nats://s2:4223']",
+            ),
+            ("MSIGHT_NATS_USERNAME", "alice"),
+            ("MSIGHT_NATS_PASSWORD", "pw"),
+            ("MSIGHT_NATS_TOKEN", "tok"),
+            ("MSIGHT_NATS_NKEY_SEED", "SUseed"),
+            ("MSIGHT_NATS_USER_JWT", "eyJ"),
+            ("MSIGHT_NATS_USER_CREDENTIALS", "/etc/u.creds"),
+            ("MSIGHT_NATS_USE_TLS", "Yes"),
+            ("MSIGHT_NATS_TLS_CA_CERT_FILE", "/ca.pem"),
+            ("MSIGHT_NATS_TLS_CERT_FILE", "/c.pem"),
+            ("MSIGHT_NATS_TLS_KEY_FILE", "/k.pem"),
+            ("MSIGHT_NATS_TLS_VERIFY", "false"),
+        ];
+        let mut c = NatsConfig::default();
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.servers, ["nats://s1:4222", "nats://s2:4223"]);
+        assert_eq!(c.user.as_deref(), Some("alice"));
+        assert_eq!(c.password.as_ref().unwrap().expose(), "pw");
+        assert_eq!(c.token.as_ref().unwrap().expose(), "tok");
+        assert_eq!(c.nkeys_seed.as_ref().unwrap().expose(), "SUseed");
+        assert_eq!(c.user_jwt.as_ref().unwrap().expose(), "eyJ");
+        assert_eq!(c.user_credentials, Some(PathBuf::from("/etc/u.creds")));
+        assert!(c.tls);
+        assert_eq!(c.tls_ca_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/k.pem")));
+        assert!(!c.tls_verify);
+        assert_eq!(NATS_ENV.len(), 12);
+    }
+
+    #[test]
+    fn defaults_match_the_python_original() {
+        let mut c = NatsConfig::default();
+        c.apply_env(&[("UNRELATED", "x")]).unwrap();
+        assert_eq!(c.servers, ["nats://localhost:4222"]);
+        assert!(!c.tls);
+        assert!(c.tls_verify);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_variables_name_themselves() {
+        for (var, value, fragment) in [
+            (
+                "MSIGHT_NATS_SERVERS",
+                "['nats://a:1'",
+                "Python list literal",
+            ),
+            ("MSIGHT_NATS_SERVERS", "[]", "comma-separated"),
+            ("MSIGHT_NATS_USE_TLS", "sure", "expected true/false"),
+            ("MSIGHT_NATS_TLS_VERIFY", "2", "expected true/false"),
+        ] {
+            let mut c = NatsConfig::default();
+            let e = c.apply_env(&[(var, value)]).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidConfig);
+            let msg = e.to_string();
+            assert!(msg.contains(var) && msg.contains(fragment), "{msg}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases: Vec<(NatsConfig, &str)> = vec![
+            (
+                NatsConfig {
+                    servers: vec![],
+                    ..Default::default()
+                },
+                "nats.servers",
+            ),
+            (
+                NatsConfig {
+                    servers: vec!["nats://a:4222".into(), "http://b:4222".into()],
+                    ..Default::default()
+                },
+                "nats.servers[1]: unknown URL scheme \"http\"",
+            ),
+            (
+                NatsConfig {
+                    servers: vec!["nats://a:notaport".into()],
+                    ..Default::default()
+                },
+                "nats.servers[0]: port \"notaport\"",
+            ),
+            (
+                NatsConfig {
+                    servers: vec!["nats://:4222".into()],
+                    ..Default::default()
+                },
+                "nats.servers[0]: expected a URL",
+            ),
+            (
+                NatsConfig {
+                    password: Some(Secret::new("p")),
+                    ..Default::default()
+                },
+                "nats.password",
+            ),
+            (
+                NatsConfig {
+                    user_jwt: Some(Secret::new("j")),
+                    ..Default::default()
+                },
+                "nats.user_jwt",
+            ),
+            (
+                NatsConfig {
+                    tls_cert: Some("/c".into()),
+                    ..Default::default()
+                },
+                "nats.tls_key",
+            ),
+            (
+                NatsConfig {
+                    token: Some(Secret::new("t")),
+                    user: Some("u".into()),
+                    ..Default::default()
+                },
+                "choose one authentication method",
+            ),
+        ];
+        for (c, fragment) in cases {
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains(fragment), "{e}");
+        }
+    }
+
+    #[test]
+    fn url_validation_accepts_the_forms_nats_accepts() {
+        for u in [
+            "nats://127.0.0.1:4222",
+            "tls://host:4443",
+            "localhost:4222",
+            "nats://user:pw@host:4222",
+            "nats://[::1]:4222",
+            "nats://host",
+            "ws://host:8080/path",
+        ] {
+            validate_server_url("k", u, &["nats", "tls", "ws", "wss"]).unwrap();
+        }
+        let e = validate_server_url("k", "nats://user:hunter2@host:99999", &["nats"]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod blocking;
+mod client;
+pub mod config;
+mod error;
+pub mod factory;
+pub mod inbox;
+pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod tls;
+mod topic;
+
+pub use backend::{BackendContext, Capabilities, Counters, Delivery, PubSubBackend, Stats};
+pub use bytes::Bytes;
+pub use client::{MessageStream, PubSub, TopicName};
+pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use factory::{register, registered, BackendFactory};
+pub use topic::{validate_topic_name, Message, Topic, MAX_TOPIC_LEN};
+
+/// Re-exported so backend crates and users share one `async_trait`.
+pub use async_trait::async_trait;
