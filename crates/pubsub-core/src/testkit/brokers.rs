@@ -419,7 +419,9 @@ fn run_probe(stream: &mut TcpStream, probe: Probe) -> bool {
                 return false;
             }
             match read_line(stream) {
-                Some(l) => l.starts_with("+PONG") || (l.starts_with('-') && !l.starts_with("-LOADING")),
+                Some(l) => {
+                    l.starts_with("+PONG") || (l.starts_with('-') && !l.starts_with("-LOADING"))
+                }
                 None => false,
             }
         }
@@ -650,7 +652,7 @@ pub struct NatsServer {
     log_path: PathBuf,
     server_name: String,
     settings: NatsServerBuilder,
-    /// Extra config (cluster members) generated per attempt, with its HTTP port.
+    /// Monitoring port (`http:`), set for cluster members only.
     http_port: Option<u16>,
     port: u16,
     running: Option<Running>,
@@ -712,7 +714,10 @@ impl NatsServer {
                 }
             }
             write_text(&self.config_path, &self.render_config())?;
-            let args = [OsString::from("-c"), self.config_path.clone().into_os_string()];
+            let args = [
+                OsString::from("-c"),
+                self.config_path.clone().into_os_string(),
+            ];
             let spec = LaunchSpec {
                 program: &self.program,
                 args: &args,
@@ -732,7 +737,12 @@ impl NatsServer {
                 }
             }
         }
-        Err(start_failure("nats-server", self.port, &self.log_path, &last))
+        Err(start_failure(
+            "nats-server",
+            self.port,
+            &self.log_path,
+            &last,
+        ))
     }
 
     /// The client port on `127.0.0.1`.
@@ -984,7 +994,10 @@ fn http_get(port: u16, path: &str) -> Option<String> {
         .ok()?;
     let mut response = Vec::new();
     // HTTP/1.0: the server closes the connection after the body.
-    stream.take(4 * 1024 * 1024).read_to_end(&mut response).ok()?;
+    stream
+        .take(4 * 1024 * 1024)
+        .read_to_end(&mut response)
+        .ok()?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n")?;
     if !head.starts_with("HTTP/1.") || !head.lines().next()?.contains(" 200") {
@@ -1113,7 +1126,11 @@ impl RedisServerBuilder {
             }
             None => free_port(),
         };
-        let cluster_port = if self.cluster { Some(free_port()) } else { None };
+        let cluster_port = if self.cluster {
+            Some(free_port())
+        } else {
+            None
+        };
         let mut server = RedisServer {
             conf_path: dir.path().join("redis.conf"),
             log_path: dir.path().join("redis-server.log"),
@@ -1200,7 +1217,14 @@ impl RedisServer {
             a.push("--tls-ca-cert-file".into());
             a.push(tls.ca_cert.clone().into_os_string());
             a.push("--tls-auth-clients".into());
-            a.push(if s.require_client_cert { "yes" } else { "optional" }.into());
+            a.push(
+                if s.require_client_cert {
+                    "yes"
+                } else {
+                    "optional"
+                }
+                .into(),
+            );
         }
         if s.unix_socket {
             a.push("--unixsocket".into());
@@ -1257,7 +1281,12 @@ impl RedisServer {
                 }
             }
         }
-        Err(start_failure("redis-server", self.port, &self.log_path, &last))
+        Err(start_failure(
+            "redis-server",
+            self.port,
+            &self.log_path,
+            &last,
+        ))
     }
 
     /// The port (the TLS port for a TLS server) on `127.0.0.1`.
@@ -1392,7 +1421,10 @@ impl RedisCluster {
     /// If `n < 3` (redis-cli refuses fewer masters), or the cluster does not
     /// form.
     pub fn start(n: usize) -> RedisCluster {
-        assert!(n >= 3, "RedisCluster::start: Redis Cluster needs at least 3 masters, got {n}");
+        assert!(
+            n >= 3,
+            "RedisCluster::start: Redis Cluster needs at least 3 masters, got {n}"
+        );
         let servers: Vec<RedisServer> = (0..n)
             .map(|_| {
                 let builder = RedisServerBuilder {
@@ -1700,7 +1732,10 @@ impl Mosquitto {
                 }
             }
             write_text(&self.config_path, &self.render_config())?;
-            let args = [OsString::from("-c"), self.config_path.clone().into_os_string()];
+            let args = [
+                OsString::from("-c"),
+                self.config_path.clone().into_os_string(),
+            ];
             let spec = LaunchSpec {
                 program: &self.program,
                 args: &args,

@@ -132,8 +132,7 @@ fn new_leaf(
     ekus: Vec<ExtendedKeyUsagePurpose>,
 ) -> Leaf {
     let sans: Vec<String> = subject_alt_names.iter().map(|s| s.to_string()).collect();
-    let mut params =
-        CertificateParams::new(sans).expect("rcgen: valid subject alternative names");
+    let mut params = CertificateParams::new(sans).expect("rcgen: valid subject alternative names");
     set_validity(&mut params);
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
