@@ -18,6 +18,7 @@ pub use backend::{BackendContext, Capabilities, Counters, Delivery, PubSubBacken
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
 pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
+pub use config::{RedisConfig, RedisMode};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{register, registered, BackendFactory};
 pub use topic::{validate_topic_name, Message, Topic, MAX_TOPIC_LEN};

@@ -17,6 +17,7 @@
 
 pub mod env;
 mod nats;
+mod redis;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::{EnvSource, ProcessEnv};
 pub use nats::{validate_server_url, NatsConfig, NATS_ENV};
+pub use redis::{parse_node, RedisConfig, RedisMode, REDIS_ENV};
 
 use crate::error::{Error, Result};
 use env::Env;
@@ -181,6 +183,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// `[nats]` section.
     pub nats: NatsConfig,
+    /// `[redis]` section.
+    pub redis: RedisConfig,
 }
 
 impl Default for Config {
@@ -193,6 +197,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             memory: MemoryConfig::default(),
             nats: NatsConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl Config {
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
         self.nats.apply_env(source)?;
+        self.redis.apply_env(source)?;
         Ok(())
     }
 
