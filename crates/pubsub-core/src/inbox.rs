@@ -7,6 +7,11 @@
 //! dropped message is counted in [`Stats::dropped`](crate::Stats).
 //! Overflow is logged once when a burst starts and once when it ends, never
 //! once per message.
+//!
+//! A backend that must acknowledge a message only once the application has
+//! it (Redis Streams groups) delivers with [`Inbox::deliver_with_ack`]: the
+//! callback runs when the message is taken by `recv`/`listen`/the stream,
+//! and never for a message that is dropped by overflow or discarded by close.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -18,6 +23,16 @@ use tokio::sync::Notify;
 use crate::backend::Counters;
 use crate::config::{BufferConfig, OverflowPolicy};
 use crate::Message;
+
+/// Called once when the application takes a message from the inbox, after
+/// the buffer's lock is released; it must not block (send to a channel).
+pub type OnTaken = Box<dyn FnOnce() + Send + 'static>;
+
+/// A buffered message and its acknowledgement callback, if any.
+struct Entry {
+    msg: Message,
+    on_taken: Option<OnTaken>,
+}
 
 /// Result of taking a message from the inbox.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,7 +48,7 @@ pub enum Recv {
 }
 
 struct State {
-    queue: VecDeque<Message>,
+    queue: VecDeque<Entry>,
     bytes: usize,
     closed: bool,
     subscribed: bool,
@@ -132,6 +147,18 @@ impl Inbox {
     /// [`OverflowPolicy::Block`] this waits until there is room (or the
     /// inbox is closed, when the message is discarded).
     pub async fn deliver(&self, msg: Message) {
+        self.deliver_inner(msg, None).await
+    }
+
+    /// Like [`Inbox::deliver`], and `on_taken` runs when the application
+    /// takes the message. It does not run if the message is dropped by the
+    /// overflow policy or discarded by close, or if this future is dropped
+    /// before the message was buffered.
+    pub async fn deliver_with_ack(&self, msg: Message, on_taken: OnTaken) {
+        self.deliver_inner(msg, Some(on_taken)).await
+    }
+
+    async fn deliver_inner(&self, msg: Message, mut on_taken: Option<OnTaken>) {
         self.shared.counters.add_received(1);
         let size = msg.payload.len();
         loop {
@@ -141,7 +168,7 @@ impl Inbox {
                     return;
                 }
                 if !self.full(&st, size) {
-                    self.push(st, msg);
+                    self.push(st, msg, on_taken.take());
                     return;
                 }
                 match self.shared.policy {
@@ -152,13 +179,16 @@ impl Inbox {
                     OverflowPolicy::DropOldest => {
                         while self.full(&st, size) {
                             if let Some(old) = st.queue.pop_front() {
-                                st.bytes -= old.payload.len();
+                                st.bytes -= old.msg.payload.len();
                                 self.note_drop(&mut st);
                             }
                         }
                         // The burst goes on: push without logging its end.
                         st.bytes += size;
-                        st.queue.push_back(msg);
+                        st.queue.push_back(Entry {
+                            msg,
+                            on_taken: on_taken.take(),
+                        });
                         self.wake_readers(&st);
                         return;
                     }
@@ -173,7 +203,7 @@ impl Inbox {
         }
     }
 
-    fn push(&self, mut st: MutexGuard<'_, State>, msg: Message) {
+    fn push(&self, mut st: MutexGuard<'_, State>, msg: Message, on_taken: Option<OnTaken>) {
         if st.dropped_in_burst > 0 {
             tracing::info!(
                 dropped = st.dropped_in_burst,
@@ -183,7 +213,7 @@ impl Inbox {
             st.dropped_in_burst = 0;
         }
         st.bytes += msg.payload.len();
-        st.queue.push_back(msg);
+        st.queue.push_back(Entry { msg, on_taken });
         self.wake_readers(&st);
     }
 
@@ -207,13 +237,15 @@ impl Inbox {
         self.shared.counters.add_dropped(1);
     }
 
-    fn take(&self, st: &mut State) -> Option<Message> {
-        let msg = st.queue.pop_front()?;
-        st.bytes -= msg.payload.len();
+    /// Pop the next entry; the caller runs its callback after unlocking
+    /// (see [`taken`]).
+    fn take(&self, st: &mut State) -> Option<Entry> {
+        let entry = st.queue.pop_front()?;
+        st.bytes -= entry.msg.payload.len();
         if self.shared.policy == OverflowPolicy::Block {
             self.shared.writable.notify_waiters();
         }
-        Some(msg)
+        Some(entry)
     }
 
     /// Take the next message, waiting for one.
@@ -224,8 +256,9 @@ impl Inbox {
                 if st.closed {
                     return Recv::Closed;
                 }
-                if let Some(m) = self.take(&mut st) {
-                    return Recv::Message(m);
+                if let Some(e) = self.take(&mut st) {
+                    drop(st);
+                    return taken(e);
                 }
                 if !st.subscribed {
                     return Recv::NotSubscribed;
@@ -247,8 +280,9 @@ impl Inbox {
             if st.closed {
                 return Recv::Closed;
             }
-            if let Some(m) = self.take(&mut st) {
-                return Recv::Message(m);
+            if let Some(e) = self.take(&mut st) {
+                drop(st);
+                return taken(e);
             }
             if !st.subscribed {
                 return Recv::NotSubscribed;
@@ -302,6 +336,14 @@ impl Inbox {
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
+}
+
+/// Run the entry's callback (the lock is released) and hand out the message.
+fn taken(entry: Entry) -> Recv {
+    if let Some(f) = entry.on_taken {
+        f();
+    }
+    Recv::Message(entry.msg)
 }
 
 #[cfg(test)]
@@ -410,6 +452,38 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         ib.close();
         assert_eq!(waiter.join().unwrap(), Recv::Closed);
+    }
+
+    #[tokio::test]
+    async fn on_taken_runs_when_taken_never_for_dropped_messages() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let ib = inbox(2, 1 << 20, OverflowPolicy::DropOldest);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..3u32 {
+            let acked = acked.clone();
+            ib.deliver_with_ack(msg(i), Box::new(move || acked.lock().unwrap().push(i)))
+                .await;
+        }
+        assert!(acked.lock().unwrap().is_empty(), "nothing taken yet");
+        assert_eq!(id(ib.recv().await), 1);
+        assert_eq!(*acked.lock().unwrap(), [1], "0 was dropped, not acked");
+        assert_eq!(id(ib.recv_blocking(None)), 2);
+        assert_eq!(*acked.lock().unwrap(), [1, 2]);
+        let count = Arc::new(AtomicU32::new(0));
+        let c = count.clone();
+        ib.deliver_with_ack(
+            msg(9),
+            Box::new(move || {
+                c.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .await;
+        ib.close();
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            0,
+            "discarded by close, not acked"
+        );
     }
 
     #[tokio::test]
