@@ -10,8 +10,10 @@ struct Nats {
 }
 
 fn config_for(url: String) -> Config {
-    let mut c = Config::default();
-    c.backend = "nats".into();
+    let mut c = Config {
+        backend: "nats".into(),
+        ..Config::default()
+    };
     c.nats.servers = vec![url];
     c
 }
