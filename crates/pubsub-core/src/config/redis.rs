@@ -77,6 +77,11 @@ pub struct RedisConfig {
     pub unix_socket_path: Option<PathBuf>,
     /// Delivery mode: `"pubsub"` (default) or `"streams"`.
     pub mode: RedisMode,
+    /// Largest payload accepted by `publish` (default 16 MiB). In `pubsub`
+    /// mode keep it well below the server's `client-output-buffer-limit
+    /// pubsub` hard limit (32 MB by default): Redis disconnects a subscriber
+    /// whose pending output passes it.
+    pub max_payload: usize,
     /// Streams mode: approximate most entries kept per stream (`XADD ... MAXLEN ~ N`),
     /// default 100,000; 0 keeps everything.
     pub stream_maxlen: u64,
@@ -114,6 +119,7 @@ impl Default for RedisConfig {
             cluster_nodes: Vec::new(),
             unix_socket_path: None,
             mode: RedisMode::PubSub,
+            max_payload: 16 * 1024 * 1024,
             stream_maxlen: 100_000,
             stream_claim_idle: Duration::from_secs(30),
             stream_block: Duration::from_secs(1),
@@ -152,6 +158,10 @@ pub const REDIS_ENV: &[(&str, &str)] = &[
         "redis.unix_socket_path",
     ),
     ("MSIGHT_REDIS_MESSAGE_BROKER_MODE", "redis.mode"),
+    (
+        "MSIGHT_REDIS_MESSAGE_BROKER_MAX_PAYLOAD",
+        "redis.max_payload",
+    ),
     (
         "MSIGHT_REDIS_MESSAGE_BROKER_STREAM_MAXLEN",
         "redis.stream_maxlen",
@@ -210,6 +220,7 @@ impl RedisConfig {
         )?;
         env.path(&var("UNIX_SOCKET_PATH"), &mut self.unix_socket_path);
         env.parse(&var("MODE"), &mut self.mode)?;
+        env.number(&var("MAX_PAYLOAD"), &mut self.max_payload)?;
         env.number(&var("STREAM_MAXLEN"), &mut self.stream_maxlen)?;
         env.duration(&var("STREAM_CLAIM_IDLE"), &mut self.stream_claim_idle)?;
         env.duration(&var("STREAM_BLOCK"), &mut self.stream_block)?;
@@ -284,6 +295,9 @@ impl RedisConfig {
                 missing,
                 "mutual TLS needs both a client certificate (redis.tls_cert) and its key (redis.tls_key)",
             ));
+        }
+        if self.max_payload == 0 {
+            return Err(Error::config("redis.max_payload", "must be at least 1"));
         }
         if self.stream_read_count == 0 {
             return Err(Error::config(
@@ -394,6 +408,7 @@ mod tests {
                 "/run/r.sock",
             ),
             ("MSIGHT_REDIS_MESSAGE_BROKER_MODE", "Streams"),
+            ("MSIGHT_REDIS_MESSAGE_BROKER_MAX_PAYLOAD", "1048576"),
             ("MSIGHT_REDIS_MESSAGE_BROKER_STREAM_MAXLEN", "5000"),
             ("MSIGHT_REDIS_MESSAGE_BROKER_STREAM_CLAIM_IDLE", "2s"),
             ("MSIGHT_REDIS_MESSAGE_BROKER_STREAM_BLOCK", "250ms"),
@@ -416,6 +431,7 @@ mod tests {
         assert_eq!(c.cluster_nodes, ["10.0.0.1:7000", "10.0.0.2:7001"]);
         assert_eq!(c.unix_socket_path, Some(PathBuf::from("/run/r.sock")));
         assert_eq!(c.mode, RedisMode::Streams);
+        assert_eq!(c.max_payload, 1 << 20);
         assert_eq!(c.stream_maxlen, 5000);
         assert_eq!(c.stream_claim_idle, Duration::from_secs(2));
         assert_eq!(c.stream_block, Duration::from_millis(250));
@@ -489,6 +505,11 @@ mod tests {
                 "host1:6379,host2:6379",
             ),
             ("MSIGHT_REDIS_MESSAGE_BROKER_MODE", "kafka", "\"streams\""),
+            (
+                "MSIGHT_REDIS_MESSAGE_BROKER_MAX_PAYLOAD",
+                "1MB",
+                "whole number",
+            ),
             (
                 "MSIGHT_REDIS_MESSAGE_BROKER_STREAM_MAXLEN",
                 "lots",

@@ -1,0 +1,1011 @@
+//! The [`PubSubBackend`] of Redis, in its two modes.
+//!
+//! Tasks of one handle:
+//! - the **publisher** drains a bounded queue of publishes into pipelines
+//!   (one round trip per batch, never per message), retries a batch when the
+//!   connection is lost, and answers `flush`/`close` markers in order;
+//! - `pubsub` mode: the **pump** moves the messages that redis-rs reads from
+//!   the socket (RESP3 pushes, read continuously) into the inbox. The
+//!   connection manager (or the cluster client) reconnects and re-subscribes
+//!   by itself;
+//! - `streams` mode: one **reader** per subscribed topic on a connection of
+//!   its own (`XREAD`/`XREADGROUP ... BLOCK`, its response timeout longer
+//!   than the block time), plus one **acker** that sends `XACK` for group
+//!   messages once the application has taken them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pubsub_core::{
+    BackendContext, Capabilities, Config, Delivery, Error, ErrorKind, Message, PubSubBackend,
+    RedisMode, Result,
+};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{Cmd, PushInfo, PushKind, RedisFuture, RedisResult, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{is_connection_error, redis_error};
+use crate::options::{Options, COMMAND_TIMEOUT};
+
+/// Most messages queued for publishing before `publish` waits.
+const PUBLISH_QUEUE: usize = 16_384;
+/// Most commands in one pipeline.
+const MAX_BATCH: usize = 1_024;
+/// Most payload bytes in one pipeline.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// The field of a stream entry that holds the payload.
+pub const PAYLOAD_FIELD: &str = "payload";
+
+/// A connection for commands: standalone (reconnecting manager) or cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(channel).await,
+            Conn::Cluster(c) => c.subscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.unsubscribe(channel).await,
+            Conn::Cluster(c) => c.unsubscribe(channel).await,
+        }
+    }
+}
+
+type PushCallback = Arc<dyn Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync>;
+
+/// Open a connection: first one plain attempt, so that a wrong password,
+/// TLS trouble or a dead port fail at once with the right kind (the manager
+/// would retry them), then the reconnecting manager / cluster connection.
+async fn open(
+    opts: &Options,
+    push: Option<PushCallback>,
+    response_timeout: Duration,
+) -> Result<Conn> {
+    if opts.redis.cluster {
+        let client = opts.cluster_client(push, response_timeout)?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| redis_error(&opts.shown, "cannot connect to the cluster", e))?;
+        return Ok(Conn::Cluster(conn));
+    }
+    let client = opts.client()?;
+    let probe_config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(opts.connect_timeout))
+        .set_response_timeout(Some(opts.connect_timeout));
+    let probe = client
+        .get_multiplexed_async_connection_with_config(&probe_config)
+        .await
+        .map_err(|e| redis_error(&opts.shown, "cannot connect", e))?;
+    drop(probe);
+    let mut config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        // Keep trying while the server is away: subscriptions come back when it does.
+        .set_number_of_retries(usize::MAX / 2);
+    if let Some(push) = push {
+        config = config
+            .set_push_sender(move |info| push(info))
+            .set_automatic_resubscription();
+    }
+    let manager = client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| redis_error(&opts.shown, "cannot connect", e))?;
+    Ok(Conn::Single(manager))
+}
+
+/// Aborts its task when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum PubCmd {
+    Publish { topic: Arc<str>, payload: Bytes },
+    Flush(oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<Result<()>>),
+}
+
+/// A stream entry to acknowledge: (stream key, group, entry id).
+type AckItem = (Arc<str>, Arc<str>, String);
+
+/// The Redis backend: see the crate documentation for the two modes.
+pub struct RedisBackend {
+    opts: Arc<Options>,
+    ctx: BackendContext,
+    conn: Mutex<Option<Conn>>,
+    publish_tx: mpsc::Sender<PubCmd>,
+    /// pubsub mode: channels subscribed now (late messages of others are discarded).
+    active: Arc<RwLock<HashSet<String>>>,
+    /// streams mode: reader task of each subscribed topic.
+    readers: Mutex<HashMap<String, Task>>,
+    ack_tx: mpsc::UnboundedSender<AckItem>,
+    consumer: String,
+    tasks: Mutex<Vec<Task>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("address", &self.opts.shown)
+            .field("mode", &self.opts.redis.mode)
+            .field("cluster", &self.opts.redis.cluster)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unique_consumer() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    format!(
+        "{host}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl RedisBackend {
+    /// Connect as `config.redis` says.
+    pub async fn connect(config: &Config, ctx: BackendContext) -> Result<RedisBackend> {
+        let opts = Arc::new(Options::new(config)?);
+        if config.group_id.is_some() && opts.redis.mode == RedisMode::PubSub {
+            return Err(pubsub_mode_has_no_groups(config.group_id.as_deref()));
+        }
+        let mut tasks = Vec::new();
+        let active: Arc<RwLock<HashSet<String>>> = Arc::default();
+        let push = if opts.redis.mode == RedisMode::PubSub {
+            let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let limit = config.buffer.max_bytes.max(opts.redis.max_payload);
+            let cb = push_callback(push_tx, queued.clone(), limit, ctx.clone());
+            tasks.push(Task(tokio::spawn(pump(
+                push_rx,
+                queued,
+                active.clone(),
+                ctx.clone(),
+                opts.shown.clone(),
+            ))));
+            Some(cb)
+        } else {
+            None
+        };
+        let conn = open(&opts, push, COMMAND_TIMEOUT).await?;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        tasks.push(Task(tokio::spawn(publisher(
+            publish_rx,
+            conn.clone(),
+            opts.clone(),
+        ))));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        if opts.redis.mode == RedisMode::Streams {
+            tasks.push(Task(tokio::spawn(acker(
+                ack_rx,
+                conn.clone(),
+                opts.shown.clone(),
+            ))));
+        }
+        let consumer = opts
+            .redis
+            .stream_consumer
+            .clone()
+            .unwrap_or_else(unique_consumer);
+        tracing::debug!(address = %opts.shown, mode = ?opts.redis.mode, "connected to redis");
+        Ok(RedisBackend {
+            opts,
+            ctx,
+            conn: Mutex::new(Some(conn)),
+            publish_tx,
+            active,
+            readers: Mutex::new(HashMap::new()),
+            ack_tx,
+            consumer,
+            tasks: Mutex::new(tasks),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The consumer name this handle uses in stream groups.
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The mode this handle was connected in.
+    pub fn mode(&self) -> RedisMode {
+        self.opts.redis.mode
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        lock(&self.conn).clone().ok_or_else(Error::closed)
+    }
+
+    fn err(&self, what: &str, e: redis::RedisError) -> Error {
+        redis_error(&self.opts.shown, what, e)
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T> {
+        let limit = self.opts.connect_timeout + COMMAND_TIMEOUT;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.map_err(|e| self.err(what, e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {}: {what} got no answer within {} s",
+                    self.opts.shown,
+                    limit.as_secs()
+                ),
+            )),
+        }
+    }
+
+    async fn subscribe_stream(&self, topic: &str, group: Option<&str>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let r = &self.opts.redis;
+        let start = match group {
+            Some(g) => {
+                let created: RedisResult<Value> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(topic)
+                    .arg(g)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) => {
+                        return Err(self.err(
+                            &format!("XGROUP CREATE {topic:?} {g:?} (stream group subscribe)"),
+                            e,
+                        ))
+                    }
+                }
+                ">".to_string()
+            }
+            None => {
+                let last: Vec<StreamId> = self
+                    .bounded(
+                        &format!("XREVRANGE {topic:?} (stream subscribe)"),
+                        redis::cmd("XREVRANGE")
+                            .arg(topic)
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(1)
+                            .query_async::<redis::streams::StreamRangeReply>(&mut conn),
+                    )
+                    .await?
+                    .ids;
+                last.first()
+                    .map(|e| e.id.clone())
+                    .unwrap_or_else(|| "0-0".to_string())
+            }
+        };
+        let read_timeout = r.stream_block + COMMAND_TIMEOUT;
+        let reader_conn = open(&self.opts, None, read_timeout).await?;
+        let reader = StreamReader {
+            topic: Arc::from(topic),
+            group: group.map(Arc::from),
+            consumer: self.consumer.clone(),
+            conn: reader_conn,
+            ctx: self.ctx.clone(),
+            opts: self.opts.clone(),
+            ack_tx: self.ack_tx.clone(),
+            last_id: start,
+        };
+        let task = Task(tokio::spawn(reader.run()));
+        lock(&self.readers).insert(topic.to_string(), task);
+        Ok(())
+    }
+}
+
+fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
+    let g = group.map(|g| format!(" {g:?}")).unwrap_or_default();
+    Error::new(
+        ErrorKind::InvalidConfig,
+        format!(
+            "group_id{g}: Redis PUBLISH/SUBSCRIBE (redis.mode = \"pubsub\") has no groups and would give every message to every member; \
+             set redis.mode = \"streams\" (MSIGHT_REDIS_MESSAGE_BROKER_MODE=streams) to share messages in a consumer group, or remove group_id"
+        ),
+    )
+}
+
+#[async_trait]
+impl PubSubBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let streams = self.opts.redis.mode == RedisMode::Streams;
+        Capabilities {
+            groups: streams,
+            persistence: streams,
+            ordering: true,
+            wildcards: None,
+            max_payload: Some(self.opts.redis.max_payload),
+            delivery: if streams {
+                Delivery::AtLeastOnce
+            } else {
+                Delivery::AtMostOnce
+            },
+        }
+    }
+
+    async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        match self.opts.redis.mode {
+            RedisMode::PubSub => {
+                if group.is_some() {
+                    return Err(pubsub_mode_has_no_groups(group));
+                }
+                let mut conn = self.conn()?;
+                lock_w(&self.active).insert(topic.to_string());
+                let r = self
+                    .bounded(&format!("SUBSCRIBE {topic:?}"), conn.subscribe(topic))
+                    .await;
+                if r.is_err() {
+                    lock_w(&self.active).remove(topic);
+                }
+                r
+            }
+            RedisMode::Streams => self.subscribe_stream(topic, group).await,
+        }
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        match self.opts.redis.mode {
+            RedisMode::PubSub => {
+                let mut conn = self.conn()?;
+                self.bounded(&format!("UNSUBSCRIBE {topic:?}"), conn.unsubscribe(topic))
+                    .await?;
+                lock_w(&self.active).remove(topic);
+                Ok(())
+            }
+            RedisMode::Streams => {
+                // Dropping the task aborts the reader and closes its connection.
+                drop(lock(&self.readers).remove(topic));
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        let cmd = PubCmd::Publish {
+            topic: Arc::from(topic),
+            payload,
+        };
+        let cmd = match self.publish_tx.try_send(cmd) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::closed()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
+        };
+        // The queue is full: Redis is slower than the application, or away.
+        let wait = self.opts.connect_timeout + COMMAND_TIMEOUT;
+        match tokio::time::timeout(wait, self.publish_tx.send(cmd)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::closed()),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {}: publish to {topic:?}: {PUBLISH_QUEUE} messages wait to be sent and none went out for {} s (is Redis reachable?)",
+                    self.opts.shown,
+                    wait.as_secs()
+                ),
+            )),
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.publish_tx
+            .send(PubCmd::Flush(tx))
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        // Everything accepted before this marker is sent first.
+        let sent = match self.publish_tx.send(PubCmd::Close(tx)).await {
+            Ok(()) => {
+                let limit = self
+                    .opts
+                    .close_timeout
+                    .saturating_sub(Duration::from_millis(200));
+                match tokio::time::timeout(limit, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Ok(()),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "redis {}: close: queued messages could not all be sent within close_timeout",
+                            self.opts.shown
+                        ),
+                    )),
+                }
+            }
+            Err(_) => Ok(()),
+        };
+        lock(&self.readers).clear();
+        if self.opts.redis.mode == RedisMode::PubSub {
+            let topics: Vec<String> = lock_r(&self.active).iter().cloned().collect();
+            lock_w(&self.active).clear();
+            if let Ok(mut conn) = self.conn() {
+                for t in topics {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&t)).await;
+                }
+            }
+        }
+        lock(&self.tasks).clear();
+        lock(&self.conn).take();
+        sent
+    }
+}
+
+fn lock_w<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_r<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// pubsub mode: from the socket to the inbox
+// ---------------------------------------------------------------------------
+
+/// The push sender given to redis-rs: it must not block, so it only queues.
+/// Messages beyond `limit` queued bytes (the application does not keep up
+/// and the inbox blocks) are dropped and counted, so memory stays bounded.
+fn push_callback(
+    tx: mpsc::UnboundedSender<PushInfo>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    ctx: BackendContext,
+) -> PushCallback {
+    let warned = Arc::new(AtomicBool::new(false));
+    Arc::new(move |info: PushInfo| {
+        if info.kind == PushKind::Message {
+            let size = message_size(&info);
+            let now = queued.load(Ordering::Relaxed);
+            if now > 0 && now + size > limit {
+                ctx.counters.add_received(1);
+                ctx.counters.add_dropped(1);
+                if !warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queued_bytes = now,
+                        "redis pubsub: messages arrive faster than the receive buffer takes them; dropping (counted in stats().dropped)"
+                    );
+                }
+                return Ok(());
+            }
+            warned.store(false, Ordering::Relaxed);
+            queued.fetch_add(size, Ordering::Relaxed);
+        }
+        tx.send(info).map_err(|_| ())
+    })
+}
+
+fn message_size(info: &PushInfo) -> usize {
+    match info.data.get(1) {
+        Some(Value::BulkString(b)) => b.len(),
+        _ => 0,
+    }
+}
+
+async fn pump(
+    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+    queued: Arc<AtomicUsize>,
+    active: Arc<RwLock<HashSet<String>>>,
+    ctx: BackendContext,
+    shown: String,
+) {
+    while let Some(info) = rx.recv().await {
+        match info.kind {
+            PushKind::Message => {
+                queued.fetch_sub(message_size(&info), Ordering::Relaxed);
+                let mut data = info.data.into_iter();
+                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                    continue;
+                };
+                let channel = match channel {
+                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Value::SimpleString(s) => s,
+                    _ => continue,
+                };
+                let payload = match payload {
+                    Value::BulkString(b) => Bytes::from(b),
+                    Value::SimpleString(s) => Bytes::from(s.into_bytes()),
+                    _ => continue,
+                };
+                if !lock_r(&active).contains(&channel) {
+                    continue; // arrived after unsubscribe
+                }
+                ctx.inbox.deliver(Message::new(channel, payload)).await;
+            }
+            PushKind::Disconnection => {
+                ctx.counters.add_reconnect();
+                tracing::warn!(address = %shown, "redis connection lost; reconnecting and re-subscribing");
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// publishing
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first: Option<Error>,
+}
+
+impl Failures {
+    fn add(&mut self, n: u64, e: impl FnOnce() -> Error) {
+        if n == 0 {
+            return;
+        }
+        self.count += n;
+        if self.first.is_none() {
+            self.first = Some(e());
+        }
+    }
+
+    fn take(&mut self) -> Result<()> {
+        let count = std::mem::take(&mut self.count);
+        match self.first.take() {
+            None => Ok(()),
+            Some(first) => Err(Error::new(
+                first.kind(),
+                format!(
+                    "{count} message(s) published since the last flush failed; the first: {}",
+                    first.message()
+                ),
+            )
+            .with_source(first)),
+        }
+    }
+}
+
+async fn publisher(mut rx: mpsc::Receiver<PubCmd>, mut conn: Conn, opts: Arc<Options>) {
+    let mut failures = Failures::default();
+    let mut batch: Vec<(Arc<str>, Bytes)> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut control = None;
+        let mut bytes = 0;
+        match first {
+            PubCmd::Publish { topic, payload } => {
+                bytes += payload.len();
+                batch.push((topic, payload));
+            }
+            other => control = Some(other),
+        }
+        while control.is_none() && batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(PubCmd::Publish { topic, payload }) => {
+                    bytes += payload.len();
+                    batch.push((topic, payload));
+                }
+                Ok(other) => control = Some(other),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            send_batch(&mut conn, &opts, &batch, &mut failures).await;
+            batch.clear();
+        }
+        match control {
+            Some(PubCmd::Flush(tx)) => {
+                let _ = tx.send(failures.take());
+            }
+            Some(PubCmd::Close(tx)) => {
+                let _ = tx.send(failures.take());
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn publish_cmd(opts: &Options, topic: &str, payload: &Bytes) -> Cmd {
+    match opts.redis.mode {
+        RedisMode::PubSub => {
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(topic).arg(payload.as_ref());
+            c
+        }
+        RedisMode::Streams => {
+            let mut c = redis::cmd("XADD");
+            c.arg(topic);
+            if opts.redis.stream_maxlen > 0 {
+                c.arg("MAXLEN").arg("~").arg(opts.redis.stream_maxlen);
+            }
+            c.arg("*").arg(PAYLOAD_FIELD).arg(payload.as_ref());
+            c
+        }
+    }
+}
+
+/// Send one batch as pipelines (in a cluster, one per run of the same topic,
+/// since a pipeline goes to one node). Retried while the connection is down.
+async fn send_batch(
+    conn: &mut Conn,
+    opts: &Options,
+    batch: &[(Arc<str>, Bytes)],
+    failures: &mut Failures,
+) {
+    let runs: Vec<&[(Arc<str>, Bytes)]> = if matches!(conn, Conn::Cluster(_)) {
+        batch.chunk_by(|a, b| a.0 == b.0).collect()
+    } else {
+        vec![batch]
+    };
+    for run in runs {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (topic, payload) in run {
+            pipe.add_command(publish_cmd(opts, topic, payload));
+        }
+        let mut delay = Duration::from_millis(50);
+        let mut warned = false;
+        loop {
+            match pipe.query_async::<Vec<RedisResult<Value>>>(conn).await {
+                Ok(results) => {
+                    let mut failed = 0;
+                    let mut first = None;
+                    for (r, (topic, _)) in results.into_iter().zip(run.iter()) {
+                        if let Err(e) = r {
+                            failed += 1;
+                            if first.is_none() {
+                                first = Some(redis_error(
+                                    &opts.shown,
+                                    &format!("publish to {topic:?}"),
+                                    e,
+                                ));
+                            }
+                        }
+                    }
+                    if let Some(first) = first {
+                        failures.add(failed, || first);
+                    }
+                    if warned {
+                        tracing::info!(address = %opts.shown, "redis is back; queued messages sent");
+                    }
+                    break;
+                }
+                Err(e) if is_connection_error(&e) => {
+                    if !warned {
+                        tracing::warn!(address = %opts.shown, error = %e, "redis publish: connection lost; retrying the batch until it is back");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    let topic = run.first().map(|r| r.0.to_string()).unwrap_or_default();
+                    failures.add(run.len() as u64, || {
+                        redis_error(&opts.shown, &format!("publish to {topic:?}"), e)
+                    });
+                    break;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// streams mode: readers and acknowledgements
+// ---------------------------------------------------------------------------
+
+async fn acker(mut rx: mpsc::UnboundedReceiver<AckItem>, mut conn: Conn, shown: String) {
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < 1000 {
+            match rx.try_recv() {
+                Ok(i) => items.push(i),
+                Err(_) => break,
+            }
+        }
+        let mut by_stream: HashMap<(Arc<str>, Arc<str>), Vec<String>> = HashMap::new();
+        for (key, group, id) in items {
+            by_stream.entry((key, group)).or_default().push(id);
+        }
+        for ((key, group), ids) in by_stream {
+            let r: RedisResult<Value> = redis::cmd("XACK")
+                .arg(&*key)
+                .arg(&*group)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                // Unacknowledged entries stay pending and are claimed again later.
+                tracing::warn!(address = %shown, stream = %key, group = %group, error = %e, "XACK failed; the entries will be delivered again");
+            }
+        }
+    }
+}
+
+struct StreamReader {
+    topic: Arc<str>,
+    group: Option<Arc<str>>,
+    consumer: String,
+    conn: Conn,
+    ctx: BackendContext,
+    opts: Arc<Options>,
+    ack_tx: mpsc::UnboundedSender<AckItem>,
+    /// Plain reader: the last id read. Group reader: `>`.
+    last_id: String,
+}
+
+impl StreamReader {
+    async fn run(mut self) {
+        let mut disconnected = false;
+        let mut delay = Duration::from_millis(50);
+        let claim_every = (self.opts.redis.stream_claim_idle / 2).max(Duration::from_millis(50));
+        let mut next_claim = Instant::now() + claim_every;
+        if self.group.is_some() && self.opts.redis.stream_consumer.is_some() {
+            // A fixed consumer name: first take back what this consumer had
+            // read but not acknowledged in a previous run.
+            self.read_own_pending().await;
+        }
+        loop {
+            let result = if self.group.is_some() && Instant::now() >= next_claim {
+                next_claim = Instant::now() + claim_every;
+                self.claim().await
+            } else {
+                self.read().await
+            };
+            match result {
+                Ok(()) => {
+                    if disconnected {
+                        disconnected = false;
+                        self.ctx.counters.add_reconnect();
+                        tracing::info!(address = %self.opts.shown, stream = %self.topic, "redis stream reader reconnected");
+                    }
+                    delay = Duration::from_millis(50);
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // The stream or group is gone (server restarted without
+                    // persistence, or deleted): everything in a new stream is new.
+                    self.create_group("0").await;
+                }
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        if !disconnected {
+                            tracing::warn!(address = %self.opts.shown, stream = %self.topic, error = %e, "redis stream reader lost its connection; retrying");
+                        }
+                        disconnected = true;
+                    } else {
+                        tracing::warn!(address = %self.opts.shown, stream = %self.topic, error = %e, "redis stream read failed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn create_group(&mut self, id: &str) {
+        let Some(group) = &self.group else { return };
+        let r: RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&*self.topic)
+            .arg(&**group)
+            .arg(id)
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        if let Err(e) = r {
+            if e.code() != Some("BUSYGROUP") {
+                tracing::warn!(address = %self.opts.shown, stream = %self.topic, error = %e, "XGROUP CREATE failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    fn block_ms(&self) -> u64 {
+        self.opts.redis.stream_block.as_millis().max(1) as u64
+    }
+
+    async fn read(&mut self) -> RedisResult<()> {
+        let count = self.opts.redis.stream_read_count;
+        let mut cmd = match &self.group {
+            Some(g) => {
+                let mut c = redis::cmd("XREADGROUP");
+                c.arg("GROUP").arg(&**g).arg(&self.consumer);
+                c
+            }
+            None => redis::cmd("XREAD"),
+        };
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block_ms())
+            .arg("STREAMS")
+            .arg(&*self.topic)
+            .arg(&self.last_id);
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut self.conn).await?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                if self.group.is_none() {
+                    self.last_id = entry.id.clone();
+                }
+                self.deliver(entry).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_own_pending(&mut self) {
+        let Some(g) = self.group.clone() else { return };
+        let mut from = "0".to_string();
+        for _ in 0..1000 {
+            let r: RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&*g)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(self.opts.redis.stream_read_count)
+                .arg("STREAMS")
+                .arg(&*self.topic)
+                .arg(&from)
+                .query_async(&mut self.conn)
+                .await;
+            let entries: Vec<StreamId> = match r {
+                Ok(reply) => reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                    .unwrap_or_default(),
+                Err(_) => return,
+            };
+            let Some(last) = entries.last() else { return };
+            from = last.id.clone();
+            for e in entries {
+                self.deliver(e).await;
+            }
+        }
+    }
+
+    /// Take over entries pending longer than `stream_claim_idle` at any
+    /// member of the group (typically one that went away).
+    async fn claim(&mut self) -> RedisResult<()> {
+        let Some(g) = self.group.clone() else {
+            return Ok(());
+        };
+        let idle = self.opts.redis.stream_claim_idle.as_millis() as u64;
+        let mut start = "0-0".to_string();
+        for _ in 0..100 {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&*self.topic)
+                .arg(&*g)
+                .arg(&self.consumer)
+                .arg(idle)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.opts.redis.stream_read_count)
+                .query_async(&mut self.conn)
+                .await?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(stream = %self.topic, group = %g, claimed = reply.claimed.len(), "claimed entries left pending by another group member");
+            }
+            for e in reply.claimed {
+                self.deliver(e).await;
+            }
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            start = reply.next_stream_id;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, entry: StreamId) {
+        let StreamId { id, mut map, .. } = entry;
+        let value = match map.remove(PAYLOAD_FIELD) {
+            Some(v) => Some(v),
+            None if map.len() == 1 => map.into_values().next(),
+            None => None,
+        };
+        let payload = match value {
+            Some(Value::BulkString(b)) => Bytes::from(b),
+            Some(Value::SimpleString(s)) => Bytes::from(s.into_bytes()),
+            _ => {
+                tracing::warn!(stream = %self.topic, id = %id, "stream entry without a {PAYLOAD_FIELD:?} field skipped");
+                if let Some(g) = &self.group {
+                    let _ = self.ack_tx.send((self.topic.clone(), g.clone(), id));
+                }
+                return;
+            }
+        };
+        let msg = Message::new(&*self.topic, payload);
+        match &self.group {
+            None => self.ctx.inbox.deliver(msg).await,
+            Some(g) => {
+                let ack_tx = self.ack_tx.clone();
+                let item = (self.topic.clone(), g.clone(), id);
+                self.ctx
+                    .inbox
+                    .deliver_with_ack(
+                        msg,
+                        Box::new(move || {
+                            let _ = ack_tx.send(item);
+                        }),
+                    )
+                    .await;
+            }
+        }
+    }
+}

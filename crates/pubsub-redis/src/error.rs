@@ -1,0 +1,85 @@
+//! Mapping redis-rs errors to the library's [`Error`] kinds. Messages name
+//! the address (any password replaced by `***`) and never carry credentials.
+
+use pubsub_core::{Error, ErrorKind};
+use redis::RedisError;
+
+/// Server error codes that mean "who you are is not accepted".
+const AUTH_CODES: &[&str] = &["WRONGPASS", "NOAUTH", "NOPERM", "AUTH"];
+
+/// The kind of a redis-rs error.
+pub(crate) fn kind_of(e: &RedisError) -> ErrorKind {
+    let text = e.to_string();
+    let upper = text.to_ascii_uppercase();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code().is_some_and(|c| AUTH_CODES.contains(&c))
+        || upper.contains("WRONGPASS")
+        || upper.contains("NOAUTH")
+    {
+        return ErrorKind::Auth;
+    }
+    if looks_like_tls(&chain(e)) {
+        return ErrorKind::Tls;
+    }
+    if e.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        return ErrorKind::Connect;
+    }
+    if e.kind() == redis::ErrorKind::InvalidClientConfig {
+        return ErrorKind::InvalidConfig;
+    }
+    ErrorKind::Backend
+}
+
+/// Whether the error means the connection is gone (worth retrying once it is back).
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_cluster_error()
+        || e.code() == Some("LOADING")
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+fn looks_like_tls(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "peer sent no certificates",
+        "alert",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `what` failed against `address` (already redacted).
+pub(crate) fn redis_error(address: &str, what: &str, e: RedisError) -> Error {
+    let kind = kind_of(&e);
+    let hint = match kind {
+        ErrorKind::Auth => {
+            " (the server refused the credentials: check redis.username / redis.password, MSIGHT_REDIS_MESSAGE_BROKER_USERNAME / _PASSWORD)"
+        }
+        ErrorKind::Tls => {
+            " (TLS failed: check redis.tls_ca_cert, redis.tls_cert, redis.tls_key and that the server speaks TLS)"
+        }
+        _ => "",
+    };
+    Error::new(kind, format!("redis {address}: {what}{hint}")).with_source(e)
+}
