@@ -157,6 +157,12 @@ enum PubCmd {
 /// A stream entry to acknowledge: (stream key, group, entry id).
 type AckItem = (Arc<str>, Arc<str>, String);
 
+enum AckMsg {
+    Ack(AckItem),
+    /// Answered once every acknowledgement queued before it was sent.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The Redis backend: see the crate documentation for the two modes.
 pub struct RedisBackend {
     opts: Arc<Options>,
@@ -167,7 +173,7 @@ pub struct RedisBackend {
     active: Arc<RwLock<HashSet<String>>>,
     /// streams mode: reader task of each subscribed topic.
     readers: Mutex<HashMap<String, Task>>,
-    ack_tx: mpsc::UnboundedSender<AckItem>,
+    ack_tx: Mutex<Option<mpsc::UnboundedSender<AckMsg>>>,
     consumer: String,
     tasks: Mutex<Vec<Task>>,
     closed: AtomicBool,
@@ -241,11 +247,10 @@ impl RedisBackend {
         ))));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         if opts.redis.mode == RedisMode::Streams {
-            tasks.push(Task(tokio::spawn(acker(
-                ack_rx,
-                conn.clone(),
-                opts.shown.clone(),
-            ))));
+            // Not aborted on drop: it ends when the last acknowledgement
+            // callback is gone, so that messages taken just before a drop
+            // are still acknowledged.
+            tokio::spawn(acker(ack_rx, conn.clone(), opts.shown.clone()));
         }
         let consumer = opts
             .redis
@@ -260,7 +265,7 @@ impl RedisBackend {
             publish_tx,
             active,
             readers: Mutex::new(HashMap::new()),
-            ack_tx,
+            ack_tx: Mutex::new(Some(ack_tx)),
             consumer,
             tasks: Mutex::new(tasks),
             closed: AtomicBool::new(false),
@@ -350,6 +355,7 @@ impl RedisBackend {
         };
         let read_timeout = r.stream_block + COMMAND_TIMEOUT;
         let reader_conn = open(&self.opts, None, read_timeout).await?;
+        let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
         let reader = StreamReader {
             topic: Arc::from(topic),
             group: group.map(Arc::from),
@@ -357,7 +363,7 @@ impl RedisBackend {
             conn: reader_conn,
             ctx: self.ctx.clone(),
             opts: self.opts.clone(),
-            ack_tx: self.ack_tx.clone(),
+            ack_tx,
             last_id: start,
         };
         let task = Task(tokio::spawn(reader.run()));
@@ -499,6 +505,14 @@ impl PubSubBackend for RedisBackend {
             Err(_) => Ok(()),
         };
         lock(&self.readers).clear();
+        let ack_tx = lock(&self.ack_tx).take();
+        if let Some(ack_tx) = ack_tx {
+            // Send the acknowledgements of messages already taken.
+            let (tx, rx) = oneshot::channel();
+            if ack_tx.send(AckMsg::Flush(tx)).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+            }
+        }
         if self.opts.redis.mode == RedisMode::PubSub {
             let topics: Vec<String> = lock_r(&self.active).iter().cloned().collect();
             lock_w(&self.active).clear();
@@ -771,13 +785,18 @@ async fn send_batch(
 // streams mode: readers and acknowledgements
 // ---------------------------------------------------------------------------
 
-async fn acker(mut rx: mpsc::UnboundedReceiver<AckItem>, mut conn: Conn, shown: String) {
+async fn acker(mut rx: mpsc::UnboundedReceiver<AckMsg>, mut conn: Conn, shown: String) {
     while let Some(first) = rx.recv().await {
-        let mut items = vec![first];
-        while items.len() < 1000 {
-            match rx.try_recv() {
-                Ok(i) => items.push(i),
-                Err(_) => break,
+        let mut items = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                AckMsg::Ack(i) => items.push(i),
+                AckMsg::Flush(tx) => flushes.push(tx),
+            }
+            if items.len() < 1000 {
+                next = rx.try_recv().ok();
             }
         }
         let mut by_stream: HashMap<(Arc<str>, Arc<str>), Vec<String>> = HashMap::new();
@@ -785,16 +804,20 @@ async fn acker(mut rx: mpsc::UnboundedReceiver<AckItem>, mut conn: Conn, shown: 
             by_stream.entry((key, group)).or_default().push(id);
         }
         for ((key, group), ids) in by_stream {
-            let r: RedisResult<Value> = redis::cmd("XACK")
-                .arg(&*key)
-                .arg(&*group)
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await;
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg(&*key).arg(&*group).arg(&ids);
+            let xack = cmd.query_async::<Value>(&mut conn);
+            let r = match tokio::time::timeout(COMMAND_TIMEOUT, xack).await {
+                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err("no answer in time".to_string()),
+            };
             if let Err(e) = r {
                 // Unacknowledged entries stay pending and are claimed again later.
                 tracing::warn!(address = %shown, stream = %key, group = %group, error = %e, "XACK failed; the entries will be delivered again");
             }
+        }
+        for tx in flushes {
+            let _ = tx.send(());
         }
     }
 }
@@ -806,7 +829,7 @@ struct StreamReader {
     conn: Conn,
     ctx: BackendContext,
     opts: Arc<Options>,
-    ack_tx: mpsc::UnboundedSender<AckItem>,
+    ack_tx: mpsc::UnboundedSender<AckMsg>,
     /// Plain reader: the last id read. Group reader: `>`.
     last_id: String,
 }
@@ -985,7 +1008,9 @@ impl StreamReader {
             _ => {
                 tracing::warn!(stream = %self.topic, id = %id, "stream entry without a {PAYLOAD_FIELD:?} field skipped");
                 if let Some(g) = &self.group {
-                    let _ = self.ack_tx.send((self.topic.clone(), g.clone(), id));
+                    let _ = self
+                        .ack_tx
+                        .send(AckMsg::Ack((self.topic.clone(), g.clone(), id)));
                 }
                 return;
             }
@@ -1001,7 +1026,7 @@ impl StreamReader {
                     .deliver_with_ack(
                         msg,
                         Box::new(move || {
-                            let _ = ack_tx.send(item);
+                            let _ = ack_tx.send(AckMsg::Ack(item));
                         }),
                     )
                     .await;
