@@ -1,0 +1,164 @@
+//! `pubsub` mode: a burst of large messages reaches a live subscriber with
+//! none lost, publishing is pipelined, groups are refused with a clear
+//! error, and channels are named exactly like the topic.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config_for, recv_n, seq, seq_of, start, unique};
+use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_redis::{ErrorKind, PubSub, RedisMode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_2000_messages_of_64k_reaches_a_live_subscriber_none_lost() {
+    let server = start(RedisServer::start);
+    let c = config_for(&server, RedisMode::PubSub);
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let publ = pubsub_redis::connect(&c).await.unwrap();
+    let topic = unique("burst");
+    sub.subscribe(&topic).await.unwrap();
+    const N: u32 = 2000;
+    const SIZE: usize = 64 * 1024;
+    // The application reads as it can, concurrently.
+    let reader = {
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::with_capacity(N as usize);
+            let deadline = Instant::now() + WAIT;
+            while got.len() < N as usize && Instant::now() < deadline {
+                match sub.recv_timeout(Duration::from_secs(5)).await.unwrap() {
+                    Some(m) => {
+                        assert_eq!(m.payload.len(), SIZE);
+                        got.push(seq_of(&m));
+                    }
+                    None => break,
+                }
+            }
+            got
+        })
+    };
+    let t0 = Instant::now();
+    for i in 0..N {
+        let mut p = vec![(i % 251) as u8; SIZE];
+        p[..4].copy_from_slice(&seq(i));
+        publ.publish(&topic, p).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    let published = t0.elapsed();
+    let got = reader.await.unwrap();
+    let received = t0.elapsed();
+    let stats = sub.stats();
+    println!(
+        "burst: published {N} x 64 KiB in {published:?}, all received in {received:?}; lost {}; subscriber {stats:?}",
+        N as usize - got.len()
+    );
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every message, in order");
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.reconnects, 0, "Redis did not cut the subscriber off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_publish_is_pipelined() {
+    let server = start(RedisServer::start);
+    let c = config_for(&server, RedisMode::PubSub);
+    let topic = unique("rate");
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    sub.subscribe(&topic).await.unwrap();
+    const N: u32 = 50_000;
+    let (elapsed, publ_stats) = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || {
+            let publ = pubsub_redis::connect_blocking(&c).unwrap();
+            let t0 = Instant::now();
+            for i in 0..N {
+                publ.publish(&topic, seq(i)).unwrap();
+            }
+            publ.flush().unwrap();
+            let elapsed = t0.elapsed();
+            let stats = publ.stats();
+            publ.close().unwrap();
+            (elapsed, stats)
+        }
+    })
+    .await
+    .unwrap();
+    let got = recv_n(&sub, N as usize, WAIT).await;
+    let rate = f64::from(N) / elapsed.as_secs_f64();
+    println!("blocking publish: {N} messages in {elapsed:?} = {rate:.0} msg/s");
+    assert_eq!(publ_stats.published, u64::from(N));
+    assert_eq!(got.len(), N as usize);
+    // One round trip per message on loopback would be far slower than this
+    // in a debug build; pipelining gets well above it.
+    assert!(rate > 10_000.0, "{rate:.0} msg/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_in_pubsub_mode_is_refused_and_names_streams_mode() {
+    let server = start(RedisServer::start);
+    let mut c = config_for(&server, RedisMode::PubSub);
+    c.group_id = Some("workers".into());
+    let e = pubsub_redis::connect(&c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("group_id") && msg.contains("mode = \"streams\""),
+        "{msg}"
+    );
+    c.group_id = None;
+    let ps = pubsub_redis::connect(&c).await.unwrap();
+    assert!(!ps.capabilities().groups);
+    let e = ps.subscribe_in("t", Some("g")).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::InvalidConfig),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_is_named_exactly_like_the_topic() {
+    let server = start(RedisServer::start);
+    let c = config_for(&server, RedisMode::PubSub);
+    let sub: PubSub = pubsub_redis::connect(&c).await.unwrap();
+    let topic = "camera.front/raw:1";
+    sub.subscribe(topic).await.unwrap();
+    let out = server.cli(&["PUBSUB", "CHANNELS"]);
+    assert!(out.lines().any(|l| l.trim() == topic), "{out}");
+    let receivers = server.cli(&["PUBLISH", topic, "from-redis-cli"]);
+    assert_eq!(receivers.trim(), "1");
+    let m = sub.recv_timeout(WAIT).await.unwrap().expect("message");
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (topic, &b"from-redis-cli"[..])
+    );
+    sub.unsubscribe(topic).await.unwrap();
+    let out = server.cli(&["PUBSUB", "NUMSUB", topic]);
+    assert!(out.lines().nth(1).map(str::trim) == Some("0"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_application_drops_are_counted_not_silent() {
+    let server = start(RedisServer::start);
+    let mut c = config_for(&server, RedisMode::PubSub);
+    c.buffer.capacity = 100;
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let publ = pubsub_redis::connect(&c).await.unwrap();
+    let topic = unique("slow");
+    sub.subscribe(&topic).await.unwrap();
+    for i in 0..1000 {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while sub.stats().received < 1000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = sub.stats();
+    assert_eq!(s.received, 1000, "{s:?}");
+    assert_eq!(s.dropped, 900, "{s:?}");
+    // The default policy keeps the newest.
+    let got = recv_n(&sub, 100, WAIT).await;
+    assert_eq!(seq_of(&got[0]), 900);
+}
