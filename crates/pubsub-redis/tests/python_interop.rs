@@ -1,0 +1,190 @@
+//! A Python node (redis-py, the client of the Python original, which
+//! publishes and subscribes on a channel named after the topic) and a Rust
+//! node exchange messages both ways on the same Redis, bytes unchanged.
+//!
+//! Python: `PUBSUB_TEST_PYTHON` if set, else `<workspace>/target/py-venv/bin/python`
+//! (made by `cargo xtask install-brokers`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{config_for, recv_n, start, unique};
+use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_redis::RedisMode;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PUBSUB_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python peer: {} is missing; run `cargo xtask install-brokers` (or set PUBSUB_TEST_PYTHON to a python with redis-py)",
+        venv.display()
+    );
+    venv
+}
+
+/// Payloads that show any change: empty, every byte value, invalid UTF-8, 64 KiB.
+fn payloads() -> Vec<Vec<u8>> {
+    vec![
+        Vec::new(),
+        (0..=255u8).collect(),
+        b"\xff\xfe\x00msgpack\x93\x01\x02\x03".to_vec(),
+        (0..65_536u32).map(|i| (i * 7 % 256) as u8).collect(),
+    ]
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Kills the Python process if the test fails half way.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `script` with the Python peer; lines of its stdout arrive on the channel.
+fn spawn_python(script: &str, port: u16, topic: &str) -> (Kill, mpsc::Receiver<String>) {
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(topic)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the Python peer");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Kill(child), rx)
+}
+
+const PY_PUBLISHER: &str = r#"
+import sys, redis
+port, topic = int(sys.argv[1]), sys.argv[2]
+r = redis.Redis(host="127.0.0.1", port=port)
+for line in sys.stdin:
+    r.publish(topic, bytes.fromhex(line.strip()))
+print("DONE", flush=True)
+"#;
+
+const PY_SUBSCRIBER: &str = r#"
+import sys, time, redis
+port, topic, n = int(sys.argv[1]), sys.argv[2], int(sys.stdin.readline())
+r = redis.Redis(host="127.0.0.1", port=port)
+p = r.pubsub()
+p.subscribe(topic)
+deadline = time.time() + 20
+while time.time() < deadline:
+    m = p.get_message(timeout=1.0)
+    if m and m["type"] == "subscribe":
+        break
+print("READY", flush=True)
+got = 0
+while got < n and time.time() < deadline:
+    m = p.get_message(timeout=1.0)
+    if m and m["type"] == "message":
+        print("MSG " + m["channel"].decode() + " " + m["data"].hex(), flush=True)
+        got += 1
+print("DONE", flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_publishes_rust_receives_bytes_unchanged() {
+    let server = start(RedisServer::start);
+    let topic = unique("py2rs");
+    let sub = pubsub_redis::connect(&config_for(&server, RedisMode::PubSub))
+        .await
+        .unwrap();
+    sub.subscribe(&topic).await.unwrap();
+    let (mut py, lines) = spawn_python(PY_PUBLISHER, server.port(), &topic);
+    {
+        let mut stdin = py.0.stdin.take().expect("stdin");
+        for p in payloads() {
+            writeln!(stdin, "{}", hex(&p)).unwrap();
+        }
+    } // closing stdin ends the Python loop
+    let done = tokio::task::spawn_blocking(move || lines.recv_timeout(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(done.as_deref(), Ok("DONE"), "the Python publisher finished");
+    let got = recv_n(&sub, payloads().len(), WAIT).await;
+    assert_eq!(got.len(), payloads().len());
+    for (m, p) in got.iter().zip(payloads()) {
+        assert_eq!(m.topic, topic);
+        assert!(
+            m.payload[..] == p[..],
+            "payload of {} bytes changed",
+            p.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_publishes_python_receives_bytes_unchanged() {
+    let server = start(RedisServer::start);
+    let topic = unique("rs2py");
+    let (mut py, lines) = spawn_python(PY_SUBSCRIBER, server.port(), &topic);
+    {
+        let mut stdin = py.0.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", payloads().len()).unwrap();
+    }
+    let ready = tokio::task::spawn_blocking({
+        let lines_ready = lines;
+        move || (lines_ready.recv_timeout(WAIT), lines_ready)
+    })
+    .await
+    .unwrap();
+    let (first, lines) = ready;
+    assert_eq!(
+        first.as_deref(),
+        Ok("READY"),
+        "the Python subscriber is ready"
+    );
+    let publ = pubsub_redis::connect_blocking(&config_for(&server, RedisMode::PubSub)).unwrap();
+    let received = tokio::task::spawn_blocking(move || {
+        for p in payloads() {
+            publ.publish(topic.as_str(), p).unwrap();
+        }
+        publ.flush().unwrap();
+        publ.close().unwrap();
+        let mut out = Vec::new();
+        while let Ok(line) = lines.recv_timeout(WAIT) {
+            if line == "DONE" {
+                break;
+            }
+            out.push(line);
+        }
+        (out, topic)
+    })
+    .await
+    .unwrap();
+    let (out, topic) = received;
+    let expected: Vec<String> = payloads()
+        .iter()
+        .map(|p| format!("MSG {topic} {}", hex(p)))
+        .collect();
+    assert_eq!(out.len(), expected.len(), "messages the Python node got");
+    assert!(out == expected, "bytes changed on the way to Python");
+}
