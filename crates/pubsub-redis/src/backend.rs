@@ -31,7 +31,7 @@ use redis::{Cmd, PushInfo, PushKind, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{is_connection_error, redis_error};
-use crate::options::{Options, COMMAND_TIMEOUT};
+use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
 /// Most messages queued for publishing before `publish` waits.
 const PUBLISH_QUEUE: usize = 16_384;
@@ -92,8 +92,6 @@ impl Conn {
         }
     }
 }
-
-type PushCallback = Arc<dyn Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync>;
 
 /// Open a connection: first one plain attempt, so that a wrong password,
 /// TLS trouble or a dead port fail at once with the right kind (the manager

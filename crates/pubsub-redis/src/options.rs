@@ -15,6 +15,10 @@ use redis::{
     TlsCertificates,
 };
 
+/// Receives the RESP3 pushes (pub/sub messages, disconnections); must not block.
+pub(crate) type PushCallback =
+    Arc<dyn Fn(redis::PushInfo) -> std::result::Result<(), ()> + Send + Sync>;
+
 /// Timeout of ordinary commands (publish pipelines, subscribe, XACK, ...).
 /// Blocking stream reads use their own, longer one.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,7 +116,7 @@ impl Options {
     /// A cluster client over `cluster_nodes`; `push` receives pub/sub messages.
     pub fn cluster_client(
         &self,
-        push: Option<Arc<dyn Fn(redis::PushInfo) -> std::result::Result<(), ()> + Send + Sync>>,
+        push: Option<PushCallback>,
         response_timeout: Duration,
     ) -> Result<redis::cluster::ClusterClient> {
         let r = &self.redis;
@@ -165,7 +169,7 @@ impl Options {
 }
 
 /// A push sender made of a shared closure.
-struct PushFn(Arc<dyn Fn(redis::PushInfo) -> std::result::Result<(), ()> + Send + Sync>);
+struct PushFn(PushCallback);
 
 impl AsyncPushSender for PushFn {
     fn send(&self, info: redis::PushInfo) -> std::result::Result<(), redis::aio::SendError> {
