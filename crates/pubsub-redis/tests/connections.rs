@@ -54,6 +54,11 @@ async fn mutual_tls_with_generated_certificates() {
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
     c.redis.host = "localhost".into();
     round_trip(&c).await;
+    // tls_verify = false: no CA at all, the test CA is in no trust store.
+    let mut c = tls_config(&server, &pki, RedisMode::PubSub);
+    c.redis.tls_ca_cert = None;
+    c.redis.tls_verify = false;
+    round_trip(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

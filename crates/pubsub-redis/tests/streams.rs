@@ -233,3 +233,51 @@ async fn streams_are_trimmed_to_about_maxlen() {
     let len: u64 = server.cli(&["XLEN", &topic]).trim().parse().unwrap();
     assert!((1000..2000).contains(&len), "XLEN {len}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_comes_back_after_a_redis_restart() {
+    let mut server = start(RedisServer::start);
+    let topic = unique("regroup");
+    let mut c = streams(&server);
+    c.group_id = Some("g".into());
+    let sub = connect(&c).await;
+    sub.subscribe(&topic).await.unwrap();
+    let publ = connect(&streams(&server)).await;
+    publ.publish(&topic, seq(0)).await.unwrap();
+    publ.flush().await.unwrap();
+    assert_eq!(recv_n(&sub, 1, WAIT).await.len(), 1);
+    // Persistence is off: the stream and the group are gone after this.
+    start(|| server.restart());
+    let t0 = Instant::now();
+    let mut i = 1;
+    let mut through = false;
+    while t0.elapsed() < WAIT {
+        let _ = publ.publish(&topic, seq(i)).await;
+        i += 1;
+        if sub
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            through = true;
+            break;
+        }
+    }
+    assert!(through, "nothing arrived after the restart");
+    // Everything published after the group was re-created arrives, once.
+    while sub
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    for j in 0..100 {
+        publ.publish(&topic, seq(1_000_000 + j)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    let got: BTreeSet<u32> = recv_n(&sub, 100, WAIT).await.iter().map(seq_of).collect();
+    assert_eq!(got.len(), 100);
+    assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
+    println!("group back {:?} after the restart", t0.elapsed());
+}
