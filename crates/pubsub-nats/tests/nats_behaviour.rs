@@ -12,7 +12,10 @@ fn start() -> NatsServer {
 }
 
 fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -25,11 +28,17 @@ async fn first_servers_down_still_connects() {
         live.url(),
     ];
     let t0 = Instant::now();
-    let ps = pubsub_nats::connect(&c).await.expect("third server answers");
+    let ps = pubsub_nats::connect(&c)
+        .await
+        .expect("third server answers");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     ps.subscribe("failover.x").await.unwrap();
     ps.publish("failover.x", "hi").await.unwrap();
-    assert!(ps.recv_timeout(Duration::from_secs(5)).await.unwrap().is_some());
+    assert!(ps
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,24 +47,43 @@ async fn python_style_environment_connects() {
     let b = start();
     let vars = env(&[
         ("MSIGHT_PUBSUB_BACKEND", "nats".into()),
-        ("MSIGHT_NATS_SERVERS", format!("['{}', '{}']", a.url(), b.url())),
+        (
+            "MSIGHT_NATS_SERVERS",
+            format!("['{}', '{}']", a.url(), b.url()),
+        ),
         ("MSIGHT_NATS_USE_TLS", "no".into()),
     ]);
     let c = Config::loader().env(vars).no_default_file().load().unwrap();
     assert_eq!(c.nats.servers, [a.url(), b.url()]);
     pubsub_nats::register();
-    let ps = pubsub_nats::PubSub::connect(&c).await.expect("registry connect");
+    let ps = pubsub_nats::PubSub::connect(&c)
+        .await
+        .expect("registry connect");
     assert_eq!(ps.backend_name(), "nats");
     ps.close().await.unwrap();
 
     let vars = env(&[("MSIGHT_NATS_SERVERS", format!("{},{}", a.url(), b.url()))]);
     let c = Config::loader().env(vars).no_default_file().load().unwrap();
-    pubsub_nats::connect(&c).await.expect("comma-separated list");
+    pubsub_nats::connect(&c)
+        .await
+        .expect("comma-separated list");
 
     for (var, value, fragment) in [
-        ("MSIGHT_NATS_SERVERS", format!("['{}'", a.url()), "Python list literal"),
-        ("MSIGHT_NATS_SERVERS", "http://x:1".to_string(), "unknown URL scheme"),
-        ("MSIGHT_NATS_USE_TLS", "perhaps".to_string(), "MSIGHT_NATS_USE_TLS"),
+        (
+            "MSIGHT_NATS_SERVERS",
+            format!("['{}'", a.url()),
+            "Python list literal",
+        ),
+        (
+            "MSIGHT_NATS_SERVERS",
+            "http://x:1".to_string(),
+            "unknown URL scheme",
+        ),
+        (
+            "MSIGHT_NATS_USE_TLS",
+            "perhaps".to_string(),
+            "MSIGHT_NATS_USE_TLS",
+        ),
     ] {
         let r = Config::loader()
             .env(env(&[(var, value.clone())]))
@@ -79,11 +107,17 @@ async fn payload_limit_comes_from_the_server() {
     let ps = pubsub_nats::connect(&c).await.unwrap();
     assert_eq!(ps.capabilities().max_payload, Some(4096));
     ps.subscribe("limit.x").await.unwrap();
-    ps.publish("limit.x", vec![7u8; 4096]).await.expect("exactly at the limit");
+    ps.publish("limit.x", vec![7u8; 4096])
+        .await
+        .expect("exactly at the limit");
     let e = ps.publish("limit.x", vec![7u8; 4097]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
     assert!(e.to_string().contains("4096"), "{e}");
-    let m = ps.recv_timeout(Duration::from_secs(5)).await.unwrap().unwrap();
+    let m = ps
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload.len(), 4096);
     assert_eq!(ps.stats().published, 1);
 }
@@ -105,7 +139,13 @@ async fn subjects_nats_cannot_publish_to_are_refused() {
     ps.publish("deep.a.b.c", "2").await.unwrap();
     let mut topics = vec![];
     for _ in 0..2 {
-        topics.push(ps.recv_timeout(Duration::from_secs(5)).await.unwrap().unwrap().topic);
+        topics.push(
+            ps.recv_timeout(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap()
+                .topic,
+        );
     }
     topics.sort();
     assert_eq!(topics, ["deep.a.b.c", "wild.x.end"]);
