@@ -58,3 +58,8 @@ pub fn get_nats_config(group_id: Option<&str>) -> Result<Config> {
     config.validate()?;
     Ok(config)
 }
+
+/// The workspace README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadme;
