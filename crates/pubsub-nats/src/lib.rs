@@ -7,10 +7,11 @@ mod options;
 
 use futures::FutureExt;
 
-pub use backend::{NatsBackend, ServerInfo};
+pub use backend::NatsBackend;
 pub use pubsub_core::{
-    self, blocking, BackendFactory, Bytes, Capabilities, Config, Delivery, Error, ErrorKind,
-    Message, MessageStream, NatsConfig, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
+    self, blocking, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery, Error,
+    ErrorKind, Message, MessageStream, NatsConfig, OverflowPolicy, PubSub, Result, Secret, Stats,
+    Topic,
 };
 
 /// The registry entry of the `nats` backend.
