@@ -5,5 +5,6 @@
 pub mod brokers;
 pub mod certs;
 pub mod conformance;
+pub mod python;
 
 pub use futures::future::BoxFuture;
