@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pubsub_core::{
-    BackendContext, Capabilities, Config, Delivery, Error, ErrorKind, Message, PubSubBackend,
-    RedisMode, Result,
+    BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Message,
+    PubSubBackend, RedisMode, Result,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -175,6 +175,7 @@ pub struct RedisBackend {
     consumer: String,
     tasks: Mutex<Vec<Task>>,
     closed: AtomicBool,
+    info: BrokerInfo,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -236,7 +237,8 @@ impl RedisBackend {
         } else {
             None
         };
-        let conn = open(&opts, push, COMMAND_TIMEOUT).await?;
+        let mut conn = open(&opts, push, COMMAND_TIMEOUT).await?;
+        let info = broker_info(&mut conn, &opts).await;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         tasks.push(Task(tokio::spawn(publisher(
             publish_rx,
@@ -267,6 +269,7 @@ impl RedisBackend {
             consumer,
             tasks: Mutex::new(tasks),
             closed: AtomicBool::new(false),
+            info,
         })
     }
 
@@ -370,6 +373,46 @@ impl RedisBackend {
     }
 }
 
+/// `INFO server`: version and mode (standalone / cluster). Best effort: an
+/// ACL user may not be allowed to run it.
+async fn broker_info(conn: &mut Conn, opts: &Options) -> BrokerInfo {
+    let text = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        redis::cmd("INFO").arg("server").query_async::<Value>(conn),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .and_then(|v| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Value::VerbatimString { text, .. } => Some(text),
+        Value::SimpleString(s) => Some(s),
+        // A cluster answers per node: take the first.
+        Value::Map(m) => m.into_iter().find_map(|(_, v)| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Value::VerbatimString { text, .. } => Some(text),
+            _ => None,
+        }),
+        _ => None,
+    })
+    .unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    };
+    BrokerInfo {
+        server: Some(match field("redis_mode") {
+            Some(mode) => format!("redis-server ({mode})"),
+            None => "redis-server".to_string(),
+        }),
+        version: field("redis_version"),
+        max_payload: Some(opts.redis.max_payload),
+        tls: opts.redis.tls && opts.redis.unix_socket_path.is_none(),
+        address: Some(opts.shown.clone()),
+    }
+}
+
 fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
     let g = group.map(|g| format!(" {g:?}")).unwrap_or_default();
     Error::new(
@@ -385,6 +428,10 @@ fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
 impl PubSubBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn broker_info(&self) -> BrokerInfo {
+        self.info.clone()
     }
 
     fn capabilities(&self) -> Capabilities {

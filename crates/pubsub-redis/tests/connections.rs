@@ -50,6 +50,12 @@ async fn mutual_tls_with_generated_certificates() {
     for mode in [RedisMode::PubSub, RedisMode::Streams] {
         round_trip(&tls_config(&server, &pki, mode)).await;
     }
+    let ps = pubsub_redis::connect(&tls_config(&server, &pki, RedisMode::PubSub))
+        .await
+        .unwrap();
+    let info = ps.broker_info();
+    assert!(info.tls && info.version.is_some(), "{info:?}");
+    assert!(info.address.unwrap().starts_with("rediss://127.0.0.1:"));
     // "localhost" is in the server certificate too.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
     c.redis.host = "localhost".into();

@@ -122,6 +122,15 @@ async fn channel_is_named_exactly_like_the_topic() {
     let server = start(RedisServer::start);
     let c = config_for(&server, RedisMode::PubSub);
     let sub: PubSub = pubsub_redis::connect(&c).await.unwrap();
+    let info = sub.broker_info();
+    assert!(
+        info.version
+            .as_deref()
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())),
+        "{info:?}"
+    );
+    assert_eq!(info.server.as_deref(), Some("redis-server (standalone)"));
+    assert!(!info.tls);
     let topic = "camera.front/raw:1";
     sub.subscribe(topic).await.unwrap();
     let out = server.cli(&["PUBSUB", "CHANNELS"]);

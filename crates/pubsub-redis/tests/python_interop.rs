@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -18,19 +17,6 @@ use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_redis::RedisMode;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PUBSUB_TEST_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python peer: {} is missing; run `cargo xtask install-brokers` (or set PUBSUB_TEST_PYTHON to a python with redis-py)",
-        venv.display()
-    );
-    venv
-}
 
 /// Payloads that show any change: empty, every byte value, invalid UTF-8, 64 KiB.
 fn payloads() -> Vec<Vec<u8>> {
@@ -58,7 +44,7 @@ impl Drop for Kill {
 
 /// Run `script` with the Python peer; lines of its stdout arrive on the channel.
 fn spawn_python(script: &str, port: u16, topic: &str) -> (Kill, mpsc::Receiver<String>) {
-    let mut child = Command::new(python())
+    let mut child = Command::new(pubsub_core::testkit::python::interpreter())
         .arg("-c")
         .arg(script)
         .arg(port.to_string())
@@ -150,13 +136,9 @@ async fn rust_publishes_python_receives_bytes_unchanged() {
         let mut stdin = py.0.stdin.take().expect("stdin");
         writeln!(stdin, "{}", payloads().len()).unwrap();
     }
-    let ready = tokio::task::spawn_blocking({
-        let lines_ready = lines;
-        move || (lines_ready.recv_timeout(WAIT), lines_ready)
-    })
-    .await
-    .unwrap();
-    let (first, lines) = ready;
+    let (first, lines) = tokio::task::spawn_blocking(move || (lines.recv_timeout(WAIT), lines))
+        .await
+        .unwrap();
     assert_eq!(
         first.as_deref(),
         Ok("READY"),
