@@ -618,11 +618,15 @@ fn push_callback(
     })
 }
 
+/// Bytes a queued push message holds: payload, channel name and the
+/// bookkeeping around them (so that tiny messages are bounded too).
 fn message_size(info: &PushInfo) -> usize {
-    match info.data.get(1) {
+    const OVERHEAD: usize = 128;
+    let len = |v: Option<&Value>| match v {
         Some(Value::BulkString(b)) => b.len(),
         _ => 0,
-    }
+    };
+    OVERHEAD + len(info.data.first()) + len(info.data.get(1))
 }
 
 async fn pump(

@@ -65,7 +65,9 @@ async fn blocking_publish_is_pipelined() {
     let server = start(RedisServer::start);
     let c = config_for(&server, RedisMode::PubSub);
     let topic = unique("rate");
-    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let mut sub_config = c.clone();
+    sub_config.buffer.capacity = 100_000; // holds all of them: read after publishing
+    let sub = pubsub_redis::connect(&sub_config).await.unwrap();
     sub.subscribe(&topic).await.unwrap();
     const N: u32 = 50_000;
     let (elapsed, publ_stats) = tokio::task::spawn_blocking({
@@ -89,7 +91,7 @@ async fn blocking_publish_is_pipelined() {
     let rate = f64::from(N) / elapsed.as_secs_f64();
     println!("blocking publish: {N} messages in {elapsed:?} = {rate:.0} msg/s");
     assert_eq!(publ_stats.published, u64::from(N));
-    assert_eq!(got.len(), N as usize);
+    assert_eq!(got.len(), N as usize, "subscriber {:?}", sub.stats());
     // One round trip per message on loopback would be far slower than this
     // in a debug build; pipelining gets well above it.
     assert!(rate > 10_000.0, "{rate:.0} msg/s");
