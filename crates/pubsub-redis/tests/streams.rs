@@ -281,3 +281,38 @@ async fn a_group_comes_back_after_a_redis_restart() {
     assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
     println!("group back {:?} after the restart", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_subscriber_with_a_generated_name_loses_nothing() {
+    let server = start(RedisServer::start);
+    let topic = unique("resume2");
+    let mut c = streams(&server);
+    c.group_id = Some("g".into());
+    c.redis.stream_claim_idle = Duration::from_millis(500);
+    let publ = connect(&streams(&server)).await;
+    let first = connect(&c).await;
+    first.subscribe(&topic).await.unwrap();
+    for i in 0..100 {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    let before: Vec<u32> = recv_n(&first, 30, WAIT).await.iter().map(seq_of).collect();
+    assert_eq!(before.len(), 30);
+    first.close().await.unwrap(); // 70 read from Redis but never taken
+    for i in 100..150 {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    // A new process: a new consumer name; the old name's pending entries
+    // are claimed once they are idle for stream_claim_idle.
+    let second = connect(&c).await;
+    second.subscribe(&topic).await.unwrap();
+    let after: Vec<u32> = recv_n(&second, 120, WAIT)
+        .await
+        .iter()
+        .map(seq_of)
+        .collect();
+    let all: BTreeSet<u32> = before.iter().chain(after.iter()).copied().collect();
+    assert_eq!(all.len(), 150, "nothing lost");
+    assert_eq!(before.len() + after.len(), 150, "nothing twice");
+}
