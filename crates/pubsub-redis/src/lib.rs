@@ -9,9 +9,9 @@ use futures::FutureExt;
 
 pub use backend::{RedisBackend, PAYLOAD_FIELD};
 pub use pubsub_core::{
-    self, blocking, BackendFactory, Bytes, Capabilities, Config, Delivery, Error, ErrorKind,
-    Message, MessageStream, OverflowPolicy, PubSub, RedisConfig, RedisMode, Result, Secret, Stats,
-    Topic,
+    self, blocking, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery, Error,
+    ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, RedisConfig, RedisMode, Result,
+    Secret, Stats, Topic,
 };
 
 /// The registry entry of the `redis` backend.
@@ -45,4 +45,20 @@ pub async fn connect(config: &Config) -> Result<PubSub> {
 /// Connect to Redis (blocking), whatever `config.backend` says.
 pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
     blocking::PubSub::connect_with(&factory(), config)
+}
+
+/// Like the Python original, which builds its Redis client from the
+/// `MSIGHT_REDIS_MESSAGE_BROKER_*` variables: defaults, then the
+/// `MSIGHT_*` environment variables (not the `MSIGHT_PUBSUB_CONFIG` file),
+/// with `backend = "redis"` and the given group (which needs
+/// `redis.mode = "streams"`).
+pub fn get_redis_config(group_id: Option<&str>) -> Result<Config> {
+    let mut config = Config::loader().no_default_file().load()?;
+    config.backend = "redis".to_string();
+    if let Some(g) = group_id {
+        config.group_id = Some(g.to_string());
+    }
+    config.validate()?;
+    config.redis.validate()?;
+    Ok(config)
 }

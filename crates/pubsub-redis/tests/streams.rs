@@ -316,3 +316,23 @@ async fn a_restarted_subscriber_with_a_generated_name_loses_nothing() {
     assert_eq!(all.len(), 150, "nothing lost");
     assert_eq!(before.len() + after.len(), 150, "nothing twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_reports_messages_redis_refused() {
+    let server = start(RedisServer::start);
+    let topic = unique("wrongtype");
+    server.cli(&["SET", &topic, "not a stream"]);
+    let publ = connect(&streams(&server)).await;
+    for i in 0..3 {
+        publ.publish(&topic, seq(i)).await.unwrap(); // accepted: queued
+    }
+    let e = publ.flush().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("3 message(s)") && msg.contains(&topic),
+        "{msg}"
+    );
+    assert!(msg.contains("WRONGTYPE"), "{msg}");
+    // Reported once: the next flush has nothing to report.
+    publ.flush().await.unwrap();
+}
