@@ -83,3 +83,30 @@ pub(crate) fn redis_error(address: &str, what: &str, e: RedisError) -> Error {
     };
     Error::new(kind, format!("redis {address}: {what}{hint}")).with_source(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_of_redis_errors() {
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "bad creds"));
+        assert_eq!(kind_of(&auth), ErrorKind::Auth);
+        let io = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert_eq!(kind_of(&io), ErrorKind::Connect);
+        assert!(is_connection_error(&io));
+        let tls = RedisError::from(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(kind_of(&tls), ErrorKind::Tls);
+        let cfg = RedisError::from((redis::ErrorKind::InvalidClientConfig, "no"));
+        assert_eq!(kind_of(&cfg), ErrorKind::InvalidConfig);
+        let e = redis_error("redis://u:***@h:1/0", "cannot connect", auth);
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert!(e.to_string().contains("redis://u:***@h:1/0"), "{e}");
+        assert!(e.to_string().contains("redis.password"), "{e}");
+    }
+}

@@ -54,6 +54,10 @@ impl Options {
                 "redis.unix_socket_path is set: it takes precedence over TCP, and TLS settings are not used on it"
             );
         }
+        if r.tls {
+            // One rustls provider (ring) for the process, before any TLS connect.
+            pubsub_core::tls::install_default_provider();
+        }
         let certs = if r.tls && r.unix_socket_path.is_none() {
             Some(Arc::new(tls_certificates(r)?))
         } else {
