@@ -240,11 +240,9 @@ impl RedisBackend {
         let mut conn = open(&opts, push, COMMAND_TIMEOUT).await?;
         let info = broker_info(&mut conn, &opts).await;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        tasks.push(Task(tokio::spawn(publisher(
-            publish_rx,
-            conn.clone(),
-            opts.clone(),
-        ))));
+        // Not aborted on drop: a handle dropped without close still sends
+        // what it accepted (giving up after close_timeout if Redis is away).
+        tokio::spawn(publisher(publish_rx, conn.clone(), opts.clone()));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         if opts.redis.mode == RedisMode::Streams {
             // Not aborted on drop: it ends when the last acknowledgement
@@ -729,7 +727,7 @@ async fn publisher(mut rx: mpsc::Receiver<PubCmd>, mut conn: Conn, opts: Arc<Opt
             }
         }
         if !batch.is_empty() {
-            send_batch(&mut conn, &opts, &batch, &mut failures).await;
+            send_batch(&mut conn, &opts, &batch, &mut failures, &rx).await;
             batch.clear();
         }
         match control {
@@ -771,6 +769,7 @@ async fn send_batch(
     opts: &Options,
     batch: &[(Arc<str>, Bytes)],
     failures: &mut Failures,
+    rx: &mpsc::Receiver<PubCmd>,
 ) {
     let runs: Vec<&[(Arc<str>, Bytes)]> = if matches!(conn, Conn::Cluster(_)) {
         batch.chunk_by(|a, b| a.0 == b.0).collect()
@@ -785,8 +784,19 @@ async fn send_batch(
         }
         let mut delay = Duration::from_millis(50);
         let mut warned = false;
+        let mut abandoned_since: Option<Instant> = None;
+        let limit = opts.connect_timeout + COMMAND_TIMEOUT;
         loop {
-            match pipe.query_async::<Vec<RedisResult<Value>>>(conn).await {
+            let sent =
+                tokio::time::timeout(limit, pipe.query_async::<Vec<RedisResult<Value>>>(conn))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer from Redis",
+                        )))
+                    });
+            match sent {
                 Ok(results) => {
                     let mut failed = 0;
                     let mut first = None;
@@ -811,6 +821,15 @@ async fn send_batch(
                     break;
                 }
                 Err(e) if is_connection_error(&e) => {
+                    // The handle was dropped: stop retrying after close_timeout.
+                    if rx.is_closed()
+                        && abandoned_since.get_or_insert_with(Instant::now).elapsed()
+                            > opts.close_timeout
+                    {
+                        tracing::warn!(address = %opts.shown, messages = run.len(), "redis publish: handle dropped while Redis is unreachable; messages discarded");
+                        failures.add(run.len() as u64, || redis_error(&opts.shown, "publish", e));
+                        break;
+                    }
                     if !warned {
                         tracing::warn!(address = %opts.shown, error = %e, "redis publish: connection lost; retrying the batch until it is back");
                         warned = true;

@@ -173,3 +173,20 @@ async fn slow_application_drops_are_counted_not_silent() {
     let got = recv_n(&sub, 100, WAIT).await;
     assert_eq!(seq_of(&got[0]), 900);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_dropped_without_close_still_sends_what_it_accepted() {
+    let server = start(RedisServer::start);
+    let c = config_for(&server, RedisMode::PubSub);
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let topic = unique("dropped");
+    sub.subscribe(&topic).await.unwrap();
+    {
+        let publ = pubsub_redis::connect(&c).await.unwrap();
+        for i in 0..1000 {
+            publ.publish(&topic, seq(i)).await.unwrap();
+        }
+    } // dropped, never flushed or closed
+    let got = recv_n(&sub, 1000, WAIT).await;
+    assert_eq!(got.len(), 1000);
+}
