@@ -190,3 +190,41 @@ async fn a_handle_dropped_without_close_still_sends_what_it_accepted() {
     let got = recv_n(&sub, 1000, WAIT).await;
     assert_eq!(got.len(), 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_policy_in_pubsub_mode_stays_bounded_and_counts_drops() {
+    let server = start(RedisServer::start);
+    let mut c = config_for(&server, RedisMode::PubSub);
+    c.buffer.capacity = 10;
+    c.buffer.max_bytes = 1000;
+    c.buffer.overflow = pubsub_redis::OverflowPolicy::Block;
+    c.redis.max_payload = 1000; // the queue in front of the buffer: 1000 bytes
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let publ = pubsub_redis::connect(&config_for(&server, RedisMode::PubSub))
+        .await
+        .unwrap();
+    let topic = unique("blockps");
+    sub.subscribe(&topic).await.unwrap();
+    for i in 0..1000 {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    // Wait until the client has read everything from Redis (the counters
+    // stop moving); a few messages wait in the queue, uncounted until taken.
+    let deadline = Instant::now() + WAIT;
+    let mut last = sub.stats();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = sub.stats();
+        if now == last && now.received > 900 {
+            break;
+        }
+        last = now;
+    }
+    let got = recv_n(&sub, 1000, Duration::from_secs(2)).await;
+    let s = sub.stats();
+    assert_eq!(s.received, 1000, "{s:?}");
+    assert!(got.len() < 100, "bounded: {} buffered", got.len());
+    assert_eq!(got.len() as u64 + s.dropped, 1000, "{s:?}");
+    assert_eq!(s.reconnects, 0);
+}
