@@ -107,3 +107,43 @@ async fn cluster_streams_mode_with_a_group() {
     println!("streams on {holders} of 3 nodes");
     assert!(holders >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_subscriptions_come_back_after_the_nodes_restart() {
+    let mut cluster = start(|| RedisCluster::start(3));
+    let c = cluster_config(&cluster, RedisMode::PubSub);
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let publ = pubsub_redis::connect(&c).await.unwrap();
+    let topic = unique("crestart");
+    sub.subscribe(&topic).await.unwrap();
+    publ.publish(&topic, seq(0)).await.unwrap();
+    publ.flush().await.unwrap();
+    assert_eq!(recv_n(&sub, 1, WAIT).await.len(), 1);
+    start(|| {
+        for s in &mut cluster.servers {
+            s.restart();
+        }
+        assert!(
+            cluster.wait_for_state_ok(),
+            "cluster state ok after restart"
+        );
+    });
+    let t0 = std::time::Instant::now();
+    let mut through = false;
+    let mut i = 1;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let _ = publ.publish(&topic, seq(i)).await;
+        i += 1;
+        if sub
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            through = true;
+            break;
+        }
+    }
+    assert!(through, "no message within 30 s of the cluster restart");
+    println!("cluster pub/sub back after {:?}", t0.elapsed());
+}
