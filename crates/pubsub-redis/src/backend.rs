@@ -467,7 +467,20 @@ impl PubSubBackend for RedisBackend {
                 }
                 r
             }
-            RedisMode::Streams => self.subscribe_stream(topic, group).await,
+            RedisMode::Streams => {
+                let limit = self.opts.connect_timeout + COMMAND_TIMEOUT;
+                match tokio::time::timeout(limit, self.subscribe_stream(topic, group)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "redis {}: subscribing to stream {topic:?} got no answer within {} s",
+                            self.opts.shown,
+                            limit.as_secs()
+                        ),
+                    )),
+                }
+            }
         }
     }
 
