@@ -145,5 +145,10 @@ async fn cluster_subscriptions_come_back_after_the_nodes_restart() {
         }
     }
     assert!(through, "no message within 30 s of the cluster restart");
-    println!("cluster pub/sub back after {:?}", t0.elapsed());
+    assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
+    println!(
+        "cluster pub/sub back after {:?}; subscriber {:?}",
+        t0.elapsed(),
+        sub.stats()
+    );
 }
