@@ -26,7 +26,7 @@ use pubsub_core::{
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{Cmd, PushInfo, PushKind, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -1043,35 +1043,57 @@ impl StreamReader {
         }
     }
 
-    /// Take over entries pending longer than `stream_claim_idle` at any
-    /// member of the group (typically one that went away).
+    /// Take over entries pending longer than `stream_claim_idle` at *other*
+    /// members of the group (typically one that went away): `XPENDING ...
+    /// IDLE`, then `XCLAIM`. Entries pending at this consumer are left
+    /// alone (they are in this handle's buffer, or were dropped by its
+    /// overflow policy), so a slow application does not get its own
+    /// messages twice.
     async fn claim(&mut self) -> RedisResult<()> {
         let Some(g) = self.group.clone() else {
             return Ok(());
         };
         let idle = self.opts.redis.stream_claim_idle.as_millis() as u64;
-        let mut start = "0-0".to_string();
+        let mut from = "-".to_string();
         for _ in 0..100 {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let page: StreamPendingCountReply = redis::cmd("XPENDING")
                 .arg(&*self.topic)
                 .arg(&*g)
-                .arg(&self.consumer)
+                .arg("IDLE")
                 .arg(idle)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(self.opts.redis.stream_read_count)
+                .arg(&from)
+                .arg("+")
+                .arg(1000)
                 .query_async(&mut self.conn)
                 .await?;
-            if !reply.claimed.is_empty() {
-                tracing::info!(stream = %self.topic, group = %g, claimed = reply.claimed.len(), "claimed entries left pending by another group member");
+            let Some(last) = page.ids.last() else { break };
+            from = format!("({}", last.id);
+            let full = page.ids.len() == 1000;
+            let theirs: Vec<&str> = page
+                .ids
+                .iter()
+                .filter(|p| p.consumer != self.consumer)
+                .map(|p| p.id.as_str())
+                .collect();
+            if !theirs.is_empty() {
+                let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+                    .arg(&*self.topic)
+                    .arg(&*g)
+                    .arg(&self.consumer)
+                    .arg(idle)
+                    .arg(&theirs)
+                    .query_async(&mut self.conn)
+                    .await?;
+                if !claimed.ids.is_empty() {
+                    tracing::info!(stream = %self.topic, group = %g, claimed = claimed.ids.len(), "claimed entries left pending by another group member");
+                }
+                for e in claimed.ids {
+                    self.deliver(e).await;
+                }
             }
-            for e in reply.claimed {
-                self.deliver(e).await;
-            }
-            if reply.next_stream_id == "0-0" {
+            if !full {
                 break;
             }
-            start = reply.next_stream_id;
         }
         Ok(())
     }

@@ -340,3 +340,28 @@ async fn flush_reports_messages_redis_refused() {
     // Reported once: the next flush has nothing to report.
     publ.flush().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_member_does_not_claim_its_own_buffered_messages_again() {
+    let server = start(RedisServer::start);
+    let topic = unique("selfclaim");
+    let mut c = streams(&server);
+    c.group_id = Some("g".into());
+    c.redis.stream_claim_idle = Duration::from_millis(200);
+    let sub = connect(&c).await;
+    sub.subscribe(&topic).await.unwrap();
+    let publ = connect(&streams(&server)).await;
+    for i in 0..20 {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    // The application is slow: the messages wait in the buffer through
+    // several claim rounds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got: Vec<u32> = recv_n(&sub, 40, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(seq_of)
+        .collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "each once, in order");
+}

@@ -85,8 +85,8 @@ pub struct RedisConfig {
     /// Streams mode: approximate most entries kept per stream (`XADD ... MAXLEN ~ N`),
     /// default 100,000; 0 keeps everything.
     pub stream_maxlen: u64,
-    /// Streams mode: entries pending longer than this at a group member that
-    /// went away are claimed (`XAUTOCLAIM`) by another member (default 30 s).
+    /// Streams mode: entries pending longer than this at another group
+    /// member (one that went away) are claimed (`XCLAIM`) by this one (default 30 s).
     #[serde(with = "humantime_serde")]
     pub stream_claim_idle: Duration,
     /// Streams mode: how long one `XREAD`/`XREADGROUP` waits for new entries
