@@ -91,6 +91,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Serialise a list of URLs with passwords replaced by `***`.
+pub fn serialize_redacted_urls<S: serde::Serializer>(
+    urls: &[String],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
 /// What happens when messages arrive faster than the application takes them
 /// and the receive buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
