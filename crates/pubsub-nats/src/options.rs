@@ -280,13 +280,15 @@ mod tests {
         assert_eq!(s.url_credentials, Some(("u".into(), Some("p".into()))));
         n.servers.push("nats://x:y@c:3".into());
         assert!(servers(&n)
-            .unwrap_err()
+            .err()
+            .expect("an error")
             .to_string()
             .contains("nats.servers[2]"));
         n.servers.pop();
         n.token = Some(pubsub_core::Secret::new("t"));
         assert!(servers(&n)
-            .unwrap_err()
+            .err()
+            .expect("an error")
             .to_string()
             .contains("another authentication method"));
     }
