@@ -268,8 +268,10 @@ mod tests {
             split_userinfo("tok@h:1"),
             ("h:1".into(), Some(("tok".into(), None)))
         );
-        let mut n = NatsConfig::default();
-        n.servers = vec!["nats://u:p@a:1".into(), "nats://b:2".into()];
+        let mut n = NatsConfig {
+            servers: vec!["nats://u:p@a:1".into(), "nats://b:2".into()],
+            ..Default::default()
+        };
         let s = servers(&n).unwrap();
         assert_eq!(s.addrs.len(), 2);
         assert!(
