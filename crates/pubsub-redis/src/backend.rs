@@ -85,10 +85,10 @@ impl Conn {
         }
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+    async fn unsubscribe(&mut self, channels: impl redis::ToRedisArgs + Send) -> RedisResult<()> {
         match self {
-            Conn::Single(c) => c.unsubscribe(channel).await,
-            Conn::Cluster(c) => c.unsubscribe(channel).await,
+            Conn::Single(c) => c.unsubscribe(channels).await,
+            Conn::Cluster(c) => c.unsubscribe(channels).await,
         }
     }
 }
@@ -540,25 +540,25 @@ impl PubSubBackend for RedisBackend {
         self.closed.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
         // Everything accepted before this marker is sent first.
-        let sent = match self.publish_tx.send(PubCmd::Close(tx)).await {
-            Ok(()) => {
-                let limit = self
-                    .opts
-                    .close_timeout
-                    .saturating_sub(Duration::from_millis(200));
-                match tokio::time::timeout(limit, rx).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Ok(()),
-                    Err(_) => Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "redis {}: close: queued messages could not all be sent within close_timeout",
-                            self.opts.shown
-                        ),
-                    )),
-                }
+        let limit = self
+            .opts
+            .close_timeout
+            .saturating_sub(Duration::from_millis(500));
+        let drained = async {
+            match self.publish_tx.send(PubCmd::Close(tx)).await {
+                Ok(()) => rx.await.unwrap_or(Ok(())),
+                Err(_) => Ok(()),
             }
-            Err(_) => Ok(()),
+        };
+        let sent = match tokio::time::timeout(limit, drained).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {}: close: queued messages could not all be sent within close_timeout",
+                    self.opts.shown
+                ),
+            )),
         };
         lock(&self.readers).clear();
         let ack_tx = lock(&self.ack_tx).take();
@@ -566,17 +566,15 @@ impl PubSubBackend for RedisBackend {
             // Send the acknowledgements of messages already taken.
             let (tx, rx) = oneshot::channel();
             if ack_tx.send(AckMsg::Flush(tx)).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
             }
         }
         if self.opts.redis.mode == RedisMode::PubSub {
             let topics: Vec<String> = lock_r(&self.active).iter().cloned().collect();
             lock_w(&self.active).clear();
-            if let Ok(mut conn) = self.conn() {
-                for t in topics {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&t)).await;
-                }
+            if let (Ok(mut conn), false) = (self.conn(), topics.is_empty()) {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&topics)).await;
             }
         }
         lock(&self.tasks).clear();

@@ -271,3 +271,32 @@ async fn block_policy_in_pubsub_mode_stays_bounded_and_counts_drops() {
     assert_eq!(got.len() as u64 + s.dropped, 1000, "{s:?}");
     assert_eq!(s.reconnects, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_while_redis_is_down_returns_in_time() {
+    let mut server = start(RedisServer::start);
+    for mode in [RedisMode::PubSub, RedisMode::Streams] {
+        start(|| server.start_again());
+        let mut c = config_for(&server, mode);
+        c.close_timeout = Duration::from_secs(2);
+        let ps = pubsub_redis::connect(&c).await.unwrap();
+        let topic = unique("down");
+        ps.subscribe(&topic).await.unwrap();
+        start(|| server.stop());
+        for i in 0..10 {
+            ps.publish(&topic, seq(i)).await.unwrap(); // queued
+        }
+        let t0 = Instant::now();
+        let e = ps.close().await.unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{mode:?}: {e}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{mode:?}: close took {took:?}"
+        );
+        assert_eq!(
+            ps.publish(&topic, "x").await.unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+    }
+}
