@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_core::testkit::brokers::{NatsServer, RedisServer};
 use pubsub_core::{blocking, BackendFactory, Config, PubSub};
 
 const THREADS: u32 = 8;
@@ -70,4 +70,23 @@ async fn nats() {
     let mut c = Config::default();
     c.nats.servers = vec![server.url()];
     eight_threads_one_handle(pubsub_nats::factory(), c, "conc.nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_pubsub_mode() {
+    let server = tokio::task::block_in_place(RedisServer::start);
+    let mut c = Config::default();
+    c.redis.host = "127.0.0.1".into();
+    c.redis.port = server.port();
+    eight_threads_one_handle(pubsub_redis::factory(), c, "conc.redis.pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_streams_mode() {
+    let server = tokio::task::block_in_place(RedisServer::start);
+    let mut c = Config::default();
+    c.redis.host = "127.0.0.1".into();
+    c.redis.port = server.port();
+    c.redis.mode = pubsub_redis::RedisMode::Streams;
+    eight_threads_one_handle(pubsub_redis::factory(), c, "conc.redis.streams").await;
 }

@@ -24,4 +24,19 @@ async fn tls_without_any_ca_is_a_clear_error() {
         msg.contains("nats.tls_ca_cert") && msg.contains("no CA certificate is available"),
         "{msg}"
     );
+
+    let mut c = Config {
+        backend: "redis".into(),
+        ..Config::default()
+    };
+    c.redis.host = "127.0.0.1".into();
+    c.redis.port = 1;
+    c.redis.tls = true;
+    let e = pubsub_redis::connect(&c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("redis.tls_ca_cert") && msg.contains("no CA certificate is available"),
+        "{msg}"
+    );
 }
