@@ -300,3 +300,31 @@ async fn close_while_redis_is_down_returns_in_time() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_while_redis_is_down_fails_in_time_once_the_queue_is_full() {
+    let mut server = start(RedisServer::start);
+    let mut c = config_for(&server, RedisMode::PubSub);
+    c.publish_timeout = Duration::from_millis(500);
+    c.close_timeout = Duration::from_secs(1);
+    let ps = pubsub_redis::connect(&c).await.unwrap();
+    start(|| server.stop());
+    let t0 = Instant::now();
+    let mut accepted = 0u32;
+    let mut error = None;
+    for i in 0..100_000u32 {
+        match ps.publish("down", seq(i)).await {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let took = t0.elapsed();
+    let e = error.expect("the queue fills up while Redis is down");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(accepted >= 16_000, "queued before failing: {accepted}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    println!("Redis down: {accepted} accepted, then {e} after {took:?}");
+}
