@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use pubsub_core::{
     BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Message,
-    PubSubBackend, RedisMode, Result,
+    OverflowPolicy, PubSubBackend, RedisMode, Result,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -225,7 +226,14 @@ impl RedisBackend {
             let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
             let queued = Arc::new(AtomicUsize::new(0));
             let limit = config.buffer.max_bytes.max(opts.redis.max_payload);
-            let cb = push_callback(push_tx, queued.clone(), limit, ctx.clone());
+            let cb = push_callback(
+                push_tx,
+                queued.clone(),
+                limit,
+                ctx.clone(),
+                active.clone(),
+                opts.shown.clone(),
+            );
             tasks.push(Task(tokio::spawn(pump(
                 push_rx,
                 queued,
@@ -582,17 +590,38 @@ fn lock_r<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 // pubsub mode: from the socket to the inbox
 // ---------------------------------------------------------------------------
 
-/// The push sender given to redis-rs: it must not block, so it only queues.
-/// Messages beyond `limit` queued bytes (the application does not keep up
-/// and the inbox blocks) are dropped and counted, so memory stays bounded.
+/// The push sender given to redis-rs. It runs on the task that reads the
+/// socket and must not block:
+/// - with `drop_oldest` / `drop_newest` it puts each message straight into
+///   the inbox (that never waits under those policies), so nothing queues
+///   between the socket and the application's buffer;
+/// - with `block` it queues for the pump, which waits for room in the inbox;
+///   messages beyond `limit` queued bytes are dropped and counted, so memory
+///   stays bounded (Redis cannot be paused without cutting us off).
 fn push_callback(
     tx: mpsc::UnboundedSender<PushInfo>,
     queued: Arc<AtomicUsize>,
     limit: usize,
     ctx: BackendContext,
+    active: Arc<RwLock<HashSet<String>>>,
+    shown: String,
 ) -> PushCallback {
+    let direct = ctx.inbox.policy() != OverflowPolicy::Block;
     let warned = Arc::new(AtomicBool::new(false));
     Arc::new(move |info: PushInfo| {
+        if direct {
+            match info.kind {
+                PushKind::Message => {
+                    if let Some(msg) = to_message(info, &active) {
+                        // Never pending under the drop policies.
+                        let _ = ctx.inbox.deliver(msg).now_or_never();
+                    }
+                }
+                PushKind::Disconnection => lost_connection(&ctx, &shown),
+                _ => {}
+            }
+            return Ok(());
+        }
         if info.kind == PushKind::Message {
             let size = message_size(&info);
             let now = queued.load(Ordering::Relaxed);
@@ -614,6 +643,33 @@ fn push_callback(
     })
 }
 
+fn lost_connection(ctx: &BackendContext, shown: &str) {
+    ctx.counters.add_reconnect();
+    tracing::warn!(address = %shown, "redis connection lost; reconnecting and re-subscribing");
+}
+
+/// The message of a `message` push, if its channel is still subscribed
+/// (one may arrive just after `unsubscribe`).
+fn to_message(info: PushInfo, active: &RwLock<HashSet<String>>) -> Option<Message> {
+    let mut data = info.data.into_iter();
+    let (channel, payload) = (data.next()?, data.next()?);
+    let channel = match channel {
+        Value::BulkString(b) => String::from_utf8(b)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        Value::SimpleString(s) => s,
+        _ => return None,
+    };
+    let payload = match payload {
+        Value::BulkString(b) => Bytes::from(b),
+        Value::SimpleString(s) => Bytes::from(s.into_bytes()),
+        _ => return None,
+    };
+    if !lock_r(active).contains(&channel) {
+        return None;
+    }
+    Some(Message::new(channel, payload))
+}
+
 /// Bytes a queued push message holds: payload, channel name and the
 /// bookkeeping around them (so that tiny messages are bounded too).
 fn message_size(info: &PushInfo) -> usize {
@@ -625,6 +681,7 @@ fn message_size(info: &PushInfo) -> usize {
     OVERHEAD + len(info.data.first()) + len(info.data.get(1))
 }
 
+/// `block` policy only: from the queue into the inbox, waiting for room.
 async fn pump(
     mut rx: mpsc::UnboundedReceiver<PushInfo>,
     queued: Arc<AtomicUsize>,
@@ -636,29 +693,11 @@ async fn pump(
         match info.kind {
             PushKind::Message => {
                 queued.fetch_sub(message_size(&info), Ordering::Relaxed);
-                let mut data = info.data.into_iter();
-                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
-                    continue;
-                };
-                let channel = match channel {
-                    Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                    Value::SimpleString(s) => s,
-                    _ => continue,
-                };
-                let payload = match payload {
-                    Value::BulkString(b) => Bytes::from(b),
-                    Value::SimpleString(s) => Bytes::from(s.into_bytes()),
-                    _ => continue,
-                };
-                if !lock_r(&active).contains(&channel) {
-                    continue; // arrived after unsubscribe
+                if let Some(msg) = to_message(info, &active) {
+                    ctx.inbox.deliver(msg).await;
                 }
-                ctx.inbox.deliver(Message::new(channel, payload)).await;
             }
-            PushKind::Disconnection => {
-                ctx.counters.add_reconnect();
-                tracing::warn!(address = %shown, "redis connection lost; reconnecting and re-subscribing");
-            }
+            PushKind::Disconnection => lost_connection(&ctx, &shown),
             _ => {}
         }
     }
