@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::CliError;
+use crate::output::say;
 use crate::settings::{parse_duration, run_id};
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies};
 
@@ -143,7 +144,7 @@ async fn run_bench(
         }
     }
     let plural = |n: u16, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    println!(
+    say!(
         "pubsub bench: {backend} backend, {} msgs of {} B, {}, {}{}",
         args.msgs,
         args.size,
@@ -154,7 +155,7 @@ async fn run_bench(
 
     if args.latency_samples > 0 && !h.subs.is_empty() {
         let mut lat = one_in_flight(&h.pubs[0], &h.subs[0], latency_topic, args, deadline).await?;
-        println!(
+        say!(
             "latency, one message in flight ({} samples): {}",
             lat.len(),
             lat.summary()
@@ -290,10 +291,15 @@ async fn throughput(
     } else {
         published * u64::from(args.subs)
     };
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<10} {:>12} {:>12} {:>10} {:>10} {:>10}",
-        "", "msgs", "msgs/s", "MiB/s", "p50", "p99"
+        "",
+        "msgs",
+        "msgs/s",
+        "MiB/s",
+        "p50",
+        "p99"
     );
     let row = |name: &str, count: u64, elapsed: Duration, lat: Option<&mut Latencies>| {
         let (p50, p99) = match lat {
@@ -303,7 +309,7 @@ async fn throughput(
             ),
             None => ("-".to_string(), "-".to_string()),
         };
-        println!(
+        say!(
             "{name:<10} {count:>12} {:>12.0} {:>10.2} {p50:>10} {p99:>10}",
             per_second(count as f64, elapsed),
             mib_per_second((count as usize * args.size) as f64, elapsed),
@@ -335,13 +341,13 @@ async fn throughput(
         row("sub", received, sub_elapsed, Some(&mut all_sub));
     }
     let dropped: u64 = h.subs.iter().map(|s| s.stats().dropped).sum();
-    println!();
-    println!(
+    say!();
+    say!(
         "received {received} of {expected_received}, lost {}, dropped by receive buffers {dropped}",
         expected_received.saturating_sub(received)
     );
     if dropped > 0 {
-        println!(
+        say!(
             "note: receive buffers overflowed and dropped messages; buffer.overflow = \"block\" \
              (MSIGHT_PUBSUB_OVERFLOW=block) makes a backend that can wait slow the publishers down instead"
         );

@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use pubsub_core::{blocking::PubSub, Capabilities, Config, Delivery};
 
 use crate::error::CliError;
+use crate::output::say;
 use crate::settings::{parse_duration, run_id};
 use crate::stats::fmt_duration;
 
@@ -32,41 +33,41 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: &CheckArgs, config: &Config) -> Result<(), CliError> {
-    println!("# effective configuration (secrets redacted)");
-    println!("{}", render_config(config, args.format)?);
-    println!();
+    say!("# effective configuration (secrets redacted)");
+    say!("{}", render_config(config, args.format)?);
+    say!();
 
     let t0 = Instant::now();
     let ps = match PubSub::connect(config) {
         Ok(ps) => ps,
         Err(e) => {
-            println!("connect:      FAILED after {}", fmt_duration(t0.elapsed()));
+            say!("connect:      FAILED after {}", fmt_duration(t0.elapsed()));
             return Err(e.into());
         }
     };
-    println!(
+    say!(
         "connect:      {} backend in {}",
         ps.backend_name(),
         fmt_duration(t0.elapsed())
     );
     let info = ps.broker_info();
     let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "(not reported)".to_string());
-    println!("server:       {}", or_unknown(info.server));
-    println!("version:      {}", or_unknown(info.version));
-    println!("address:      {}", or_unknown(info.address));
-    println!(
+    say!("server:       {}", or_unknown(info.server));
+    say!("version:      {}", or_unknown(info.version));
+    say!("address:      {}", or_unknown(info.address));
+    say!(
         "max payload:  {}",
         or_unknown(info.max_payload.map(|n| format!("{n} bytes")))
     );
-    println!("TLS:          {}", if info.tls { "yes" } else { "no" });
-    println!("capabilities: {}", describe(ps.capabilities()));
+    say!("TLS:          {}", if info.tls { "yes" } else { "no" });
+    say!("capabilities: {}", describe(ps.capabilities()));
 
     let result = round_trip(&ps, args.timeout);
     let closed = ps.close();
     let rtt = result?;
     closed?;
-    println!("round trip:   {}", fmt_duration(rtt));
-    println!("OK");
+    say!("round trip:   {}", fmt_duration(rtt));
+    say!("OK");
     Ok(())
 }
 

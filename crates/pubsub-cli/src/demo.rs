@@ -21,6 +21,7 @@ use crate::error::CliError;
 use crate::frame::{
     checksum, frame_overhead, now_us, synthetic_payload, Frame, FrameResult, MAX_SENSOR_LEN,
 };
+use crate::output::say;
 use crate::settings::{parse_duration, run_id};
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies, Pacer};
 
@@ -193,18 +194,18 @@ async fn run_pipeline(
     } else {
         "full speed".to_string()
     };
-    println!(
+    say!(
         "pubsub demo: {} backend, {} frames of {} B from sensor {:?} at {rate}",
         p.source.backend_name(),
         args.frames,
         args.payload_size,
         args.sensor
     );
-    println!(
+    say!(
         "  {frames_topic} -> group {group:?} ({} workers) -> {results_topic} -> sink",
         p.workers.len()
     );
-    println!();
+    say!();
 
     // What the sink checks results against.
     let expected: Vec<u64> = (0..args.frames)
@@ -440,9 +441,9 @@ impl Tally {
 impl Report {
     fn print(&mut self) {
         for (i, n) in self.per_worker.iter().enumerate() {
-            println!("worker {:<3}   {n} frames", i + 1);
+            say!("worker {:<3}   {n} frames", i + 1);
         }
-        println!(
+        say!(
             "frames:      {} published, {} processed, {} results; lost {}, duplicated {}, corrupt {}",
             self.published,
             self.processed,
@@ -451,20 +452,20 @@ impl Report {
             self.duplicated,
             self.corrupt + self.malformed
         );
-        println!(
+        say!(
             "latency:     {} (capture to result at the sink)",
             self.latencies.summary()
         );
         let done = self.latencies.len() as f64;
-        println!(
+        say!(
             "throughput:  {:.1} frames/s, {:.2} MiB/s ({} frames in {})",
             per_second(done, self.elapsed),
             mib_per_second(done * self.payload_size as f64, self.elapsed),
             self.latencies.len(),
             fmt_duration(self.elapsed)
         );
-        println!("dropped:     {} by receive buffers", self.dropped);
-        println!(
+        say!("dropped:     {} by receive buffers", self.dropped);
+        say!(
             "result:      {}",
             if self.problems().is_empty() {
                 "OK".to_string()
