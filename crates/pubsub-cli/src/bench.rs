@@ -220,9 +220,10 @@ async fn throughput(
     } else {
         ProgressDrawTarget::stderr()
     });
-    let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {per_sec}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     let pub_bar = bars.add(
         ProgressBar::new(args.msgs)
             .with_style(style.clone())

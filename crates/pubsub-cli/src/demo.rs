@@ -62,7 +62,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "roadside-cam-01")]
     pub sensor: String,
 
-    /// Topics are PREFIX.<run id>.frames and PREFIX.<run id>.results
+    /// Topics are PREFIX.RUN.frames and PREFIX.RUN.results, RUN a new id per run
     #[arg(long, value_name = "PREFIX", default_value = "pubsub-demo")]
     pub topic_prefix: String,
 }

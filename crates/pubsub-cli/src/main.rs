@@ -51,7 +51,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with 2, --help and --version with 0
-    init_tracing(cli.common.verbose);
+                            // bench and demo count and report dropped messages themselves; the
+                            // buffer's own warnings would bury their output.
+    let reports_drops = matches!(cli.command, Command::Bench(_) | Command::Demo(_));
+    init_tracing(cli.common.verbose, reports_drops);
     backends::register_backends();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,11 +78,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 /// `tracing` output on stderr: warnings by default (or `RUST_LOG`), `-v`
 /// info, `-vv` debug, `-vvv` trace.
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, reports_drops: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match verbose {
-        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(if reports_drops {
+                "warn,pubsub_core::inbox=error"
+            } else {
+                "warn"
+            })
+        }),
         1 => EnvFilter::new("info"),
         2 => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),

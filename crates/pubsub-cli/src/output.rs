@@ -28,6 +28,17 @@ pub enum Format {
     Json,
 }
 
+/// `pub` and `sub` talk to other processes; the in-process `memory`
+/// backend cannot reach them, which a newcomer may not expect.
+pub fn warn_if_in_process(ps: &pubsub_core::blocking::PubSub, consequence: &str) {
+    if ps.backend_name() == "memory" {
+        eprintln!(
+            "note: the memory backend lives inside this process; {consequence} \
+             (choose a broker with --backend or MSIGHT_PUBSUB_BACKEND)"
+        );
+    }
+}
+
 /// Write one message in `format`.
 pub fn write_message(
     out: &mut dyn Write,

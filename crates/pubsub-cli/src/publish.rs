@@ -48,6 +48,7 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
     };
     let ps = PubSub::connect(config)?;
     tracing::info!(backend = ps.backend_name(), topic = %args.topic, "connected");
+    crate::output::warn_if_in_process(&ps, "no other process receives these messages");
     let mut pacer = Pacer::new(args.rate);
     let mut sent = 0u64;
     let mut send = |payload: &Bytes| -> Result<(), CliError> {

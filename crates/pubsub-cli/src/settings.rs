@@ -16,19 +16,34 @@ use crate::error::CliError;
 pub struct Common {
     /// Backend: memory, nats, redis or mqtt (those compiled in) [default:
     /// `backend` of the config, else MSIGHT_PUBSUB_BACKEND, else memory]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Backend and logging"
+    )]
     pub backend: Option<String>,
 
     /// Config file (TOML, YAML or JSON) [default: $MSIGHT_PUBSUB_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Backend and logging"
+    )]
     pub config: Option<PathBuf>,
 
     /// Group of this node's subscriptions (each message goes to one member)
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Backend and logging"
+    )]
     pub group: Option<String>,
 
     /// Log to stderr: -v info, -vv debug, -vvv trace (default: warnings, or RUST_LOG)
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Backend and logging")]
     pub verbose: u8,
 }
 

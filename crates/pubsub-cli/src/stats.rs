@@ -72,7 +72,9 @@ impl Latencies {
 /// `850 µs`, `1.23 ms`, `2.500 s`.
 pub fn fmt_duration(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
+    if us < 10.0 {
+        format!("{us:.1} µs")
+    } else if us < 1000.0 {
         format!("{us:.0} µs")
     } else if us < 1e6 {
         format!("{:.2} ms", us / 1e3)
@@ -170,6 +172,7 @@ mod tests {
     #[test]
     fn durations_read_well() {
         assert_eq!(fmt_duration(Duration::from_micros(850)), "850 µs");
+        assert_eq!(fmt_duration(Duration::from_nanos(420)), "0.4 µs");
         assert_eq!(fmt_duration(Duration::from_micros(1234)), "1.23 ms");
         assert_eq!(fmt_duration(Duration::from_millis(2500)), "2.500 s");
     }

@@ -36,6 +36,7 @@ pub fn run(args: &SubArgs, config: &Config) -> Result<(), CliError> {
         validate_topic_name(t)?;
     }
     let ps = PubSub::connect(config)?;
+    crate::output::warn_if_in_process(&ps, "no other process can publish to it");
     for t in &args.topics {
         ps.subscribe(t.as_str())?;
     }

@@ -6,19 +6,13 @@
 //! reach a `sub` process through it: memory is covered by `demo`, `check`,
 //! `bench` and the configuration errors.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{free_port, run_command, NatsServer};
+use pubsub_core::testkit::brokers::run_command;
 
 /// Longest any single command may run in these tests.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Longest a `sub` may take to say it is subscribed.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The binary with a clean environment: no `MSIGHT_*` or `RUST_LOG` from
 /// the caller, then `vars`.
@@ -56,109 +50,6 @@ fn assert_code(o: &Output, code: i32) {
         stdout(o),
         stderr(o)
     );
-}
-
-fn nats_env(server: &NatsServer) -> Vec<(&'static str, String)> {
-    vec![
-        ("MSIGHT_PUBSUB_BACKEND", "nats".to_string()),
-        ("MSIGHT_NATS_SERVERS", server.url()),
-    ]
-}
-
-fn as_refs<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-/// A `pubsub sub` running in the background, ready once it said
-/// `subscribed to` for every topic on stderr.
-struct Sub {
-    child: Child,
-    out: Option<JoinHandle<Vec<u8>>>,
-    err_lines: mpsc::Receiver<String>,
-    err_seen: Vec<String>,
-}
-
-impl Sub {
-    fn start(mut cmd: Command, topics: &[&str]) -> Sub {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn pubsub sub");
-        let mut out_pipe = child.stdout.take().expect("stdout piped");
-        let err_pipe = child.stderr.take().expect("stderr piped");
-        let out = thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out_pipe.read_to_end(&mut buf);
-            buf
-        });
-        let (tx, err_lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sub = Sub {
-            child,
-            out: Some(out),
-            err_lines,
-            err_seen: Vec::new(),
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for topic in topics {
-            let wanted = format!("subscribed to {topic}");
-            while !sub.err_seen.contains(&wanted) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match sub.err_lines.recv_timeout(left) {
-                    Ok(line) => sub.err_seen.push(line),
-                    Err(_) => panic!(
-                        "`pubsub sub` did not print {wanted:?} within {READY_TIMEOUT:?}; stderr so far: {:?}",
-                        sub.err_seen
-                    ),
-                }
-            }
-        }
-        sub
-    }
-
-    /// Wait for the exit (bounded); the status, stdout bytes and stderr text.
-    fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`pubsub sub` still running after {COMMAND_TIMEOUT:?}; stderr: {:?}",
-                    self.err_seen
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let out = self
-            .out
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        // The stderr reader ends with the process.
-        while let Ok(line) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
-            self.err_seen.push(line);
-        }
-        (status, out, self.err_seen.join("\n"))
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// Lines `worker N   K frames` of the demo summary: the K's.
@@ -360,6 +251,11 @@ fn pub_on_memory_keeps_the_rate() {
     let t0 = Instant::now();
     let o = run(pubsub(&[]).args(["pub", "t.rate", "x", "--count", "6", "--rate", "20"]));
     assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("memory backend lives inside this process"),
+        "{}",
+        stderr(&o)
+    );
     // Six messages at 20/s: the last is due 250 ms after the first.
     assert!(
         t0.elapsed() >= Duration::from_millis(240),
@@ -439,10 +335,8 @@ fn unknown_backend_exits_2_listing_the_registered_ones() {
         .expect("the registered list")
         .to_string();
     assert!(registered.contains("memory"), "{err}");
-    assert!(
-        registered.contains("nats"),
-        "nats is a default feature: {err}"
-    );
+    #[cfg(feature = "nats")]
+    assert!(registered.contains("nats"), "{err}");
     assert!(o.stdout.is_empty());
 
     // A backend of this project that is not compiled in names its crate.
@@ -498,255 +392,399 @@ fn help_and_version_exit_0() {
     assert!(stdout(&o).starts_with("pubsub "), "{}", stdout(&o));
 }
 
+#[test]
+fn verbose_logs_go_to_stderr_only() {
+    let quiet = run(pubsub(&[]).args(["pub", "t.v", "x"]));
+    assert_code(&quiet, 0);
+    assert!(
+        !stderr(&quiet).contains("published and flushed"),
+        "{}",
+        stderr(&quiet)
+    );
+    let loud = run(pubsub(&[]).args(["pub", "-v", "t.v", "x"]));
+    assert_code(&loud, 0);
+    assert!(
+        stderr(&loud).contains("published and flushed"),
+        "{}",
+        stderr(&loud)
+    );
+    assert!(loud.stdout.is_empty());
+    let debug = run(pubsub(&[]).args(["-vv", "pub", "t.v", "x"]));
+    assert_code(&debug, 0);
+    assert!(
+        stderr(&debug).contains("DEBUG") || stderr(&debug).contains("INFO"),
+        "{}",
+        stderr(&debug)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // NATS: a real nats-server, separate processes
 // ---------------------------------------------------------------------------
 
-/// What `sub --format FORMAT --count 3` prints for these three messages.
-const BINARY: &[u8] = b"\xff\x00bin\n";
+#[cfg(feature = "nats")]
+mod nats {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, ExitStatus, Stdio};
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
 
-fn pub_three_messages(env: &[(&str, &str)], topic: &str, file: &std::path::Path) {
-    let o = run(pubsub(env).args(["pub", topic, "hello"]));
-    assert_code(&o, 0);
-    let o = run(pubsub(env).args(["pub", topic]).arg("--file").arg(file));
-    assert_code(&o, 0);
-    let o = run(pubsub(env).args(["pub", topic, ""]));
-    assert_code(&o, 0);
-}
+    use pubsub_core::testkit::brokers::{free_port, NatsServer};
 
-#[test]
-fn pub_to_sub_across_processes_in_every_format() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let env = as_refs(&vars);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("payload.bin");
-    std::fs::write(&file, BINARY).unwrap();
+    use super::*;
 
-    let expected: [(&str, &[u8]); 4] = [
-        ("raw", b"hello\xff\x00bin\n"),
-        ("hex", b"68656c6c6f\nff0062696e0a\n\n"),
-        ("line", b"hello\n\\xff\x00bin\n\n\n"),
-        ("json", b""),
-    ];
-    for (format, want) in expected {
-        let topic = format!("cli.formats.{format}");
+    /// Longest a `sub` may take to say it is subscribed.
+    const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn nats_env(server: &NatsServer) -> Vec<(&'static str, String)> {
+        vec![
+            ("MSIGHT_PUBSUB_BACKEND", "nats".to_string()),
+            ("MSIGHT_NATS_SERVERS", server.url()),
+        ]
+    }
+
+    fn as_refs<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// A `pubsub sub` running in the background, ready once it said
+    /// `subscribed to` for every topic on stderr.
+    struct Sub {
+        child: Child,
+        out: Option<JoinHandle<Vec<u8>>>,
+        err_lines: mpsc::Receiver<String>,
+        err_seen: Vec<String>,
+    }
+
+    impl Sub {
+        fn start(mut cmd: Command, topics: &[&str]) -> Sub {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn pubsub sub");
+            let mut out_pipe = child.stdout.take().expect("stdout piped");
+            let err_pipe = child.stderr.take().expect("stderr piped");
+            let out = thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = out_pipe.read_to_end(&mut buf);
+                buf
+            });
+            let (tx, err_lines) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut sub = Sub {
+                child,
+                out: Some(out),
+                err_lines,
+                err_seen: Vec::new(),
+            };
+            let deadline = Instant::now() + READY_TIMEOUT;
+            for topic in topics {
+                let wanted = format!("subscribed to {topic}");
+                while !sub.err_seen.contains(&wanted) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match sub.err_lines.recv_timeout(left) {
+                        Ok(line) => sub.err_seen.push(line),
+                        Err(_) => panic!(
+                            "`pubsub sub` did not print {wanted:?} within {READY_TIMEOUT:?}; stderr so far: {:?}",
+                            sub.err_seen
+                        ),
+                    }
+                }
+            }
+            sub
+        }
+
+        /// Wait for the exit (bounded); the status, stdout bytes and stderr text.
+        fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            let status = loop {
+                if let Some(s) = self.child.try_wait().expect("try_wait") {
+                    break s;
+                }
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "`pubsub sub` still running after {COMMAND_TIMEOUT:?}; stderr: {:?}",
+                        self.err_seen
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            };
+            let out = self
+                .out
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default();
+            // The stderr reader ends with the process.
+            while let Ok(line) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
+                self.err_seen.push(line);
+            }
+            (status, out, self.err_seen.join("\n"))
+        }
+    }
+
+    impl Drop for Sub {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// What `sub --format FORMAT --count 3` prints for these three messages.
+    const BINARY: &[u8] = b"\xff\x00bin\n";
+
+    fn pub_three_messages(env: &[(&str, &str)], topic: &str, file: &std::path::Path) {
+        let o = run(pubsub(env).args(["pub", topic, "hello"]));
+        assert_code(&o, 0);
+        let o = run(pubsub(env).args(["pub", topic]).arg("--file").arg(file));
+        assert_code(&o, 0);
+        let o = run(pubsub(env).args(["pub", topic, ""]));
+        assert_code(&o, 0);
+    }
+
+    #[test]
+    fn pub_to_sub_across_processes_in_every_format() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("payload.bin");
+        std::fs::write(&file, BINARY).unwrap();
+
+        let expected: [(&str, &[u8]); 4] = [
+            ("raw", b"hello\xff\x00bin\n"),
+            ("hex", b"68656c6c6f\nff0062696e0a\n\n"),
+            ("line", b"hello\n\\xff\x00bin\n\n\n"),
+            ("json", b""),
+        ];
+        for (format, want) in expected {
+            let topic = format!("cli.formats.{format}");
+            let mut cmd = pubsub(&env);
+            cmd.args([
+                "sub",
+                &topic,
+                "--count",
+                "3",
+                "--timeout",
+                "30",
+                "--format",
+                format,
+            ]);
+            let sub = Sub::start(cmd, &[&topic]);
+            pub_three_messages(&env, &topic, &file);
+            let (status, out, err) = sub.finish();
+            assert_eq!(status.code(), Some(0), "{format}: {err}");
+            if format == "json" {
+                let lines: Vec<serde_json::Value> = out
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).expect("one JSON object per line"))
+                    .collect();
+                assert_eq!(lines.len(), 3, "{}", String::from_utf8_lossy(&out));
+                let want = [("hello", 5, "aGVsbG8="), ("", 6, "/wBiaW4K"), ("", 0, "")];
+                for (line, (_, len, b64)) in lines.iter().zip(want) {
+                    assert_eq!(line["topic"], topic.as_str());
+                    assert_eq!(line["len"], len);
+                    assert_eq!(line["payload_base64"], b64);
+                }
+                let text = String::from_utf8(out).unwrap();
+                assert!(
+                    text.starts_with(&format!("{{\"topic\":\"{topic}\",\"len\":5,")),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(
+                    out,
+                    want,
+                    "{format}: got {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pub_sends_each_stdin_line_count_times_in_order() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let mut cmd = pubsub(&env);
+        cmd.args(["sub", "cli.lines", "--count", "6", "--timeout", "30"]);
+        let sub = Sub::start(cmd, &["cli.lines"]);
+
+        let mut publisher = pubsub(&env)
+            .args(["pub", "cli.lines", "--count", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = publisher.stdin.take().unwrap();
+            stdin.write_all(b"one\ntwo\r\nthree").unwrap();
+        } // closing stdin ends the input
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(s) = publisher.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "pub did not finish");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success());
+        let (status, out, err) = sub.finish();
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "one\none\ntwo\ntwo\nthree\nthree\n"
+        );
+    }
+
+    #[test]
+    fn sub_on_several_topics_with_a_group() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
         let mut cmd = pubsub(&env);
         cmd.args([
             "sub",
-            &topic,
+            "cli.a",
+            "cli.b",
+            "--group",
+            "g",
             "--count",
-            "3",
+            "2",
             "--timeout",
             "30",
             "--format",
-            format,
+            "json",
         ]);
-        let sub = Sub::start(cmd, &[&topic]);
-        pub_three_messages(&env, &topic, &file);
+        let sub = Sub::start(cmd, &["cli.a", "cli.b"]);
+        assert_code(&run(pubsub(&env).args(["pub", "cli.a", "1"])), 0);
+        assert_code(&run(pubsub(&env).args(["pub", "cli.b", "2"])), 0);
         let (status, out, err) = sub.finish();
-        assert_eq!(status.code(), Some(0), "{format}: {err}");
-        if format == "json" {
-            let lines: Vec<serde_json::Value> = out
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_slice(l).expect("one JSON object per line"))
-                .collect();
-            assert_eq!(lines.len(), 3, "{}", String::from_utf8_lossy(&out));
-            let want = [("hello", 5, "aGVsbG8="), ("", 6, "/wBiaW4K"), ("", 0, "")];
-            for (line, (_, len, b64)) in lines.iter().zip(want) {
-                assert_eq!(line["topic"], topic.as_str());
-                assert_eq!(line["len"], len);
-                assert_eq!(line["payload_base64"], b64);
-            }
-            let text = String::from_utf8(out).unwrap();
-            assert!(
-                text.starts_with(&format!("{{\"topic\":\"{topic}\",\"len\":5,")),
-                "{text}"
-            );
-        } else {
-            assert_eq!(
-                out,
-                want,
-                "{format}: got {:?}",
-                String::from_utf8_lossy(&out)
-            );
-        }
+        assert_eq!(status.code(), Some(0), "{err}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"topic\":\"cli.a\""), "{text}");
+        assert!(text.contains("\"topic\":\"cli.b\""), "{text}");
     }
-}
 
-#[test]
-fn pub_sends_each_stdin_line_count_times_in_order() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let env = as_refs(&vars);
-    let mut cmd = pubsub(&env);
-    cmd.args(["sub", "cli.lines", "--count", "6", "--timeout", "30"]);
-    let sub = Sub::start(cmd, &["cli.lines"]);
+    #[test]
+    fn sub_timeout_exits_1() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let t0 = Instant::now();
+        let o = run(pubsub(&env).args(["sub", "cli.quiet", "--count", "1", "--timeout", "1"]));
+        assert_code(&o, 1);
+        assert!(t0.elapsed() >= Duration::from_secs(1));
+        let err = stderr(&o);
+        assert!(err.contains("subscribed to cli.quiet"), "{err}");
+        assert!(
+            err.contains("error: timed out after") && err.contains("received 0 of 1 messages"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty());
+    }
 
-    let mut publisher = pubsub(&env)
-        .args(["pub", "cli.lines", "--count", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = publisher.stdin.take().unwrap();
-        stdin.write_all(b"one\ntwo\r\nthree").unwrap();
-    } // closing stdin ends the input
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(s) = publisher.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pub did not finish");
-        thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
-    let (status, out, err) = sub.finish();
-    assert_eq!(status.code(), Some(0), "{err}");
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        "one\none\ntwo\ntwo\nthree\nthree\n"
-    );
-}
+    #[test]
+    fn pub_with_a_wildcard_topic_exits_2_on_nats() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", "cli.*", "x"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("wildcard"), "{}", stderr(&o));
+    }
 
-#[test]
-fn sub_on_several_topics_with_a_group() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let env = as_refs(&vars);
-    let mut cmd = pubsub(&env);
-    cmd.args([
-        "sub",
-        "cli.a",
-        "cli.b",
-        "--group",
-        "g",
-        "--count",
-        "2",
-        "--timeout",
-        "30",
-        "--format",
-        "json",
-    ]);
-    let sub = Sub::start(cmd, &["cli.a", "cli.b"]);
-    assert_code(&run(pubsub(&env).args(["pub", "cli.a", "1"])), 0);
-    assert_code(&run(pubsub(&env).args(["pub", "cli.b", "2"])), 0);
-    let (status, out, err) = sub.finish();
-    assert_eq!(status.code(), Some(0), "{err}");
-    let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("\"topic\":\"cli.a\""), "{text}");
-    assert!(text.contains("\"topic\":\"cli.b\""), "{text}");
-}
+    #[test]
+    fn check_against_live_nats_succeeds() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).arg("check"));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("backend = \"nats\""), "{out}");
+        assert!(out.contains(&server.url()), "{out}");
+        assert!(out.contains("connect:      nats backend in"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "server:       nats-server {}",
+                server.server_name()
+            )),
+            "{out}"
+        );
+        assert!(out.contains("max payload:  1048576 bytes"), "{out}");
+        assert!(out.contains("TLS:          no"), "{out}");
+        assert!(out.contains("wildcards * >"), "{out}");
+        assert!(out.contains("round trip:   "), "{out}");
+        assert!(out.trim_end().ends_with("OK"), "{out}");
+    }
 
-#[test]
-fn sub_timeout_exits_1() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let env = as_refs(&vars);
-    let t0 = Instant::now();
-    let o = run(pubsub(&env).args(["sub", "cli.quiet", "--count", "1", "--timeout", "1"]));
-    assert_code(&o, 1);
-    assert!(t0.elapsed() >= Duration::from_secs(1));
-    let err = stderr(&o);
-    assert!(err.contains("subscribed to cli.quiet"), "{err}");
-    assert!(
-        err.contains("error: timed out after") && err.contains("received 0 of 1 messages"),
-        "{err}"
-    );
-    assert!(o.stdout.is_empty());
-}
+    #[test]
+    fn check_against_a_dead_port_exits_1() {
+        let dead = format!("nats://127.0.0.1:{}", free_port());
+        let o = run(pubsub(&[
+            ("MSIGHT_PUBSUB_BACKEND", "nats"),
+            ("MSIGHT_NATS_SERVERS", &dead),
+            ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "3"),
+        ])
+        .arg("check"));
+        assert_code(&o, 1);
+        assert!(
+            stdout(&o).contains("connect:      FAILED"),
+            "{}",
+            stdout(&o)
+        );
+        let err = stderr(&o);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(&dead) || err.contains("connect"), "{err}");
+    }
 
-#[test]
-fn pub_with_a_wildcard_topic_exits_2_on_nats() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let o = run(pubsub(&as_refs(&vars)).args(["pub", "cli.*", "x"]));
-    assert_code(&o, 2);
-    assert!(stderr(&o).contains("wildcard"), "{}", stderr(&o));
-}
+    #[test]
+    fn demo_on_nats_loses_and_duplicates_nothing() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).arg("demo"));
+        assert_clean_demo(&o, 1000, 3);
+        assert!(
+            stdout(&o).starts_with("pubsub demo: nats backend"),
+            "{}",
+            stdout(&o)
+        );
+    }
 
-#[test]
-fn check_against_live_nats_succeeds() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let o = run(pubsub(&as_refs(&vars)).arg("check"));
-    assert_code(&o, 0);
-    let out = stdout(&o);
-    assert!(out.contains("backend = \"nats\""), "{out}");
-    assert!(out.contains(&server.url()), "{out}");
-    assert!(out.contains("connect:      nats backend in"), "{out}");
-    assert!(
-        out.contains(&format!(
-            "server:       nats-server {}",
-            server.server_name()
-        )),
-        "{out}"
-    );
-    assert!(out.contains("max payload:  1048576 bytes"), "{out}");
-    assert!(out.contains("TLS:          no"), "{out}");
-    assert!(out.contains("wildcards * >"), "{out}");
-    assert!(out.contains("round trip:   "), "{out}");
-    assert!(out.trim_end().ends_with("OK"), "{out}");
-}
-
-#[test]
-fn check_against_a_dead_port_exits_1() {
-    let dead = format!("nats://127.0.0.1:{}", free_port());
-    let o = run(pubsub(&[
-        ("MSIGHT_PUBSUB_BACKEND", "nats"),
-        ("MSIGHT_NATS_SERVERS", &dead),
-        ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "3"),
-    ])
-    .arg("check"));
-    assert_code(&o, 1);
-    assert!(
-        stdout(&o).contains("connect:      FAILED"),
-        "{}",
-        stdout(&o)
-    );
-    let err = stderr(&o);
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains(&dead) || err.contains("connect"), "{err}");
-}
-
-#[test]
-fn demo_on_nats_loses_and_duplicates_nothing() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let o = run(pubsub(&as_refs(&vars)).arg("demo"));
-    assert_clean_demo(&o, 1000, 3);
-    assert!(
-        stdout(&o).starts_with("pubsub demo: nats backend"),
-        "{}",
-        stdout(&o)
-    );
-}
-
-#[test]
-fn bench_on_nats_with_a_group() {
-    let server = NatsServer::start();
-    let vars = nats_env(&server);
-    let o = run(pubsub(&as_refs(&vars)).args([
-        "bench",
-        "--msgs",
-        "5000",
-        "--subs",
-        "2",
-        "--group",
-        "bench",
-        "--latency-samples",
-        "100",
-    ]));
-    assert_code(&o, 0);
-    let out = stdout(&o);
-    assert!(out.contains("pubsub bench: nats backend"), "{out}");
-    assert!(
-        out.contains("latency, one message in flight (100 samples)"),
-        "{out}"
-    );
-    assert!(out.contains("received 5000 of 5000, lost 0"), "{out}");
+    #[test]
+    fn bench_on_nats_with_a_group() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "bench",
+            "--msgs",
+            "5000",
+            "--subs",
+            "2",
+            "--group",
+            "bench",
+            "--latency-samples",
+            "100",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("pubsub bench: nats backend"), "{out}");
+        assert!(
+            out.contains("latency, one message in flight (100 samples)"),
+            "{out}"
+        );
+        assert!(out.contains("received 5000 of 5000, lost 0"), "{out}");
+    }
 }
