@@ -247,6 +247,30 @@ fn bench_with_a_group_shares_the_messages() {
 }
 
 #[test]
+fn bench_that_runs_out_of_time_exits_1() {
+    let t0 = Instant::now();
+    let o = run(pubsub(&[]).args([
+        "bench",
+        "--msgs",
+        "1000000000",
+        "--latency-samples",
+        "0",
+        "--timeout",
+        "1s",
+    ]));
+    assert_code(&o, 1);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: bench: timed out after 1.000 s"),
+        "{err}"
+    );
+    assert!(err.contains("of 1000000000 messages published"), "{err}");
+    // The partial results are still shown.
+    assert!(stdout(&o).contains("received "), "{}", stdout(&o));
+}
+
+#[test]
 fn pub_on_memory_keeps_the_rate() {
     let t0 = Instant::now();
     let o = run(pubsub(&[]).args(["pub", "t.rate", "x", "--count", "6", "--rate", "20"]));
