@@ -50,6 +50,10 @@ struct Args {
     /// Measure only these scenarios (publish, e2e_1to1, e2e_group4, rtt, slow_rss).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Rounds per figure: the variants take turns, round after round, and
+    /// the table shows each one's median (the machine's noise hits all alike).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,15 +159,20 @@ fn run(args: &Args) -> Result<(), BoxError> {
         } else {
             vec![Variant::Async, Variant::Blocking]
         };
+        let rounds = args.rounds.max(1);
         for &size in &args.sizes {
             for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
                 if wanted(args, scenario) {
-                    plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
+                    for _ in 0..rounds {
+                        plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
+                    }
                 }
             }
         }
         if wanted(args, "rtt") {
-            plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
+            for _ in 0..rounds {
+                plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
+            }
         }
         if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
             plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
@@ -221,7 +230,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    print_table(&samples);
+    print_table(&medians(&samples));
     println!("\n(run took {:.0} s)", started.elapsed().as_secs_f64());
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -229,6 +238,34 @@ fn run(args: &Args) -> Result<(), BoxError> {
     std::fs::write(&args.json, serde_json::to_string_pretty(&samples)?)?;
     println!("every figure: {}", args.json.display());
     Ok(())
+}
+
+/// The headline figure of a sample: throughput, p50 latency or peak memory.
+fn metric(s: &Sample) -> f64 {
+    match s.scenario {
+        "rtt" => s.p50_us.unwrap_or(f64::MAX),
+        "slow_rss" => s.peak_rss_kib.unwrap_or(0) as f64,
+        _ => s.msgs_per_s,
+    }
+}
+
+/// One sample per (target, scenario, size, variant): the round with the median figure.
+fn medians(samples: &[Sample]) -> Vec<Sample> {
+    let mut groups: BTreeMap<(String, &'static str, usize, &'static str), Vec<&Sample>> =
+        BTreeMap::new();
+    for s in samples {
+        groups
+            .entry((s.target.clone(), s.scenario, s.size, s.variant.label()))
+            .or_default()
+            .push(s);
+    }
+    groups
+        .into_values()
+        .map(|mut g| {
+            g.sort_by(|a, b| metric(a).total_cmp(&metric(b)));
+            g[g.len() / 2].clone()
+        })
+        .collect()
 }
 
 fn fmt_rate(x: f64) -> String {
