@@ -17,6 +17,7 @@ mod topic;
 pub use backend::{BackendContext, Capabilities, Counters, Delivery, PubSubBackend, Stats};
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
+pub use config::MqttConfig;
 pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{register, registered, BackendFactory};

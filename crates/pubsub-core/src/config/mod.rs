@@ -16,6 +16,7 @@
 //! ```
 
 pub mod env;
+mod mqtt;
 mod nats;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvSource, ProcessEnv};
+pub use mqtt::{MqttBroker, MqttConfig, MQTT_ENV, MQTT_MAX_PACKET_SIZE, MQTT_PACKET_OVERHEAD};
 pub use nats::{validate_server_url, NatsConfig, NATS_ENV};
 
 use crate::error::{Error, Result};
@@ -181,6 +183,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// `[nats]` section.
     pub nats: NatsConfig,
+    /// `[mqtt]` section.
+    pub mqtt: MqttConfig,
 }
 
 impl Default for Config {
@@ -193,6 +197,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             memory: MemoryConfig::default(),
             nats: NatsConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl Config {
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
         self.nats.apply_env(source)?;
+        self.mqtt.apply_env(source)?;
         Ok(())
     }
 
