@@ -29,6 +29,7 @@ Commands:
 /// Which packages must not appear in the normal dependency tree of which
 /// crate. A crate is checked only if `crates/<name>` exists.
 const FORBIDDEN_DEPS: &[(&str, &[&str])] = &[
+    ("pubsub-core", &["async-nats", "redis", "rumqttc"]),
     ("pubsub-nats", &["redis", "rumqttc"]),
     ("pubsub-redis", &["async-nats", "rumqttc"]),
     ("pubsub-mqtt", &["async-nats", "redis"]),

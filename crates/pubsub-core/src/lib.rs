@@ -21,6 +21,7 @@ pub use config::MqttConfig;
 pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{register, registered, BackendFactory};
+pub use inbox::{Inbox, Recv};
 pub use topic::{validate_topic_name, Message, Topic, MAX_TOPIC_LEN};
 
 /// Re-exported so backend crates and users share one `async_trait`.

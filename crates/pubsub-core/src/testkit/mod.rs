@@ -1,6 +1,10 @@
 //! Test kit (cargo feature `testkit`): the conformance suite every backend
-//! runs, and helpers that start real brokers on free loopback ports.
+//! runs, helpers that start real brokers on free loopback ports, and
+//! generated TLS certificates.
 
+pub mod brokers;
+pub mod certs;
 pub mod conformance;
+pub mod python;
 
 pub use futures::future::BoxFuture;

@@ -1,0 +1,96 @@
+//! A Python peer for interoperability tests: the interpreter of the venv
+//! that `cargo xtask install-brokers` (and `cargo xtask ci`) prepares with
+//! `nats-py` and `redis`, the clients the Python original uses.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The Python interpreter: `$PUBSUB_TEST_PYTHON`, else the workspace's
+/// `target/py-venv/bin/python`.
+///
+/// # Panics
+/// When neither exists, with the command that prepares it.
+pub fn interpreter() -> PathBuf {
+    if let Some(p) = std::env::var_os("PUBSUB_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    let venv = workspace.join("target/py-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python peer at {}: run `cargo xtask install-brokers` (it creates the venv with nats-py and redis)",
+        venv.display()
+    );
+    venv
+}
+
+/// A running Python script whose stdout lines can be awaited with a timeout.
+/// Killed on drop.
+pub struct PythonPeer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl PythonPeer {
+    /// Run `script` (the program text) with `args`.
+    pub fn spawn(script: &str, args: &[&str]) -> PythonPeer {
+        let mut child = Command::new(interpreter())
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Python peer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        PythonPeer { child, lines }
+    }
+
+    /// The next line of output, waiting at most `timeout`.
+    ///
+    /// # Panics
+    /// When no line comes in time (the script failed or hung).
+    pub fn line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => l,
+            Err(_) => {
+                let status = self.child.try_wait().ok().flatten();
+                panic!("the Python peer printed nothing within {timeout:?} (exit status {status:?}); see its stderr above")
+            }
+        }
+    }
+
+    /// Wait for the script to exit (bounded) and return whether it succeeded.
+    pub fn wait(mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,253 @@
+//! The NATS backend: core NATS publish/subscribe with queue groups.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_nats::Client;
+use bytes::Bytes;
+use futures::StreamExt;
+use pubsub_core::{
+    async_trait, BackendContext, Capabilities, Config, Delivery, Error, Inbox, Message,
+    PubSubBackend, Result,
+};
+use tokio::task::JoinHandle;
+
+use crate::error::{connect_error, op_error, publish_error, servers_shown};
+use crate::options;
+
+/// What the connected server says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Server name.
+    pub server_name: String,
+    /// Server version.
+    pub version: String,
+    /// Largest payload the server accepts, in bytes.
+    pub max_payload: usize,
+    /// Whether the server requires TLS.
+    pub tls_required: bool,
+}
+
+/// A connection to NATS. Create it through [`crate::connect`],
+/// [`crate::connect_blocking`] or the registry ([`crate::register`]).
+pub struct NatsBackend {
+    client: Client,
+    servers: String,
+    inbox: Inbox,
+    subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("servers", &self.servers)
+            .field("state", &self.client.connection_state().to_string())
+            .finish()
+    }
+}
+
+impl NatsBackend {
+    /// Connect with `config.nats`; received messages go to `ctx.inbox`.
+    pub async fn connect(config: &Config, ctx: BackendContext) -> Result<NatsBackend> {
+        let addrs = options::check(config)?;
+        let opts = options::connect_options(config, ctx.counters.clone()).await?;
+        let client = opts
+            .connect(addrs)
+            .await
+            .map_err(|e| connect_error(&config.nats.servers, e))?;
+        let info = client.server_info();
+        tracing::debug!(
+            server = %info.server_name,
+            version = %info.version,
+            max_payload = info.max_payload,
+            "nats: connected"
+        );
+        Ok(NatsBackend {
+            client,
+            servers: servers_shown(&config.nats.servers),
+            inbox: ctx.inbox,
+            subscriptions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What the server told us when we connected (or last reconnected).
+    pub fn server_info(&self) -> ServerInfo {
+        let i = self.client.server_info();
+        ServerInfo {
+            server_name: i.server_name,
+            version: i.version,
+            max_payload: i.max_payload,
+            tls_required: i.tls_required,
+        }
+    }
+
+    /// The async-nats client, for what this library does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop a forwarding task and wait until it is gone: dropping its
+    /// subscriber queues the UNSUB before any later command.
+    async fn stop(task: JoinHandle<()>) {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// Checks a subject for publishing: dot-separated non-empty tokens, no wildcard.
+pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
+    let tokens: Vec<&str> = topic.split('.').collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Err(Error::topic(
+            topic,
+            "NATS subjects are dot-separated tokens; a token is empty (leading, trailing or double dot)",
+        ));
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        let wildcard = *t == "*" || *t == ">";
+        if publish && (wildcard || t.contains(['*', '>'])) {
+            return Err(Error::topic(
+                topic,
+                "cannot publish to a subject with a wildcard (`*` or `>`)",
+            ));
+        }
+        if !publish {
+            if *t == ">" && i + 1 != tokens.len() {
+                return Err(Error::topic(topic, "`>` must be the last token"));
+            }
+            if !wildcard && t.contains(['*', '>']) {
+                return Err(Error::topic(
+                    topic,
+                    "wildcards `*` and `>` must be whole tokens",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl PubSubBackend for NatsBackend {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: false,
+            ordering: true,
+            wildcards: Some("* >"),
+            max_payload: Some(self.client.server_info().max_payload),
+            delivery: Delivery::AtMostOnce,
+        }
+    }
+
+    fn check_publish_topic(&self, topic: &str) -> Result<()> {
+        check_subject(topic, true)
+    }
+
+    fn check_subscribe_topic(&self, topic: &str) -> Result<()> {
+        check_subject(topic, false)
+    }
+
+    async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {
+        let subject = topic.to_string();
+        let mut sub = match group {
+            Some(g) => self.client.queue_subscribe(subject, g.to_string()).await,
+            None => self.client.subscribe(subject).await,
+        }
+        .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))?;
+        let inbox = self.inbox.clone();
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                inbox
+                    .deliver(Message {
+                        topic: m.subject.to_string(),
+                        payload: m.payload,
+                    })
+                    .await;
+            }
+        });
+        let old = self.subs().insert(topic.to_string(), task);
+        if let Some(old) = old {
+            Self::stop(old).await;
+        }
+        // The server has processed SUB once the PING after it is answered:
+        // a message published after this returns is delivered.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        let task = self.subs().remove(topic);
+        if let Some(task) = task {
+            Self::stop(task).await;
+        }
+        self.client
+            .flush()
+            .await
+            .map_err(|e| op_error(&format!("unsubscribe from {topic:?}"), e))
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        self.client
+            .publish(topic.to_string(), payload)
+            .await
+            .map_err(|e| publish_error(topic, e))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.client.flush().await.map_err(|e| op_error("flush", e))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let tasks: Vec<JoinHandle<()>> = self.subs().drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            Self::stop(t).await;
+        }
+        let flushed = self.client.flush().await.map_err(|e| op_error("close", e));
+        // Closes the connection once what is queued has been written.
+        let _ = self.client.drain().await;
+        flushed
+    }
+}
+
+impl Drop for NatsBackend {
+    fn drop(&mut self) {
+        for (_, t) in self.subs().drain() {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        for ok in ["a", "a.b.c", "sensors.cam-1", "A_b.c9"] {
+            check_subject(ok, true).unwrap();
+            check_subject(ok, false).unwrap();
+        }
+        for bad_pub in ["a.*", "a.>", "*", "a.b*"] {
+            assert!(check_subject(bad_pub, true).is_err(), "{bad_pub}");
+        }
+        for ok_sub in ["a.*", "a.>", ">", "*.b"] {
+            check_subject(ok_sub, false).unwrap();
+        }
+        for bad in ["a..b", ".a", "a.", "a.>.b", "a.b*"] {
+            assert!(check_subject(bad, false).is_err(), "{bad}");
+        }
+        let e = check_subject("a.*", true).unwrap_err();
+        assert_eq!(e.kind(), pubsub_core::ErrorKind::InvalidTopic);
+        assert!(e.to_string().contains("wildcard"));
+    }
+}

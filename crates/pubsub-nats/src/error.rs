@@ -1,0 +1,71 @@
+//! Mapping async-nats errors to the library's [`Error`] kinds. Messages name
+//! the servers (passwords in URLs removed) and never carry credentials.
+
+use pubsub_core::config::redact_url;
+use pubsub_core::{Error, ErrorKind};
+
+/// The server list as shown in errors: `[nats://a:4222, nats://b:4222]`.
+pub(crate) fn servers_shown(servers: &[String]) -> String {
+    let list: Vec<String> = servers.iter().map(|s| redact_url(s)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// A failed connect.
+pub(crate) fn connect_error(servers: &[String], e: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as K;
+    let shown = servers_shown(servers);
+    let text = error_chain(&e);
+    let (kind, what) = match e.kind() {
+        K::AuthorizationViolation | K::Authentication => (
+            ErrorKind::Auth,
+            "the server refused the credentials (authorization violation)",
+        ),
+        K::Tls => (ErrorKind::Tls, "TLS setup or handshake failed"),
+        K::TimedOut => (ErrorKind::Timeout, "timed out"),
+        K::Io if looks_like_tls(&text) => (ErrorKind::Tls, "TLS handshake failed"),
+        K::Io | K::Dns | K::MaxReconnects => (ErrorKind::Connect, "cannot connect"),
+        K::ServerParse => (ErrorKind::InvalidConfig, "nats.servers: cannot parse"),
+    };
+    Error::new(kind, format!("nats: {what} ({shown})")).with_source(Box::new(e))
+}
+
+fn looks_like_tls(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "peer sent no certificates",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
+/// The error and all its sources in one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A failed publish.
+pub(crate) fn publish_error(topic: &str, e: async_nats::PublishError) -> Error {
+    use async_nats::client::PublishErrorKind as K;
+    let kind = match e.kind() {
+        K::MaxPayloadExceeded => ErrorKind::PayloadTooLarge,
+        K::InvalidSubject => ErrorKind::InvalidTopic,
+        K::Send => ErrorKind::Connect,
+    };
+    Error::new(kind, format!("nats: publish to {topic:?} failed")).with_source(Box::new(e))
+}
+
+/// Any other failure of an operation `what` on `topic`.
+pub(crate) fn op_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Connect, format!("nats: {what} failed")).with_source(Box::new(e))
+}

@@ -1,0 +1,82 @@
+//! A Rust node and a Python node (nats-py, the client the Python original
+//! uses) on one `nats-server` exchange messages both ways, bytes unchanged.
+
+use std::time::Duration;
+
+use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_core::testkit::python::PythonPeer;
+use pubsub_nats::Config;
+
+const PEER: &str = r#"
+import asyncio, sys, nats
+async def main():
+    url, mode, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+    nc = await nats.connect(url)
+    if mode == "sub":
+        got = asyncio.get_running_loop().create_future()
+        async def cb(msg):
+            if not got.done():
+                got.set_result(msg.data)
+        await nc.subscribe(topic, cb=cb)
+        await nc.flush()
+        print("ready", flush=True)
+        data = await asyncio.wait_for(got, 20)
+        print(data.hex(), flush=True)
+    else:
+        await nc.publish(topic, bytes.fromhex(sys.argv[4]))
+        await nc.flush()
+        print("sent", flush=True)
+    await nc.close()
+asyncio.run(main())
+"#;
+
+fn payload() -> Vec<u8> {
+    // Every byte value, a MessagePack-looking prefix, and a NUL at the end.
+    let mut p: Vec<u8> = vec![0x82, 0xa4, b'n', b'a', b'm', b'e'];
+    p.extend(0..=255u8);
+    p.push(0);
+    p
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_to_python_and_back() {
+    let server = tokio::task::block_in_place(NatsServer::start);
+    let mut c = Config::default();
+    c.nats.servers = vec![server.url()];
+    let ps = pubsub_nats::connect(&c).await.unwrap();
+    let data = payload();
+
+    // Rust publishes, Python receives.
+    let mut py = tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn(PEER, &[&server.url(), "sub", "interop.to_python"]);
+        assert_eq!(py.line(Duration::from_secs(20)), "ready");
+        py
+    });
+    ps.publish("interop.to_python", data.clone()).await.unwrap();
+    ps.flush().await.unwrap();
+    let got = tokio::task::block_in_place(|| py.line(Duration::from_secs(20)));
+    assert_eq!(got, to_hex(&data), "bytes changed on the way to Python");
+
+    // Python publishes, Rust receives.
+    ps.subscribe("interop.to_rust").await.unwrap();
+    let hex = to_hex(&data);
+    tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn(PEER, &[&server.url(), "pub", "interop.to_rust", &hex]);
+        assert_eq!(py.line(Duration::from_secs(20)), "sent");
+    });
+    let m = ps
+        .recv_timeout(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the Python message");
+    assert_eq!(m.topic, "interop.to_rust");
+    assert_eq!(
+        &m.payload[..],
+        &data[..],
+        "bytes changed on the way from Python"
+    );
+}
