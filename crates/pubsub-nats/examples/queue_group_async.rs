@@ -16,7 +16,9 @@ async fn main() -> Result<(), pubsub_nats::Error> {
     }
     let producer = pubsub_nats::connect(&get_nats_config(None)?).await?;
     for job in 0..30u32 {
-        producer.publish("examples.jobs", job.to_be_bytes().to_vec()).await?;
+        producer
+            .publish("examples.jobs", job.to_be_bytes().to_vec())
+            .await?;
     }
     producer.flush().await?;
     let counts = futures::future::join_all(workers.iter().map(|w| async move {
