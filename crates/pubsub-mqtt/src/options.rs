@@ -91,6 +91,12 @@ impl Settings {
         // each later reconnect attempt (rumqttc counts whole seconds).
         let secs = config.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
         options.set_connection_timeout(secs);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(secs);
+        // Small packets (acknowledgements, then the next publish) must not
+        // wait for the peer's delayed ACK (Nagle): that costs ~40 ms each.
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let max_packet = u32::try_from(m.max_packet_size).unwrap_or(u32::MAX);
         // Raises the incoming limit (rumqttc's default is 10 KiB) and tells
         // the broker not to send more.
