@@ -4,6 +4,7 @@
 
 use pubsub_core::{Error, ErrorKind};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, SubscribeReasonCode, UnsubAckReason};
+use rumqttc::v5::mqttbytes::Error as MqttBytesError;
 use rumqttc::v5::{ConnectionError, StateError};
 
 /// The kind of a CONNACK refusal: credentials and permissions are `Auth`,
@@ -93,10 +94,16 @@ pub(crate) fn connection_error(e: ConnectionError, broker: &str, tls: bool) -> E
             io_kind(io),
             format!("cannot reach the MQTT broker at {broker}"),
         ),
-        ConnectionError::MqttState(StateError::Io(io)) => (
-            io_kind(io),
-            format!("the connection to the MQTT broker at {broker} failed"),
-        ),
+        ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(MqttBytesError::Io(io))) => {
+            let kind = io_kind(io);
+            let what = if kind == ErrorKind::Tls {
+                format!("the MQTT broker at {broker} ended the TLS session (does it require a client certificate, signed by a CA it trusts? see mqtt.tls_cert / mqtt.tls_key)")
+            } else {
+                format!("the connection to the MQTT broker at {broker} failed")
+            };
+            (kind, what)
+        }
         ConnectionError::MqttState(StateError::ConnectionAborted) if tls => (
             ErrorKind::Tls,
             format!("the MQTT broker at {broker} closed the TLS connection (a client certificate it does not accept, or none when it requires one?)"),
