@@ -45,3 +45,17 @@ pub async fn connect(config: &Config) -> Result<PubSub> {
 pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
     blocking::PubSub::connect_with(&factory(), config)
 }
+
+/// Like the NATS crate's `get_nats_config(group_id)`: defaults, then the
+/// `MSIGHT_MQTT_*` variables (and the other `MSIGHT_*` ones), with
+/// `backend = "mqtt"` and the given group.
+pub fn get_mqtt_config(group_id: Option<&str>) -> Result<Config> {
+    let mut config = Config::loader().no_default_file().load()?;
+    config.backend = backend::NAME.to_string();
+    if let Some(g) = group_id {
+        config.group_id = Some(g.to_string());
+    }
+    config.validate()?;
+    config.mqtt.validate()?;
+    Ok(config)
+}
