@@ -49,7 +49,7 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (with `username`); never logged or shown.
     pub password: Option<Secret>,
-    /// Interval of keep-alive pings (default 30 s; at least 1 s).
+    /// Interval of keep-alive pings (default 30 s; from 5 s to 65535 s).
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Quality of service of publishes and subscriptions: 0 (at most once),
@@ -254,10 +254,13 @@ impl MqttConfig {
                 "mutual TLS needs both a client certificate (mqtt.tls_cert) and its key (mqtt.tls_key)",
             ));
         }
-        if self.keep_alive < Duration::from_secs(1) || self.keep_alive.as_secs() > 65_535 {
+        if self.keep_alive < Duration::from_secs(5) || self.keep_alive.as_secs() > 65_535 {
             return Err(Error::config(
                 "mqtt.keep_alive",
-                "must be from 1 s to 65535 s (MQTT sends whole seconds)",
+                format!(
+                    "must be from 5 s to 65535 s (MQTT sends whole seconds; the client library needs at least 5 s), got {:?}",
+                    self.keep_alive
+                ),
             ));
         }
         if let Some(d) = self.session_expiry {
@@ -674,10 +677,10 @@ mod tests {
             ),
             (
                 MqttConfig {
-                    keep_alive: Duration::from_millis(10),
+                    keep_alive: Duration::from_secs(4),
                     ..Default::default()
                 },
-                "mqtt.keep_alive",
+                "mqtt.keep_alive: must be from 5 s",
             ),
             (
                 MqttConfig {
