@@ -62,6 +62,38 @@ async fn one_handle_subscribing_and_publishing_at_qos1_does_5000_round_trips() {
     );
 }
 
+/// The same with the blocking API from a plain thread, the seed-style use
+/// (a node that listens and publishes what it computes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_handle_subscribing_and_publishing_at_qos1_does_5000_round_trips() {
+    let broker = tokio::task::block_in_place(|| {
+        Mosquitto::builder()
+            .config("max_inflight_messages 20")
+            .start()
+    });
+    let config = config_for(&broker.url(), 1);
+    let took = tokio::task::spawn_blocking(move || {
+        let ps = pubsub_mqtt::connect_blocking(&config).expect("connect");
+        let topic = unique("blocking-roundtrip");
+        ps.subscribe(&topic).expect("subscribe");
+        let t0 = Instant::now();
+        for i in 0..5000u32 {
+            ps.publish(&topic, seq(i)).expect("publish");
+            let m = ps
+                .recv_timeout(Duration::from_secs(5))
+                .expect("recv")
+                .unwrap_or_else(|| panic!("stalled after {i} round trips"));
+            assert_eq!(seq_of(&m), i);
+        }
+        let took = t0.elapsed();
+        ps.close().expect("close");
+        took
+    })
+    .await
+    .expect("blocking thread");
+    println!("5000 QoS 1 round trips on one blocking handle: {took:?}");
+}
+
 /// The burst form of the same setup: one handle publishes 5,000 QoS 1
 /// messages to a topic it is subscribed to while it reads them, so the
 /// event loop has received messages waiting and publishes queued at once
