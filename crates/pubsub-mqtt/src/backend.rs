@@ -109,6 +109,31 @@ impl Shared {
             .saturating_sub(self.done.load(Ordering::Acquire))
     }
 
+    /// The connection was lost: callers whose request was written will get
+    /// no acknowledgement, nor will those whose request rumqttc moved to
+    /// its replay list (the first `in_pending` queued ones: the request
+    /// channel is first in, first out); their places are kept as `Ignore`
+    /// in case the session is resumed and the requests are sent again.
+    /// Requests queued after the loss are sent after the reconnect and keep
+    /// their callers.
+    fn connection_lost(&self, in_pending: usize) {
+        let why = "the connection to the MQTT broker was lost before it acknowledged the request";
+        let mut c = lock(&self.control);
+        let sent = std::mem::take(&mut c.sent);
+        let replaced: Vec<Expect> = c
+            .queued
+            .iter_mut()
+            .take(in_pending)
+            .map(|e| std::mem::replace(e, Expect::Ignore))
+            .collect();
+        drop(c);
+        for e in sent.into_values().chain(replaced) {
+            if let Expect::User(_, tx) = e {
+                let _ = tx.send(Err(Error::new(ErrorKind::Connect, why)));
+            }
+        }
+    }
+
     /// Fail every caller waiting for an acknowledgement; the connection is gone.
     fn fail_waiters(&self, why: &str) {
         let mut c = lock(&self.control);
@@ -568,28 +593,27 @@ impl Poller {
                     {
                         break;
                     }
-                    if !lost {
-                        tracing::warn!(broker = %self.settings.address, "MQTT connection lost, reconnecting: {err}");
-                    } else {
+                    if lost {
                         tracing::debug!(broker = %self.settings.address, "MQTT reconnect failed: {err}");
+                    } else {
+                        tracing::warn!(broker = %self.settings.address, "MQTT connection lost, reconnecting: {err}");
+                        lost = true;
+                        // rumqttc moved what was unacknowledged or still
+                        // queued into `pending`: sent again if the broker
+                        // kept the session, dropped if not.
+                        let pending = &self.eventloop.pending;
+                        lost_publishes = pending
+                            .iter()
+                            .filter(|r| matches!(r, Request::Publish(_)))
+                            .count() as u64;
+                        replayed_control = pending
+                            .iter()
+                            .filter(|r| {
+                                matches!(r, Request::Subscribe(_) | Request::Unsubscribe(_))
+                            })
+                            .count();
+                        self.shared.connection_lost(replayed_control);
                     }
-                    lost = true;
-                    // What rumqttc keeps to send again if the session
-                    // survives; without it, these publishes are gone.
-                    lost_publishes = self
-                        .eventloop
-                        .pending
-                        .iter()
-                        .filter(|r| matches!(r, Request::Publish(_)))
-                        .count() as u64;
-                    replayed_control = self
-                        .eventloop
-                        .pending
-                        .iter()
-                        .filter(|r| matches!(r, Request::Subscribe(_) | Request::Unsubscribe(_)))
-                        .count();
-                    self.shared
-                        .fail_waiters("the connection to the MQTT broker was lost");
                     // rumqttc reconnects on the next poll at once; pause first.
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.settings.reconnect_max);
@@ -604,12 +628,18 @@ impl Poller {
 
     fn on_reconnect(&mut self, ack: &ConnAck, lost_publishes: u64, replayed_control: usize) {
         if ack.session_present {
+            // The replayed requests keep their `Ignore` places at the front.
             tracing::info!(broker = %self.settings.address, "MQTT reconnected; the broker kept the session");
+            return;
+        }
+        {
+            // rumqttc dropped the replayed requests with the session.
             let mut c = lock(&self.shared.control);
             for _ in 0..replayed_control {
-                c.queued.push_front(Expect::Ignore);
+                if matches!(c.queued.front(), Some(Expect::Ignore)) {
+                    c.queued.pop_front();
+                }
             }
-            return;
         }
         if lost_publishes > 0 {
             tracing::warn!(

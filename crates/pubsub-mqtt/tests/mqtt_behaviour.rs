@@ -253,6 +253,13 @@ async fn reconnect_backs_off_and_resubscribes() {
     sub.subscribe(&wild).await.expect("subscribe");
 
     tokio::task::block_in_place(|| broker.stop());
+    // A subscription asked for while the broker is down completes once it is back.
+    let late_topic = format!("{topic}-late");
+    let late = {
+        let sub = sub.clone();
+        let t = late_topic.clone();
+        tokio::spawn(async move { sub.subscribe(&t).await })
+    };
     // Accept and drop every connection attempt for 3 s.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind broker port");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -294,6 +301,25 @@ async fn reconnect_backs_off_and_resubscribes() {
         }
     }
     assert!(through, "subscription not restored within 15 s");
+    tokio::time::timeout(Duration::from_secs(15), late)
+        .await
+        .expect("the late subscribe returned")
+        .expect("join")
+        .expect("subscribed after the broker came back");
+    publ.publish(&late_topic, "late").await.expect("publish");
+    publ.flush().await.expect("flush");
+    let mut late_seen = false;
+    let t1 = Instant::now();
+    while !late_seen && t1.elapsed() < Duration::from_secs(10) {
+        if let Some(m) = sub
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("recv")
+        {
+            late_seen = m.topic == late_topic;
+        }
+    }
+    assert!(late_seen, "message on the subscription made while down");
     while sub
         .recv_timeout(Duration::from_millis(200))
         .await
