@@ -38,6 +38,21 @@ pub struct Capabilities {
     pub delivery: Delivery,
 }
 
+/// What the connected broker says about itself, for diagnostics (`pubsub check`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// Broker software and name, e.g. `"nats-server my-node"`.
+    pub server: Option<String>,
+    /// Broker version.
+    pub version: Option<String>,
+    /// Largest payload the broker accepts, if it says.
+    pub max_payload: Option<usize>,
+    /// Whether the connection uses TLS.
+    pub tls: bool,
+    /// The address connected to (credentials removed).
+    pub address: Option<String>,
+}
+
 /// Live counters of one handle; read them with [`Counters::snapshot`].
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -112,6 +127,11 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
 
     /// What this backend supports, as connected (the max payload may come from the server).
     fn capabilities(&self) -> Capabilities;
+
+    /// What the broker says about itself (name, version, limits, TLS).
+    fn broker_info(&self) -> BrokerInfo {
+        BrokerInfo::default()
+    }
 
     /// Extra checks of a topic name for publishing (wildcards, backend rules).
     /// The core rules of [`crate::validate_topic_name`] have been checked already.

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Capabilities, Stats};
+use crate::backend::{BrokerInfo, Capabilities, Stats};
 use crate::client::{recv_result, TopicName};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -159,6 +159,11 @@ impl PubSub {
     /// What the backend supports.
     pub fn capabilities(&self) -> &Capabilities {
         self.inner.capabilities()
+    }
+
+    /// What the connected broker says about itself.
+    pub fn broker_info(&self) -> BrokerInfo {
+        self.inner.broker_info()
     }
 
     /// The backend's name.

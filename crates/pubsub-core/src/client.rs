@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::backend::{BackendContext, Capabilities, Counters, PubSubBackend, Stats};
+use crate::backend::{BackendContext, BrokerInfo, Capabilities, Counters, PubSubBackend, Stats};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::factory::{self, BackendFactory};
@@ -366,6 +366,11 @@ impl PubSub {
     /// What the backend supports, as connected.
     pub fn capabilities(&self) -> &Capabilities {
         &self.inner.capabilities
+    }
+
+    /// What the connected broker says about itself.
+    pub fn broker_info(&self) -> BrokerInfo {
+        self.inner.backend.broker_info()
     }
 
     /// The backend's name.

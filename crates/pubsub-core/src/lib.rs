@@ -14,7 +14,9 @@ pub mod testkit;
 pub mod tls;
 mod topic;
 
-pub use backend::{BackendContext, Capabilities, Counters, Delivery, PubSubBackend, Stats};
+pub use backend::{
+    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats,
+};
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
 pub use config::MqttConfig;

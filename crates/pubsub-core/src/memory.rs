@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 
-use crate::backend::{BackendContext, Capabilities, Delivery, PubSubBackend};
+use crate::backend::{BackendContext, BrokerInfo, Capabilities, Delivery, PubSubBackend};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::factory::BackendFactory;
@@ -186,6 +186,16 @@ impl PubSubBackend for MemoryBackend {
             wildcards: None,
             max_payload: Some(self.max_payload),
             delivery: Delivery::AtMostOnce,
+        }
+    }
+
+    fn broker_info(&self) -> BrokerInfo {
+        BrokerInfo {
+            server: Some(format!("in-process (namespace {:?})", self.namespace)),
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            max_payload: Some(self.max_payload),
+            tls: false,
+            address: None,
         }
     }
 

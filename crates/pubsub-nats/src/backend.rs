@@ -7,7 +7,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use pubsub_core::{
-    async_trait, BackendContext, Capabilities, Config, Delivery, Error, Inbox, Message,
+    async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, Inbox, Message,
     PubSubBackend, Result,
 };
 use tokio::task::JoinHandle;
@@ -15,24 +15,12 @@ use tokio::task::JoinHandle;
 use crate::error::{connect_error, op_error, publish_error, servers_shown};
 use crate::options;
 
-/// What the connected server says about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerInfo {
-    /// Server name.
-    pub server_name: String,
-    /// Server version.
-    pub version: String,
-    /// Largest payload the server accepts, in bytes.
-    pub max_payload: usize,
-    /// Whether the server requires TLS.
-    pub tls_required: bool,
-}
-
 /// A connection to NATS. Create it through [`crate::connect`],
 /// [`crate::connect_blocking`] or the registry ([`crate::register`]).
 pub struct NatsBackend {
     client: Client,
     servers: String,
+    tls: bool,
     inbox: Inbox,
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
 }
@@ -65,20 +53,10 @@ impl NatsBackend {
         Ok(NatsBackend {
             client,
             servers: servers_shown(&config.nats.servers),
+            tls: options::tls_wanted(&config.nats) || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// What the server told us when we connected (or last reconnected).
-    pub fn server_info(&self) -> ServerInfo {
-        let i = self.client.server_info();
-        ServerInfo {
-            server_name: i.server_name,
-            version: i.version,
-            max_payload: i.max_payload,
-            tls_required: i.tls_required,
-        }
     }
 
     /// The async-nats client, for what this library does not cover.
@@ -144,6 +122,17 @@ impl PubSubBackend for NatsBackend {
             wildcards: Some("* >"),
             max_payload: Some(self.client.server_info().max_payload),
             delivery: Delivery::AtMostOnce,
+        }
+    }
+
+    fn broker_info(&self) -> BrokerInfo {
+        let i = self.client.server_info();
+        BrokerInfo {
+            server: Some(format!("nats-server {}", i.server_name)),
+            version: Some(i.version),
+            max_payload: Some(i.max_payload),
+            tls: self.tls,
+            address: Some(self.servers.clone()),
         }
     }
 

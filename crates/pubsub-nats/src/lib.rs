@@ -7,10 +7,11 @@ mod options;
 
 use futures::FutureExt;
 
-pub use backend::{NatsBackend, ServerInfo};
+pub use backend::NatsBackend;
 pub use pubsub_core::{
-    self, blocking, BackendFactory, Bytes, Capabilities, Config, Delivery, Error, ErrorKind,
-    Message, MessageStream, NatsConfig, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
+    self, blocking, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery, Error,
+    ErrorKind, Message, MessageStream, NatsConfig, OverflowPolicy, PubSub, Result, Secret, Stats,
+    Topic,
 };
 
 /// The registry entry of the `nats` backend.
@@ -58,3 +59,8 @@ pub fn get_nats_config(group_id: Option<&str>) -> Result<Config> {
     config.validate()?;
     Ok(config)
 }
+
+/// The workspace README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadme;

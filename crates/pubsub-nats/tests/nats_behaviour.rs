@@ -183,3 +183,17 @@ async fn slow_consumer_overflow_is_bounded_and_counted() {
     }
     assert_eq!(got, (N - 100..N).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_info_describes_the_server() {
+    let s = start();
+    let mut c = Config::default();
+    c.nats.servers = vec![s.url()];
+    let ps = pubsub_nats::connect(&c).await.unwrap();
+    let info = ps.broker_info();
+    assert!(info.server.unwrap().starts_with("nats-server"));
+    assert!(info.version.unwrap().starts_with("2."), "nats-server 2.x");
+    assert_eq!(info.max_payload, Some(1024 * 1024));
+    assert!(!info.tls);
+    assert!(info.address.unwrap().contains(&s.port().to_string()));
+}

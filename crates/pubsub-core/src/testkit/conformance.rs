@@ -2,7 +2,7 @@
 //!
 //! A backend crate runs the whole suite with one line:
 //!
-//! ```ignore
+//! ```text
 //! pubsub_core::conformance_suite!(my_harness);
 //! ```
 //!
