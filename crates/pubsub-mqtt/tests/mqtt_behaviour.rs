@@ -238,6 +238,50 @@ async fn persistent_session_receives_what_was_published_while_away() {
     );
 }
 
+/// A persistent broker restarted gracefully keeps the session: the
+/// subscriber reconnects with `session_present`, needs no re-subscription,
+/// and gets the QoS 1 messages published after the restart and those
+/// published while it was reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_survives_a_persistent_broker_restart() {
+    let mut broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
+    let topic = unique("kept");
+    let mut sub_config = config_for(&broker.url(), 1);
+    sub_config.mqtt.client_id = Some(format!("kept-{}", std::process::id()));
+    sub_config.mqtt.session_expiry = Some(Duration::from_secs(300));
+    sub_config.mqtt.reconnect_delay_max = Duration::from_millis(500);
+    let sub = pubsub_mqtt::connect(&sub_config).await.expect("connect");
+    sub.subscribe(&topic).await.expect("subscribe");
+    tokio::task::block_in_place(|| broker.restart());
+    let publ = pubsub_mqtt::connect(&config_for(&broker.url(), 1))
+        .await
+        .expect("connect publisher");
+    const N: u32 = 300;
+    for i in 0..N {
+        publ.publish(&topic, seq(i)).await.expect("publish");
+    }
+    publ.flush().await.expect("flush");
+    let got: BTreeSet<u32> = recv_n(&sub, N as usize, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(seq_of)
+        .collect();
+    assert_eq!(got.len(), N as usize, "messages after a persistent restart");
+    assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
+    // Subscribing and unsubscribing still match their acknowledgements.
+    let other = unique("kept-other");
+    sub.subscribe(&other).await.expect("subscribe after resume");
+    sub.unsubscribe(&topic)
+        .await
+        .expect("unsubscribe after resume");
+    publ.publish(&topic, seq(9)).await.expect("publish");
+    publ.publish(&other, seq(10)).await.expect("publish");
+    publ.flush().await.expect("flush");
+    let got = recv_n(&sub, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.first().map(|m| m.topic.as_str()), Some(other.as_str()));
+    sub.close().await.expect("close");
+}
+
 /// While the broker is down, reconnect attempts back off (a listener in its
 /// place counts them); when it is back, subscriptions are restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
