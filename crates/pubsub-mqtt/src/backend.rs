@@ -26,8 +26,8 @@ use bytes::Bytes;
 use pubsub_core::config::MQTT_PACKET_OVERHEAD;
 use pubsub_core::inbox::Inbox;
 use pubsub_core::{
-    BackendContext, Capabilities, Config, Counters, Delivery, Error, ErrorKind, Message,
-    PubSubBackend, Result,
+    BackendContext, BrokerInfo, Capabilities, Config, Counters, Delivery, Error, ErrorKind,
+    Message, PubSubBackend, Result,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, Packet, PubAckReason, PubRecReason, SubscribeReasonCode, UnsubAckReason,
@@ -157,6 +157,8 @@ pub struct MqttBackend {
     task: Mutex<Option<JoinHandle<()>>>,
     settings: Settings,
     max_packet_size: usize,
+    /// The broker's own packet limit from its CONNACK, if it gave one.
+    broker_max_packet: Option<usize>,
 }
 
 impl fmt::Debug for MqttBackend {
@@ -226,11 +228,12 @@ impl MqttBackend {
                 ))
             }
         };
-        let broker_max = connack
+        let broker_max_packet = connack
             .properties
             .as_ref()
             .and_then(|p| p.max_packet_size)
-            .map_or(usize::MAX, |n| n as usize);
+            .map(|n| n as usize);
+        let broker_max = broker_max_packet.unwrap_or(usize::MAX);
         let max_packet_size = settings.max_packet_size.min(broker_max);
         if broker_max < settings.max_packet_size {
             tracing::info!(
@@ -246,6 +249,7 @@ impl MqttBackend {
             task: Mutex::new(guard.0.take()),
             settings,
             max_packet_size,
+            broker_max_packet,
         })
     }
 
@@ -341,6 +345,24 @@ impl PubSubBackend for MqttBackend {
             } else {
                 Delivery::AtMostOnce
             },
+        }
+    }
+
+    fn broker_info(&self) -> BrokerInfo {
+        // MQTT v5 brokers do not name their software or version in CONNACK.
+        let scheme = if self.settings.broker.tls {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        BrokerInfo {
+            server: Some("MQTT v5 broker".to_string()),
+            version: None,
+            max_payload: self
+                .broker_max_packet
+                .map(|n| n.saturating_sub(MQTT_PACKET_OVERHEAD)),
+            tls: self.settings.broker.tls,
+            address: Some(format!("{scheme}://{}", self.settings.address)),
         }
     }
 

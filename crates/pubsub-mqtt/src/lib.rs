@@ -9,9 +9,9 @@ use futures::FutureExt;
 
 pub use backend::MqttBackend;
 pub use pubsub_core::{
-    self, blocking, config::MqttBroker, BackendFactory, Bytes, Capabilities, Config, Delivery,
-    Error, ErrorKind, Message, MessageStream, MqttConfig, OverflowPolicy, PubSub, Result, Secret,
-    Stats, Topic,
+    self, blocking, config::MqttBroker, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
+    Delivery, Error, ErrorKind, Message, MessageStream, MqttConfig, OverflowPolicy, PubSub, Result,
+    Secret, Stats, Topic,
 };
 
 /// The registry entry of the `mqtt` backend.

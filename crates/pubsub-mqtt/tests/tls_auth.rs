@@ -56,6 +56,14 @@ async fn tls_with_our_ca_and_wrong_ca() {
     let broker = tls_broker(&pki, false);
     let c = tls_config(&broker, &pki);
     round_trip(&c).await.expect("TLS with the right CA");
+    let ps = pubsub_mqtt::connect(&c).await.expect("connect");
+    let info = ps.broker_info();
+    assert!(info.tls, "{info:?}");
+    assert_eq!(
+        info.address.as_deref(),
+        Some(format!("mqtts://127.0.0.1:{}", broker.port()).as_str())
+    );
+    ps.close().await.expect("close");
 
     // tls = true with host and port instead of an mqtts:// URL.
     let mut c2 = c.clone();
