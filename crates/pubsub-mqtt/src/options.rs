@@ -102,6 +102,9 @@ impl Settings {
         // the broker not to send more.
         options.set_max_packet_size(Some(max_packet));
         options.set_request_channel_capacity(m.request_channel_capacity);
+        // rumqttc allocates a slot per possible in-flight publish up front
+        // (65,535 by default: about 14 MB per connection).
+        options.set_outgoing_inflight_upper_limit(m.max_inflight);
         if let Some(user) = &m.username {
             let pass = m.password.as_ref().map(|p| p.expose()).unwrap_or_default();
             options.set_credentials(user.clone(), pass.to_string());

@@ -88,6 +88,10 @@ pub struct MqttConfig {
     /// Requests (publishes, subscriptions) the client library queues before
     /// `publish` waits for room (default 1,000).
     pub request_channel_capacity: usize,
+    /// Most QoS 1 / 2 publishes sent and not yet acknowledged (default 1,000;
+    /// the broker's receive maximum applies when lower: mosquitto's default
+    /// is 20). The client keeps a slot per possible one, about 200 bytes each.
+    pub max_inflight: u16,
 }
 
 impl Default for MqttConfig {
@@ -112,6 +116,7 @@ impl Default for MqttConfig {
             reconnect_delay_min: Duration::from_millis(100),
             reconnect_delay_max: Duration::from_secs(5),
             request_channel_capacity: 1000,
+            max_inflight: 1000,
         }
     }
 }
@@ -292,6 +297,9 @@ impl MqttConfig {
                 "mqtt.reconnect_delay_max",
                 "must not be less than mqtt.reconnect_delay_min",
             ));
+        }
+        if self.max_inflight == 0 {
+            return Err(Error::config("mqtt.max_inflight", "must be at least 1"));
         }
         if self.request_channel_capacity == 0 {
             return Err(Error::config(
@@ -709,6 +717,13 @@ mod tests {
                     ..Default::default()
                 },
                 "mqtt.reconnect_delay_max",
+            ),
+            (
+                MqttConfig {
+                    max_inflight: 0,
+                    ..Default::default()
+                },
+                "mqtt.max_inflight",
             ),
             (
                 MqttConfig {
