@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,16 +30,20 @@ use pubsub_core::{
     Message, PubSubBackend, Result,
 };
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Filter, Packet, PubAckReason, PubRecReason, SubscribeReasonCode, UnsubAckReason,
+    ConnAck, DisconnectReasonCode, Filter, Packet, PubAckReason, PubRecReason, SubscribeReasonCode,
+    UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Request};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Request, StateError};
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::{connection_error, suback_error, unsuback_error};
 use crate::options::{check_filter, Settings};
+
+/// A connection that lasted this long resets the reconnect back-off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// The backend's registered name.
 pub(crate) const NAME: &str = "mqtt";
@@ -518,6 +522,7 @@ struct Poller {
 impl Poller {
     async fn run(mut self) {
         let mut backoff = self.settings.reconnect_min;
+        let mut connected_at = Instant::now();
         // Set after a connection loss, until the next CONNACK.
         let mut lost = false;
         let mut lost_publishes = 0u64;
@@ -585,7 +590,7 @@ impl Poller {
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = self.settings.reconnect_min;
+                    connected_at = Instant::now();
                     self.shared.connected.store(true, Ordering::Release);
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Ok(ack));
@@ -605,6 +610,13 @@ impl Poller {
                 Ok(_) => {}
                 Err(e) => {
                     self.shared.connected.store(false, Ordering::Release);
+                    let taken_over = matches!(
+                        &e,
+                        ConnectionError::MqttState(StateError::ServerDisconnect {
+                            reason_code: DisconnectReasonCode::SessionTakenOver,
+                            ..
+                        })
+                    );
                     let err = connection_error(e, &self.settings.address, self.settings.broker.tls);
                     if let Some(first) = self.first.take() {
                         let _ = first.send(Err(err));
@@ -614,6 +626,12 @@ impl Poller {
                         || err.kind() == ErrorKind::Closed
                     {
                         break;
+                    }
+                    // The pause starts small again only after a connection
+                    // that lasted: one dropped right after CONNACK (a client
+                    // id used twice, a broker that refuses us) keeps backing off.
+                    if !lost && connected_at.elapsed() >= STABLE_CONNECTION {
+                        backoff = self.settings.reconnect_min;
                     }
                     if lost {
                         tracing::debug!(broker = %self.settings.address, "MQTT reconnect failed: {err}");
@@ -635,6 +653,16 @@ impl Poller {
                             })
                             .count();
                         self.shared.connection_lost(replayed_control);
+                    }
+                    if taken_over {
+                        // Two clients with one id take the session from each
+                        // other on every connect; do not make it a storm.
+                        tracing::error!(
+                            broker = %self.settings.address,
+                            client_id = %self.settings.client_id,
+                            "another client connected with the same MQTT client id and took the session over; give each handle its own mqtt.client_id"
+                        );
+                        backoff = self.settings.reconnect_max;
                     }
                     // rumqttc reconnects on the next poll at once; pause first.
                     tokio::time::sleep(backoff).await;

@@ -563,3 +563,22 @@ async fn retain_is_off_by_default_and_on_when_configured() {
         .expect("the retained message");
     assert_eq!(&m.payload[..], b"kept");
 }
+
+/// Two handles configured with one client id take the session from each
+/// other on every connect (mosquitto 2.0 just closes the old connection);
+/// connections that drop right after CONNACK keep backing off, so this
+/// slows down instead of becoming a storm (29 reconnects in 3 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_id_twice_does_not_make_a_reconnect_storm() {
+    let broker = start_broker();
+    let mut config = config_for(&broker.url(), 1);
+    config.mqtt.client_id = Some("twice".into());
+    config.mqtt.reconnect_delay_max = Duration::from_secs(2);
+    let a = pubsub_mqtt::connect(&config).await.expect("connect a");
+    let b = pubsub_mqtt::connect(&config).await.expect("connect b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ra, rb) = (a.stats().reconnects, b.stats().reconnects);
+    println!("reconnects in 3 s with a shared client id: a {ra}, b {rb}");
+    assert!(ra + rb <= 10, "takeover storm: a {ra}, b {rb}");
+    assert!(ra >= 1, "a was taken over and came back: {ra}");
+}
