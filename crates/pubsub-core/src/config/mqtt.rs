@@ -157,11 +157,21 @@ impl MqttConfig {
     /// expected form.
     pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
         let env = Env(source);
-        env.string_req("MSIGHT_MQTT_HOST", &mut self.host);
+        if let Some(v) = source.var("MSIGHT_MQTT_HOST") {
+            let host = v.trim();
+            if host.chars().any(|c| c.is_whitespace() || c == '/') {
+                return Err(Error::config(
+                    "MSIGHT_MQTT_HOST",
+                    format!("expected a host name or IP address like \"broker.local\" (a URL goes in MSIGHT_MQTT_URL), got {host:?}"),
+                ));
+            }
+            self.host = host.to_string();
+        }
         if let Some(v) = source.var("MSIGHT_MQTT_PORT") {
             self.port = parse_port("MSIGHT_MQTT_PORT", &v)?;
         }
         if let Some(v) = source.var("MSIGHT_MQTT_URL") {
+            parse_url("MSIGHT_MQTT_URL", v.trim(), false)?;
             self.url = Some(v.trim().to_string());
         }
         env.string("MSIGHT_MQTT_CLIENT_ID", &mut self.client_id);
@@ -560,6 +570,23 @@ mod tests {
             ),
             ("MSIGHT_MQTT_USE_TLS", "sure", "expected true/false"),
             ("MSIGHT_MQTT_TLS_VERIFY", "2", "expected true/false"),
+            (
+                "MSIGHT_MQTT_URL",
+                "broker:1883",
+                "expected a URL like \"mqtt://host:1883\"",
+            ),
+            (
+                "MSIGHT_MQTT_URL",
+                "http://broker:1883",
+                "unknown URL scheme \"http\"",
+            ),
+            (
+                "MSIGHT_MQTT_URL",
+                "mqtt://broker:0",
+                "not a number from 1 to 65535",
+            ),
+            ("MSIGHT_MQTT_HOST", "mqtt://broker", "MSIGHT_MQTT_URL"),
+            ("MSIGHT_MQTT_HOST", "two hosts", "host name or IP address"),
         ] {
             let mut c = MqttConfig::default();
             let e = c.apply_env(&[(var, value)]).unwrap_err();
