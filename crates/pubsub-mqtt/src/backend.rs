@@ -445,16 +445,33 @@ impl PubSubBackend for MqttBackend {
         }
         self.check_running()?;
         self.shared.accepted.fetch_add(1, Ordering::AcqRel);
-        match self
-            .client
-            .publish(topic, self.settings.qos, self.settings.retain, payload)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
+        // Waits only while the client's queue is full (the broker is slow
+        // or unreachable), and not forever.
+        let limit = self.settings.close_timeout;
+        let sent = tokio::time::timeout(
+            limit,
+            self.client
+                .publish(topic, self.settings.qos, self.settings.retain, payload),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
                 self.shared.add_done(1);
                 self.check_running()?;
                 Err(Error::topic(topic, "the MQTT client refused the publish").with_source(e))
+            }
+            Err(_) => {
+                self.shared.add_done(1);
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "publish to {topic:?}: the MQTT client's queue of {} requests stayed full for {limit:?} (is the broker at {} reachable? connected: {})",
+                        self.settings.channel_capacity,
+                        self.settings.address,
+                        self.shared.connected.load(Ordering::Acquire)
+                    ),
+                ))
             }
         }
     }

@@ -582,3 +582,46 @@ async fn same_client_id_twice_does_not_make_a_reconnect_storm() {
     assert!(ra + rb <= 10, "takeover storm: a {ra}, b {rb}");
     assert!(ra >= 1, "a was taken over and came back: {ra}");
 }
+
+/// While the broker is away, publishes queue in the client up to
+/// `request_channel_capacity`; beyond that `publish` fails with `Timeout`
+/// after `close_timeout` instead of hanging. After the broker is back the
+/// handle works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_the_broker_away_times_out_instead_of_hanging() {
+    let mut broker = start_broker();
+    let mut config = config_for(&broker.url(), 1);
+    config.mqtt.request_channel_capacity = 20;
+    config.mqtt.reconnect_delay_max = Duration::from_millis(300);
+    config.close_timeout = Duration::from_secs(1);
+    let ps = pubsub_mqtt::connect(&config).await.expect("connect");
+    let topic = unique("away");
+    tokio::task::block_in_place(|| broker.stop());
+    let t0 = Instant::now();
+    let mut first_error = None;
+    for i in 0..100u32 {
+        if let Err(e) = ps.publish(&topic, seq(i)).await {
+            first_error = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = first_error.expect("a publish fails while the queue is full");
+    assert_eq!(e.kind(), pubsub_mqtt::ErrorKind::Timeout, "{e}");
+    assert!(i >= 20, "queued before failing: {i}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    tokio::task::block_in_place(|| broker.start_again());
+    ps.subscribe(&topic).await.expect("subscribe after the broker is back");
+    let t1 = Instant::now();
+    let mut back = false;
+    while !back && t1.elapsed() < Duration::from_secs(10) {
+        ps.publish(&topic, seq(1000)).await.expect("publish");
+        while let Some(m) = ps
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("recv")
+        {
+            back |= seq_of(&m) == 1000;
+        }
+    }
+    assert!(back, "the handle works again after the broker came back");
+}
