@@ -61,7 +61,44 @@ fn run<F: Future>(fut: F) -> F::Output {
     // `runtime()` succeeded when the handle was made.
     let rt = runtime().expect("runtime started at connect");
     let _guard = rt.enter();
-    futures::executor::block_on(fut)
+    // `unconstrained`: when the caller is itself a tokio task, its
+    // cooperative budget runs out after ~128 channel operations and tokio
+    // then answers every poll with "pending, try again"; polled from this
+    // loop that would spin forever. Outside tokio it changes nothing.
+    block_on(tokio::task::unconstrained(fut))
+}
+
+/// Wakes the thread that waits in [`block_on`].
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Poll `fut` on this thread, parking between polls. Unlike
+/// `futures::executor::block_on` it does not refuse to run inside another
+/// executor (that refusal is a panic), and it allocates nothing per call:
+/// the waker is made once per thread.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    thread_local! {
+        static WAKER: std::task::Waker =
+            std::task::Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
+    }
+    let mut fut = std::pin::pin!(fut);
+    WAKER.with(|waker| {
+        let mut cx = std::task::Context::from_waker(waker);
+        loop {
+            if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    })
 }
 
 /// A blocking connection: every method returns when the operation is done.

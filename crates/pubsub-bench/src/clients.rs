@@ -1,0 +1,164 @@
+//! The three ways each figure is measured: the raw client library used
+//! directly, our async API, our blocking API. Raw and async share one enum
+//! so that every scenario runs the same loop for both.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pubsub_core::{blocking, BackendFactory, Config, PubSub};
+
+/// Which API a measurement uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The client library the backend is built on, used directly.
+    Raw,
+    /// Our async API.
+    Async,
+    /// Our blocking API.
+    Blocking,
+}
+
+impl Variant {
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Raw => "raw",
+            Variant::Async => "async",
+            Variant::Blocking => "blocking",
+        }
+    }
+}
+
+/// The raw client a backend is built on, with the settings ours uses.
+#[derive(Clone, Debug)]
+pub enum RawKind {
+    /// async-nats with the server list.
+    Nats { servers: Vec<String> },
+}
+
+/// A backend and mode under test, with everything needed to connect.
+pub struct Target {
+    pub backend: &'static str,
+    pub mode: &'static str,
+    pub factory: BackendFactory,
+    pub config: Config,
+    pub raw: Option<RawKind>,
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.backend, self.mode)
+    }
+}
+
+/// One connection, raw or through our async API, with at most one
+/// subscription on the raw side (all a scenario needs).
+pub enum Conn {
+    Nats {
+        client: async_nats::Client,
+        sub: Option<async_nats::Subscriber>,
+    },
+    Ours(PubSub),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn raw_nats(servers: &[String]) -> Result<async_nats::Client, BoxError> {
+    let addrs: Vec<async_nats::ServerAddr> = servers
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    Ok(async_nats::ConnectOptions::new()
+        .subscription_capacity(65_536)
+        .connect(addrs)
+        .await?)
+}
+
+impl Conn {
+    pub async fn connect(t: &Target, v: Variant) -> Result<Conn, BoxError> {
+        match (v, &t.raw) {
+            (Variant::Raw, Some(RawKind::Nats { servers })) => Ok(Conn::Nats {
+                client: raw_nats(servers).await?,
+                sub: None,
+            }),
+            (Variant::Raw, None) => Err("no raw client for this backend".into()),
+            _ => Ok(Conn::Ours(
+                PubSub::connect_with(&t.factory, &t.config).await?,
+            )),
+        }
+    }
+
+    /// Subscribe; returns once the broker has the subscription.
+    pub async fn subscribe(&mut self, topic: &str, group: Option<&str>) -> Result<(), BoxError> {
+        match self {
+            Conn::Nats { client, sub } => {
+                *sub = Some(match group {
+                    Some(g) => {
+                        client
+                            .queue_subscribe(topic.to_string(), g.to_string())
+                            .await?
+                    }
+                    None => client.subscribe(topic.to_string()).await?,
+                });
+                client.flush().await?;
+            }
+            Conn::Ours(p) => p.subscribe_in(topic, group).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BoxError> {
+        match self {
+            Conn::Nats { client, .. } => client.publish(topic.to_string(), payload).await?,
+            Conn::Ours(p) => p.publish(topic, payload).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), BoxError> {
+        match self {
+            Conn::Nats { client, .. } => client.flush().await?,
+            Conn::Ours(p) => p.flush().await?,
+        }
+        Ok(())
+    }
+
+    /// The next payload, or `None` after `timeout` without one.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Bytes> {
+        match self {
+            Conn::Nats { sub, .. } => {
+                let s = sub.as_mut()?;
+                tokio::time::timeout(timeout, s.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|m| m.payload)
+            }
+            Conn::Ours(p) => p
+                .recv_timeout(timeout)
+                .await
+                .ok()
+                .flatten()
+                .map(|m| m.payload),
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Conn::Nats { client, sub } => {
+                drop(sub);
+                let _ = client.flush().await;
+                let _ = client.drain().await;
+            }
+            Conn::Ours(p) => {
+                let _ = p.close().await;
+            }
+        }
+    }
+}
+
+/// Our blocking API on `t`.
+pub fn connect_blocking(t: &Target) -> Result<blocking::PubSub, BoxError> {
+    Ok(blocking::PubSub::connect_with(&t.factory, &t.config)?)
+}

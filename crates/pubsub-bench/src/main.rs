@@ -1,0 +1,377 @@
+//! `cargo xtask bench`: each backend's raw client library, our async API and
+//! our blocking API, measured side by side in one run on brokers this
+//! program starts on loopback ports. Prints a table of ratios ours / raw and
+//! writes every figure to a JSON file.
+
+mod clients;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_core::Config;
+
+use clients::{BoxError, RawKind, Target, Variant};
+use scenarios::Sample;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Side-by-side benchmark of raw clients and the pub/sub library's async and blocking APIs"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Backends to measure (comma-separated): memory, nats.
+    #[arg(long, value_delimiter = ',', default_value = "memory,nats")]
+    backends: Vec<String>,
+    /// Payload sizes in bytes for publish and end-to-end throughput.
+    #[arg(long, value_delimiter = ',', default_value = "128,16384,1048576")]
+    sizes: Vec<usize>,
+    /// Most messages per throughput run (small payloads); larger payloads
+    /// send at most `--bytes` in total.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Byte budget per throughput run.
+    #[arg(long, default_value_t = 256 << 20)]
+    bytes: u64,
+    /// Round trips for the latency test.
+    #[arg(long, default_value_t = 5_000)]
+    rtt: u64,
+    /// Messages of 1 KiB published to a subscriber that does not read.
+    #[arg(long, default_value_t = 200_000)]
+    slow: u64,
+    /// Where to write every figure.
+    #[arg(long, default_value = "target/bench.json")]
+    json: std::path::PathBuf,
+    /// Measure only these scenarios (publish, e2e_1to1, e2e_group4, rtt, slow_rss).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// (internal) A subscriber that never reads; prints its peak RSS when told.
+    #[command(hide = true)]
+    SlowSubscriber {
+        #[arg(long)]
+        variant: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long = "server")]
+        servers: Vec<String>,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match &args.cmd {
+        Some(Cmd::SlowSubscriber {
+            variant,
+            topic,
+            servers,
+        }) => slow_subscriber_child(variant, topic, servers),
+        None => run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Brokers kept alive for the whole run.
+struct Brokers {
+    _nats: Option<NatsServer>,
+}
+
+fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
+    let mut out = Vec::new();
+    let mut brokers = Brokers { _nats: None };
+    for b in &args.backends {
+        match b.as_str() {
+            "memory" => {
+                let mut config = Config::default();
+                config.memory.namespace = format!("bench-{}", std::process::id());
+                bench_buffer(&mut config);
+                out.push(Target {
+                    backend: "memory",
+                    mode: "in-process",
+                    factory: pubsub_core::memory::factory(),
+                    config,
+                    raw: None,
+                });
+            }
+            "nats" => {
+                let server = NatsServer::builder().max_payload(8 << 20).start();
+                let mut config = Config::default();
+                config.nats.servers = vec![server.url()];
+                bench_buffer(&mut config);
+                out.push(Target {
+                    backend: "nats",
+                    mode: "core",
+                    factory: pubsub_nats::factory(),
+                    config,
+                    raw: Some(RawKind::Nats {
+                        servers: vec![server.url()],
+                    }),
+                });
+                brokers._nats = Some(server);
+            }
+            other => return Err(format!("unknown backend {other:?} (known: memory, nats)").into()),
+        }
+    }
+    Ok((out, brokers))
+}
+
+/// Receive like the raw client does: a deep buffer that applies back-pressure
+/// instead of dropping, so throughput figures compare like with like.
+fn bench_buffer(config: &mut Config) {
+    config.buffer.capacity = 65_536;
+    config.buffer.max_bytes = 1 << 30;
+    config.buffer.overflow = pubsub_core::OverflowPolicy::Block;
+}
+
+fn count_for(args: &Args, size: usize) -> u64 {
+    (args.bytes / size.max(1) as u64).clamp(50, args.messages)
+}
+
+fn wanted(args: &Args, scenario: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| o == scenario)
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let (targets, _brokers) = targets(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut plan: Vec<(usize, &'static str, usize, Variant)> = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        let variants: Vec<Variant> = if t.raw.is_some() {
+            vec![Variant::Raw, Variant::Async, Variant::Blocking]
+        } else {
+            vec![Variant::Async, Variant::Blocking]
+        };
+        for &size in &args.sizes {
+            for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
+                if wanted(args, scenario) {
+                    plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
+                }
+            }
+        }
+        if wanted(args, "rtt") {
+            plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
+        }
+        if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
+            plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
+        }
+    }
+    let bar = ProgressBar::new(plan.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    for (ti, scenario, size, v) in plan {
+        let t = &targets[ti];
+        bar.set_message(format!("{} {scenario} {size} B {}", t.name(), v.label()));
+        // The blocking API is measured as users call it: from a plain
+        // thread, not from inside a runtime.
+        let block_on = |f: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Sample, BoxError>> + '_>,
+        >| {
+            if v == Variant::Blocking {
+                futures::executor::block_on(f)
+            } else {
+                rt.block_on(f)
+            }
+        };
+        let r = match scenario {
+            "publish" => block_on(Box::pin(scenarios::publish(
+                t,
+                v,
+                size,
+                count_for(args, size),
+            ))),
+            "e2e_1to1" => block_on(Box::pin(scenarios::end_to_end(
+                t,
+                v,
+                size,
+                count_for(args, size) / 2,
+                1,
+            ))),
+            "e2e_group4" => block_on(Box::pin(scenarios::end_to_end(
+                t,
+                v,
+                size,
+                count_for(args, size) / 2,
+                4,
+            ))),
+            "rtt" => block_on(Box::pin(scenarios::round_trip(t, v, args.rtt))),
+            _ => rt.block_on(scenarios::slow_subscriber(t, v, size, args.slow)),
+        };
+        match r {
+            Ok(s) => samples.push(s),
+            Err(e) => bar.println(format!("{} {scenario} {size} {}: {e}", t.name(), v.label())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    print_table(&samples);
+    println!("\n(run took {:.0} s)", started.elapsed().as_secs_f64());
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&samples)?)?;
+    println!("every figure: {}", args.json.display());
+    Ok(())
+}
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M/s", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k/s", x / 1e3)
+    } else {
+        format!("{x:.0} /s")
+    }
+}
+
+fn print_table(samples: &[Sample]) {
+    let mut rows: BTreeMap<(String, &'static str, usize), BTreeMap<&'static str, &Sample>> =
+        BTreeMap::new();
+    for s in samples {
+        rows.entry((s.target.clone(), s.scenario, s.size))
+            .or_default()
+            .insert(s.variant.label(), s);
+    }
+    println!("| target | scenario | size | raw | async | blocking | async/raw | blocking/raw |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for ((target, scenario, size), by) in &rows {
+        let value = |v: &str| -> Option<f64> {
+            by.get(v).and_then(|s| match *scenario {
+                "rtt" => s.p50_us,
+                "slow_rss" => s.peak_rss_kib.map(|k| k as f64),
+                _ => Some(s.msgs_per_s),
+            })
+        };
+        let show = |v: &str| -> String {
+            let Some(s) = by.get(v) else {
+                return "-".into();
+            };
+            match *scenario {
+                "rtt" => format!(
+                    "p50 {:.0} / p99 {:.0} / p99.9 {:.0} µs",
+                    s.p50_us.unwrap_or(f64::NAN),
+                    s.p99_us.unwrap_or(f64::NAN),
+                    s.p999_us.unwrap_or(f64::NAN)
+                ),
+                "slow_rss" => format!(
+                    "{:.1} MiB peak, {} kept",
+                    s.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+                    s.received
+                ),
+                _ => {
+                    let lost = if s.received > 0 && s.received < s.sent {
+                        format!(" ({} of {} arrived)", s.received, s.sent)
+                    } else {
+                        String::new()
+                    };
+                    format!("{} {:.0} MB/s{lost}", fmt_rate(s.msgs_per_s), s.mb_per_s)
+                }
+            }
+        };
+        let ratio = |v: &str| -> String {
+            match (value(v), value("raw")) {
+                (Some(o), Some(r)) if r > 0.0 => match *scenario {
+                    "rtt" => format!("{:+.1} µs", o - r),
+                    _ => format!("{:.2}", o / r),
+                },
+                _ => "-".into(),
+            }
+        };
+        println!(
+            "| {target} | {scenario} | {} | {} | {} | {} | {} | {} |",
+            human_size(*size),
+            show("raw"),
+            show("async"),
+            show("blocking"),
+            ratio("async"),
+            ratio("blocking")
+        );
+    }
+}
+
+fn human_size(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// The child process of the slow-subscriber measurement: subscribe, never
+/// read, report peak RSS when the parent writes a line.
+fn slow_subscriber_child(variant: &str, topic: &str, servers: &[String]) -> Result<(), BoxError> {
+    let mut config = Config::default(); // the documented default buffer policy
+    config.nats.servers = servers.to_vec();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let wait_parent = || {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    };
+    let report = |received: u64| {
+        println!(
+            "rss_kib {} received {received}",
+            scenarios::peak_rss_kib().unwrap_or(0)
+        );
+    };
+    match variant {
+        "raw" => {
+            let client = rt.block_on(async {
+                let addrs: Vec<async_nats::ServerAddr> = servers
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?;
+                let c = async_nats::ConnectOptions::new()
+                    .subscription_capacity(65_536)
+                    .connect(addrs)
+                    .await?;
+                Ok::<_, BoxError>(c)
+            })?;
+            let sub = rt.block_on(client.subscribe(topic.to_string()))?;
+            rt.block_on(client.flush())?;
+            println!("ready");
+            wait_parent();
+            report(0);
+            drop(sub);
+        }
+        "async" => {
+            let ps = rt.block_on(pubsub_nats::connect(&config))?;
+            rt.block_on(ps.subscribe(topic))?;
+            println!("ready");
+            wait_parent();
+            let s = ps.stats();
+            report(s.received - s.dropped);
+        }
+        _ => {
+            let ps = pubsub_nats::connect_blocking(&config)?;
+            ps.subscribe(topic)?;
+            println!("ready");
+            wait_parent();
+            let s = ps.stats();
+            report(s.received - s.dropped);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}
