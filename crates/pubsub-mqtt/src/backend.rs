@@ -274,8 +274,8 @@ impl MqttBackend {
             .max(self.settings.connect_timeout)
     }
 
-    /// Queue a SUBSCRIBE (`Some(filter)` in `sub`) or UNSUBSCRIBE and wait
-    /// for the broker's answer.
+    /// Queue a SUBSCRIBE (`subscribe`) or UNSUBSCRIBE of `filter` and wait
+    /// for the broker's answer, each step bounded by [`Self::ack_timeout`].
     async fn request(&self, filter: &str, subscribe: bool) -> Result<Ack> {
         let (tx, rx) = oneshot::channel();
         {
@@ -288,19 +288,33 @@ impl MqttBackend {
                 c.queued.push_back(Expect::User(id, tx));
                 id
             };
-            let sent = if subscribe {
-                self.client.subscribe(filter, self.settings.qos).await
-            } else {
-                self.client.unsubscribe(filter).await
+            let queue = async {
+                if subscribe {
+                    self.client.subscribe(filter, self.settings.qos).await
+                } else {
+                    self.client.unsubscribe(filter).await
+                }
             };
-            if let Err(e) = sent {
+            // The queue is full only while the broker is slow or away.
+            let sent = tokio::time::timeout(self.ack_timeout(), queue).await;
+            if !matches!(sent, Ok(Ok(()))) {
                 lock(&self.shared.control)
                     .queued
                     .retain(|x| !matches!(x, Expect::User(i, _) if *i == id));
                 self.check_running()?;
-                return Err(
-                    Error::topic(filter, "the MQTT client refused the filter").with_source(e)
-                );
+                return Err(match sent {
+                    Ok(Err(e)) => {
+                        Error::topic(filter, "the MQTT client refused the filter").with_source(e)
+                    }
+                    _ => Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the MQTT client's request queue stayed full for {:?} (is the broker at {} reachable?)",
+                            self.ack_timeout(),
+                            self.settings.address
+                        ),
+                    ),
+                });
             }
         }
         let what = if subscribe { "SUBACK" } else { "UNSUBACK" };

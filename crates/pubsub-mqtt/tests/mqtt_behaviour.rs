@@ -610,7 +610,9 @@ async fn publish_with_the_broker_away_times_out_instead_of_hanging() {
     assert!(i >= 20, "queued before failing: {i}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     tokio::task::block_in_place(|| broker.start_again());
-    ps.subscribe(&topic).await.expect("subscribe after the broker is back");
+    ps.subscribe(&topic)
+        .await
+        .expect("subscribe after the broker is back");
     let t1 = Instant::now();
     let mut back = false;
     while !back && t1.elapsed() < Duration::from_secs(10) {
