@@ -669,6 +669,15 @@ impl Poller {
                     } else {
                         tracing::warn!(broker = %self.settings.address, "MQTT connection lost, reconnecting: {err}");
                         lost = true;
+                        // A publish rumqttc set aside because its packet id
+                        // was still in use stops all further requests until
+                        // that id is acknowledged, which never happens once
+                        // the session is gone: the client would send nothing
+                        // but pings forever (rumqtt#1056, in 0.25.1). It goes
+                        // with the other unacknowledged ones instead.
+                        if let Some(p) = self.eventloop.state.collision.take() {
+                            self.eventloop.pending.push_back(Request::Publish(p));
+                        }
                         // rumqttc moved what was unacknowledged or still
                         // queued into `pending`: sent again if the broker
                         // kept the session, dropped if not.
