@@ -2,8 +2,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +60,7 @@ struct Inner {
     capabilities: Capabilities,
     group_id: Option<String>,
     close_timeout: Duration,
+    publish_timeout: Duration,
     subscriptions: Mutex<BTreeSet<String>>,
     closed: AtomicBool,
     /// Serialises subscribe / unsubscribe / close.
@@ -147,6 +150,7 @@ impl PubSub {
                 capabilities,
                 group_id: config.group_id.clone(),
                 close_timeout: config.close_timeout,
+                publish_timeout: config.publish_timeout,
                 subscriptions: Mutex::new(BTreeSet::new()),
                 closed: AtomicBool::new(false),
                 control: tokio::sync::Mutex::new(()),
@@ -241,7 +245,26 @@ impl PubSub {
         let name = topic.topic_name();
         let payload = payload.into();
         self.check_publish(name, &payload)?;
-        self.inner.backend.publish(name, payload).await?;
+        let mut accepted = std::pin::pin!(self.inner.backend.publish(name, payload));
+        // The first poll needs no timer: it completes at once unless the
+        // client's queue is full. Only then is `publish_timeout` armed.
+        let first = std::future::poll_fn(|cx| Poll::Ready(accepted.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(r) => r?,
+            Poll::Pending => match tokio::time::timeout(self.inner.publish_timeout, accepted).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "publish to {name:?}: the {} client did not accept the message within publish_timeout ({}); the broker may be unreachable",
+                            self.inner.backend.name(),
+                            humantime_serde::re::humantime::format_duration(self.inner.publish_timeout)
+                        ),
+                    ))
+                }
+            },
+        }
         self.inner.counters.add_published(1);
         Ok(())
     }

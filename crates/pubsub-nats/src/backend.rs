@@ -37,10 +37,11 @@ impl std::fmt::Debug for NatsBackend {
 impl NatsBackend {
     /// Connect with `config.nats`; received messages go to `ctx.inbox`.
     pub async fn connect(config: &Config, ctx: BackendContext) -> Result<NatsBackend> {
-        let addrs = options::check(config)?;
-        let opts = options::connect_options(config, ctx.counters.clone()).await?;
+        let servers = options::check(config)?;
+        let opts =
+            options::connect_options(config, servers.url_credentials, ctx.counters.clone()).await?;
         let client = opts
-            .connect(addrs)
+            .connect(servers.addrs)
             .await
             .map_err(|e| connect_error(&config.nats.servers, e))?;
         let info = client.server_info();

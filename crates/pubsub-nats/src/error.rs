@@ -22,11 +22,32 @@ pub(crate) fn connect_error(servers: &[String], e: async_nats::ConnectError) -> 
         ),
         K::Tls => (ErrorKind::Tls, "TLS setup or handshake failed"),
         K::TimedOut => (ErrorKind::Timeout, "timed out"),
-        K::Io if looks_like_tls(&text) => (ErrorKind::Tls, "TLS handshake failed"),
+        K::Io if is_tls(&e) || looks_like_tls(&text) => (ErrorKind::Tls, "TLS handshake failed"),
         K::Io | K::Dns | K::MaxReconnects => (ErrorKind::Connect, "cannot connect"),
         K::ServerParse => (ErrorKind::InvalidConfig, "nats.servers: cannot parse"),
     };
     Error::new(kind, format!("nats: {what} ({shown})")).with_source(Box::new(e))
+}
+
+/// Whether a rustls error is anywhere in the chain (tokio-rustls wraps it
+/// in an `io::Error`).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn looks_like_tls(text: &str) -> bool {

@@ -8,25 +8,80 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use pubsub_core::config::NatsConfig;
 use pubsub_core::tls::{self, TlsFiles};
-use pubsub_core::{Config, Counters, Error, ErrorKind, Result};
+use pubsub_core::{Config, Counters, Error, Result};
+
+/// The server list as the client gets it: credentials moved out of the
+/// URLs (async-nats ignores them there, and logs the URLs at debug level).
+pub(crate) struct Servers {
+    pub addrs: Vec<ServerAddr>,
+    /// `user[:password]` found in a URL: user and password, or a token when
+    /// there is no password (NATS convention: `nats://token@host`).
+    pub url_credentials: Option<(String, Option<String>)>,
+}
+
+/// `scheme://user:pass@host:port` -> (`scheme://host:port`, credentials).
+fn split_userinfo(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((userinfo, host)) = rest[..end].rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let creds = match userinfo.split_once(':') {
+        Some((u, p)) => (u.to_string(), Some(p.to_string())),
+        None => (userinfo.to_string(), None),
+    };
+    let clean = match scheme {
+        Some(s) => format!("{s}://{host}{}", &rest[end..]),
+        None => format!("{host}{}", &rest[end..]),
+    };
+    (clean, Some(creds))
+}
 
 /// The parsed server list, in the configured order.
-pub(crate) fn server_addrs(nats: &NatsConfig) -> Result<Vec<ServerAddr>> {
-    nats.servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.parse::<ServerAddr>().map_err(|e| {
-                Error::config(
-                    &format!("nats.servers[{i}]"),
-                    format!(
-                        "{:?} is not a NATS server URL ({e})",
-                        pubsub_core::config::redact_url(s)
-                    ),
-                )
-            })
-        })
-        .collect()
+pub(crate) fn servers(nats: &NatsConfig) -> Result<Servers> {
+    let mut url_credentials = None;
+    let mut addrs = Vec::with_capacity(nats.servers.len());
+    for (i, s) in nats.servers.iter().enumerate() {
+        let key = format!("nats.servers[{i}]");
+        let (clean, creds) = split_userinfo(s);
+        if let Some(creds) = creds {
+            if nats.user.is_some()
+                || nats.token.is_some()
+                || nats.nkeys_seed.is_some()
+                || nats.user_credentials.is_some()
+            {
+                return Err(Error::config(
+                    &key,
+                    "has credentials in the URL and another authentication method is configured; choose one",
+                ));
+            }
+            match &url_credentials {
+                Some(existing) if *existing != creds => {
+                    return Err(Error::config(
+                        &key,
+                        "has other URL credentials than an earlier server; use one set (or nats.user / nats.password)",
+                    ))
+                }
+                _ => url_credentials = Some(creds),
+            }
+        }
+        addrs.push(clean.parse::<ServerAddr>().map_err(|e| {
+            Error::config(
+                &key,
+                format!(
+                    "{:?} is not a NATS server URL ({e})",
+                    pubsub_core::config::redact_url(s)
+                ),
+            )
+        })?);
+    }
+    Ok(Servers {
+        addrs,
+        url_credentials,
+    })
 }
 
 /// Whether TLS is asked for, by `tls = true` or a `tls://` server URL.
@@ -42,12 +97,18 @@ pub(crate) fn tls_wanted(nats: &NatsConfig) -> bool {
 /// checked before connecting, so mistakes fail with the key at fault.
 pub(crate) async fn connect_options(
     config: &Config,
+    url_credentials: Option<(String, Option<String>)>,
     counters: Arc<Counters>,
 ) -> Result<ConnectOptions> {
     let nats = &config.nats;
     let mut opts = ConnectOptions::new();
 
-    if let Some(user) = &nats.user {
+    if let Some((user, password)) = url_credentials {
+        opts = match password {
+            Some(p) => opts.user_and_password(user, p),
+            None => opts.token(user),
+        };
+    } else if let Some(user) = &nats.user {
         let password = nats
             .password
             .as_ref()
@@ -177,13 +238,9 @@ fn event_hook(
 }
 
 /// Fail early on a server list the client cannot parse.
-pub(crate) fn check(config: &Config) -> Result<Vec<ServerAddr>> {
+pub(crate) fn check(config: &Config) -> Result<Servers> {
     config.nats.validate()?;
-    let addrs = server_addrs(&config.nats)?;
-    if addrs.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidConfig, "nats.servers: empty"));
-    }
-    Ok(addrs)
+    servers(&config.nats)
 }
 
 #[cfg(test)]
@@ -198,6 +255,44 @@ mod tests {
         assert_eq!(backoff(3, max), Duration::from_millis(100));
         assert_eq!(backoff(10, max), max);
         assert_eq!(backoff(usize::MAX, max), max);
+    }
+
+    #[test]
+    fn url_credentials_move_out_of_the_url() {
+        assert_eq!(split_userinfo("nats://h:1"), ("nats://h:1".into(), None));
+        assert_eq!(
+            split_userinfo("nats://u:p@h:1/x"),
+            ("nats://h:1/x".into(), Some(("u".into(), Some("p".into()))))
+        );
+        assert_eq!(
+            split_userinfo("tok@h:1"),
+            ("h:1".into(), Some(("tok".into(), None)))
+        );
+        let mut n = NatsConfig {
+            servers: vec!["nats://u:p@a:1".into(), "nats://b:2".into()],
+            ..Default::default()
+        };
+        let s = servers(&n).unwrap();
+        assert_eq!(s.addrs.len(), 2);
+        assert!(
+            !s.addrs[0].as_url_str().contains('@'),
+            "{}",
+            s.addrs[0].as_url_str()
+        );
+        assert_eq!(s.url_credentials, Some(("u".into(), Some("p".into()))));
+        n.servers.push("nats://x:y@c:3".into());
+        assert!(servers(&n)
+            .err()
+            .expect("an error")
+            .to_string()
+            .contains("nats.servers[2]"));
+        n.servers.pop();
+        n.token = Some(pubsub_core::Secret::new("t"));
+        assert!(servers(&n)
+            .err()
+            .expect("an error")
+            .to_string()
+            .contains("another authentication method"));
     }
 
     #[test]

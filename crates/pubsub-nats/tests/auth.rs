@@ -241,3 +241,101 @@ async fn creds_file() {
         "{e}"
     );
 }
+
+/// Each secret set to a unique marker; connect successfully and
+/// unsuccessfully with every method; no marker may appear in any log line
+/// (all levels, the client library's included), error, or `Debug` output.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_logs_errors_or_debug() {
+    pubsub_core::testkit::logs::capture();
+    let mut shown = String::new();
+    let mut markers: Vec<String> = Vec::new();
+    let mut record = |c: &Config, r: pubsub_nats::Result<()>| {
+        shown.push_str(&format!("{c:?}\n{}\n", serde_json::to_string(c).unwrap()));
+        if let Err(e) = r {
+            shown.push_str(&format!("{e}\n{e:?}\n"));
+        }
+    };
+
+    let server = start("authorization { user: alice, password: \"pw-marker-7c1e\" }");
+    let mut c = config(&server);
+    c.nats.user = Some("alice".into());
+    c.nats.password = Some(Secret::new("pw-marker-7c1e"));
+    record(&c, round_trip(&c).await);
+    c.nats.password = Some(Secret::new("pw-marker-wrong-41b2"));
+    record(&c, round_trip(&c).await);
+    c.nats.servers = vec![format!(
+        "nats://alice:pw-marker-7c1e@127.0.0.1:{}",
+        server.port()
+    )];
+    c.nats.user = None;
+    c.nats.password = None;
+    let r = round_trip(&c).await;
+    assert!(r.is_ok(), "credentials in the URL: {r:?}");
+    record(&c, r);
+    c.nats.servers = vec![format!(
+        "nats://alice:pw-marker-url-5d0c@127.0.0.1:{}",
+        server.port()
+    )];
+    record(&c, round_trip(&c).await);
+    markers.extend(
+        [
+            "pw-marker-7c1e",
+            "pw-marker-wrong-41b2",
+            "pw-marker-url-5d0c",
+        ]
+        .map(String::from),
+    );
+
+    let server = start("authorization { token: \"tok-marker-93ad\" }");
+    let mut c = config(&server);
+    c.nats.token = Some(Secret::new("tok-marker-93ad"));
+    record(&c, round_trip(&c).await);
+    c.nats.token = Some(Secret::new("tok-marker-wrong-18f0"));
+    record(&c, round_trip(&c).await);
+    markers.extend(["tok-marker-93ad", "tok-marker-wrong-18f0"].map(String::from));
+
+    let op = Operator::start();
+    let (user, token) = Operator::user(&op.account);
+    let seed = user.seed().unwrap();
+    let mut c = config(&op.server);
+    c.nats.user_jwt = Some(Secret::new(token.clone()));
+    c.nats.nkeys_seed = Some(Secret::new(seed.clone()));
+    record(&c, round_trip(&c).await);
+    let impostor = KeyPair::new_user().seed().unwrap();
+    c.nats.nkeys_seed = Some(Secret::new(impostor.clone()));
+    record(&c, round_trip(&c).await);
+    let dir = tempfile::tempdir().unwrap();
+    let creds_path = dir.path().join("u.creds");
+    std::fs::write(&creds_path, creds(&token, &seed)).unwrap();
+    let mut c = config(&op.server);
+    c.nats.user_credentials = Some(creds_path);
+    record(&c, round_trip(&c).await);
+    // The JWT's signature part and the seeds are the secret parts.
+    markers.extend([
+        seed,
+        impostor,
+        token.rsplit('.').next().unwrap().to_string(),
+    ]);
+
+    let logs = pubsub_core::testkit::logs::captured();
+    assert!(!logs.is_empty(), "logs were captured");
+    for m in &markers {
+        let leak: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(m.as_str()))
+            .take(3)
+            .collect();
+        assert!(leak.is_empty(), "secret {m:?} in the logs: {leak:#?}");
+        assert!(
+            !shown.contains(m.as_str()),
+            "secret {m:?} in an error or Debug output:\n{shown}"
+        );
+    }
+    println!(
+        "checked {} markers against {} bytes of logs and {} bytes of errors/Debug",
+        markers.len(),
+        logs.len(),
+        shown.len()
+    );
+}

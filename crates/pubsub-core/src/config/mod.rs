@@ -93,6 +93,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Serialise a list of URLs with passwords replaced by `***`.
+pub fn serialize_redacted_urls<S: serde::Serializer>(
+    urls: &[String],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
 /// What happens when messages arrive faster than the application takes them
 /// and the receive buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +185,11 @@ pub struct Config {
     /// Limit for `flush` and `close` (default 10 s).
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// Limit for one `publish` to be accepted by the client (default 5 s).
+    /// Publishing normally returns at once; it waits only when the client's
+    /// queue is full, e.g. while the broker is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
     /// The receive buffer.
     pub buffer: BufferConfig,
     /// `[memory]` section.
@@ -194,6 +207,7 @@ impl Default for Config {
             group_id: None,
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(5),
             buffer: BufferConfig::default(),
             memory: MemoryConfig::default(),
             nats: NatsConfig::default(),
@@ -209,6 +223,7 @@ pub const PUBSUB_ENV: &[(&str, &str)] = &[
     ("MSIGHT_PUBSUB_GROUP_ID", "group_id"),
     ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "connect_timeout"),
     ("MSIGHT_PUBSUB_CLOSE_TIMEOUT", "close_timeout"),
+    ("MSIGHT_PUBSUB_PUBLISH_TIMEOUT", "publish_timeout"),
     ("MSIGHT_PUBSUB_BUFFER_CAPACITY", "buffer.capacity"),
     ("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", "buffer.max_bytes"),
     ("MSIGHT_PUBSUB_OVERFLOW", "buffer.overflow"),
@@ -239,6 +254,7 @@ impl Config {
         env.string("MSIGHT_PUBSUB_GROUP_ID", &mut self.group_id);
         env.duration("MSIGHT_PUBSUB_CONNECT_TIMEOUT", &mut self.connect_timeout)?;
         env.duration("MSIGHT_PUBSUB_CLOSE_TIMEOUT", &mut self.close_timeout)?;
+        env.duration("MSIGHT_PUBSUB_PUBLISH_TIMEOUT", &mut self.publish_timeout)?;
         env.number("MSIGHT_PUBSUB_BUFFER_CAPACITY", &mut self.buffer.capacity)?;
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
@@ -266,6 +282,9 @@ impl Config {
         }
         if self.close_timeout.is_zero() {
             return Err(Error::config("close_timeout", "must be more than zero"));
+        }
+        if self.publish_timeout.is_zero() {
+            return Err(Error::config("publish_timeout", "must be more than zero"));
         }
         if self.buffer.capacity == 0 {
             return Err(Error::config("buffer.capacity", "must be at least 1"));

@@ -14,11 +14,14 @@ use crate::error::{Error, Result};
 /// config dict (`servers`, `user`, `password`, `token`, `nkeys_seed`,
 /// `user_jwt`, `user_credentials`, `tls`, `tls_ca_cert`, `tls_cert`,
 /// `tls_key`, `tls_verify`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URLs (`nats://host:port`, `tls://host:port`); the client fails
-    /// over between them. Default `["nats://localhost:4222"]`.
+    /// over between them. Default `["nats://localhost:4222"]`. Credentials
+    /// in a URL (`nats://user:pass@host`, `nats://token@host`) are used for
+    /// authentication and shown redacted.
+    #[serde(serialize_with = "super::serialize_redacted_urls")]
     pub servers: Vec<String>,
     /// User name (with `password`).
     pub user: Option<String>,
@@ -55,6 +58,31 @@ pub struct NatsConfig {
     /// Interval of client PINGs that detect a dead connection.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<String> = self.servers.iter().map(|s| redact_url(s)).collect();
+        f.debug_struct("NatsConfig")
+            .field("servers", &servers)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("nkeys_seed", &self.nkeys_seed)
+            .field("user_jwt", &self.user_jwt)
+            .field("user_credentials", &self.user_credentials)
+            .field("tls", &self.tls)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_verify", &self.tls_verify)
+            .field("name", &self.name)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("ping_interval", &self.ping_interval)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -384,5 +412,14 @@ mod tests {
         }
         let e = validate_server_url("k", "nats://user:hunter2@host:99999", &["nats"]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+        let c = NatsConfig {
+            servers: vec!["nats://u:hunter2@h:1".into()],
+            ..Default::default()
+        };
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(
+            !shown.contains("hunter2") && shown.contains("u:***@h:1"),
+            "{shown}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 pub mod brokers;
 pub mod certs;
 pub mod conformance;
+pub mod logs;
 pub mod python;
 
 pub use futures::future::BoxFuture;

@@ -1,0 +1,27 @@
+//! TLS required but no CA available: no `tls_ca_cert` and a system without
+//! trusted roots. Alone in its test binary because it points the process's
+//! `SSL_CERT_FILE` / `SSL_CERT_DIR` at empty places.
+
+use pubsub_core::{Config, ErrorKind};
+
+#[tokio::test]
+async fn tls_without_any_ca_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    // This binary has a single test: no other thread reads the environment.
+    std::env::set_var("SSL_CERT_FILE", &empty);
+    std::env::set_var("SSL_CERT_DIR", dir.path());
+    let mut c = Config {
+        backend: "nats".into(),
+        ..Config::default()
+    };
+    c.nats.servers = vec!["tls://127.0.0.1:1".into()];
+    let e = pubsub_nats::connect(&c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("nats.tls_ca_cert") && msg.contains("no CA certificate is available"),
+        "{msg}"
+    );
+}
