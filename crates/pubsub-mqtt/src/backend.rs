@@ -459,35 +459,22 @@ impl PubSubBackend for MqttBackend {
         }
         self.check_running()?;
         self.shared.accepted.fetch_add(1, Ordering::AcqRel);
-        // Waits only while the client's queue is full (the broker is slow
-        // or unreachable), and not forever.
-        let limit = self.settings.close_timeout;
-        let sent = tokio::time::timeout(
-            limit,
-            self.client
-                .publish(topic, self.settings.qos, self.settings.retain, payload),
-        )
-        .await;
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.shared.add_done(1);
-                self.check_running()?;
-                Err(Error::topic(topic, "the MQTT client refused the publish").with_source(e))
-            }
-            Err(_) => {
-                self.shared.add_done(1);
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "publish to {topic:?}: the MQTT client's queue of {} requests stayed full for {limit:?} (is the broker at {} reachable? connected: {})",
-                        self.settings.channel_capacity,
-                        self.settings.address,
-                        self.shared.connected.load(Ordering::Acquire)
-                    ),
-                ))
-            }
-        }
+        // Core gives up on a publish the client does not take within
+        // publish_timeout (its queue stays full while the broker is away)
+        // by dropping this future; the guard then counts the message as
+        // done, so that `flush` does not wait for it.
+        let mut guard = Accepted {
+            shared: &self.shared,
+            queued: false,
+        };
+        self.client
+            .publish(topic, self.settings.qos, self.settings.retain, payload)
+            .await
+            .map_err(|e| {
+                Error::topic(topic, "the MQTT client refused the publish").with_source(e)
+            })?;
+        guard.queued = true;
+        Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
@@ -536,6 +523,21 @@ impl PubSubBackend for MqttBackend {
         self.shared.fail_waiters("the handle was closed");
         self.shared.progress.notify_waiters();
         flushed
+    }
+}
+
+/// Counts a publish as done when it never reached the client's queue
+/// (refused, or cancelled while waiting for room).
+struct Accepted<'a> {
+    shared: &'a Shared,
+    queued: bool,
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.shared.add_done(1);
+        }
     }
 }
 
