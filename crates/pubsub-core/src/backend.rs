@@ -103,6 +103,16 @@ pub struct Stats {
     pub reconnects: u64,
 }
 
+/// Result of [`PubSubBackend::try_publish`].
+#[derive(Debug)]
+pub enum TryPublish {
+    /// The client took the message (or refused it): this is the result.
+    Done(Result<()>),
+    /// The client cannot take it without waiting: here is the payload back;
+    /// the caller then awaits [`PubSubBackend::publish`].
+    WouldWait(Bytes),
+}
+
 /// What a backend is given when it connects.
 #[derive(Clone, Debug)]
 pub struct BackendContext {
@@ -149,18 +159,28 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
     /// Start delivering messages of `topic` into the inbox. With `group`, the
     /// subscription joins that group: each message goes to one member.
     /// Never called twice for the same topic without `unsubscribe` between.
+    /// When it returns, the broker has the subscription: a message published
+    /// afterwards, by any client, is delivered.
     async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()>;
 
     /// Stop delivering messages of `topic`. When this returns, the broker
     /// will send no more messages of it.
     async fn unsubscribe(&self, topic: &str) -> Result<()>;
 
+    /// Hand `payload` to the client without waiting, if it can take it now.
+    /// This is the publish fast path: no future is boxed. The default says
+    /// [`TryPublish::WouldWait`], so [`PubSubBackend::publish`] is used.
+    fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
+        let _ = topic;
+        TryPublish::WouldWait(payload)
+    }
+
     /// Hand `payload` to the client for `topic`. Must not wait for a network
     /// round trip. The payload size has been checked against
     /// [`Capabilities::max_payload`] already.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()>;
 
-    /// Wait until everything accepted by `publish` has been written to the broker.
+    /// Wait until the broker has received everything accepted by `publish`.
     async fn flush(&self) -> Result<()>;
 
     /// Flush, stop all subscriptions, and disconnect. Called once.

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::backend::{BackendContext, BrokerInfo, Capabilities, Counters, PubSubBackend, Stats};
+use crate::backend::{
+    BackendContext, BrokerInfo, Capabilities, Counters, PubSubBackend, Stats, TryPublish,
+};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::factory::{self, BackendFactory};
@@ -209,7 +211,8 @@ impl PubSub {
         if self.subs().contains(name) {
             return Ok(());
         }
-        self.inner.backend.subscribe(name, group).await?;
+        self.with_close_timeout("subscribe", self.inner.backend.subscribe(name, group))
+            .await?;
         self.subs().insert(name.to_string());
         self.inner.inbox.set_subscribed(true);
         Ok(())
@@ -227,7 +230,8 @@ impl PubSub {
                 format!("topic {name:?} is not subscribed"),
             ));
         }
-        self.inner.backend.unsubscribe(name).await?;
+        self.with_close_timeout("unsubscribe", self.inner.backend.unsubscribe(name))
+            .await?;
         let mut subs = self.subs();
         subs.remove(name);
         self.inner.inbox.set_subscribed(!subs.is_empty());
@@ -245,6 +249,14 @@ impl PubSub {
         let name = topic.topic_name();
         let payload = payload.into();
         self.check_publish(name, &payload)?;
+        let payload = match self.inner.backend.try_publish(name, payload) {
+            TryPublish::Done(r) => {
+                r?;
+                self.inner.counters.add_published(1);
+                return Ok(());
+            }
+            TryPublish::WouldWait(payload) => payload,
+        };
         let mut accepted = std::pin::pin!(self.inner.backend.publish(name, payload));
         // The first poll needs no timer: it completes at once unless the
         // client's queue is full. Only then is `publish_timeout` armed.

@@ -15,7 +15,7 @@ pub mod tls;
 mod topic;
 
 pub use backend::{
-    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats,
+    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats, TryPublish,
 };
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};

@@ -1,14 +1,15 @@
 //! The NATS backend: core NATS publish/subscribe with queue groups.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Mutex, RwLock};
 
-use async_nats::Client;
+use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
 use pubsub_core::{
     async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, Inbox, Message,
-    PubSubBackend, Result,
+    PubSubBackend, Result, TryPublish,
 };
 use tokio::task::JoinHandle;
 
@@ -23,6 +24,21 @@ pub struct NatsBackend {
     tls: bool,
     inbox: Inbox,
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Subjects by topic: a `Subject` is a shared `Bytes`, so reusing it
+    /// spares an allocation and a copy per publish.
+    subjects: RwLock<HashMap<Box<str>, Subject>>,
+    probe: Probe,
+}
+
+/// A round trip through the server on this connection, the equivalent of
+/// PING/PONG: async-nats's `flush` only writes to the socket. The server
+/// handles one connection's commands in order, so when a message published
+/// to our own inbox subject comes back, every SUB, UNSUB and PUB sent
+/// before it has been processed.
+struct Probe {
+    subject: Subject,
+    echoes: tokio::sync::Mutex<async_nats::Subscriber>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for NatsBackend {
@@ -44,6 +60,16 @@ impl NatsBackend {
             .connect(servers.addrs)
             .await
             .map_err(|e| connect_error(&config.nats.servers, e))?;
+        let subject = Subject::from(client.new_inbox());
+        let echoes = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| op_error("subscribe to the probe inbox", e))?;
+        let probe = Probe {
+            subject,
+            echoes: tokio::sync::Mutex::new(echoes),
+            next: std::sync::atomic::AtomicU64::new(0),
+        };
         let info = client.server_info();
         tracing::debug!(
             server = %info.server_name,
@@ -57,6 +83,8 @@ impl NatsBackend {
             tls: options::tls_wanted(&config.nats) || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
+            subjects: RwLock::new(HashMap::new()),
+            probe,
         })
     }
 
@@ -69,6 +97,45 @@ impl NatsBackend {
         self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wait until the server has processed everything sent before (see [`Probe`]).
+    async fn round_trip(&self, what: &str) -> Result<()> {
+        let mut echoes = self.probe.echoes.lock().await;
+        let n = self
+            .probe
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
+        self.client
+            .publish(self.probe.subject.clone(), Bytes::copy_from_slice(&n))
+            .await
+            .map_err(|e| op_error(what, e))?;
+        self.client.flush().await.map_err(|e| op_error(what, e))?;
+        // Echoes of earlier probes whose caller gave up are skipped.
+        while let Some(m) = echoes.next().await {
+            if m.payload[..] == n[..] {
+                return Ok(());
+            }
+        }
+        Err(Error::closed())
+    }
+
+    fn subject(&self, topic: &str) -> Subject {
+        if let Some(s) = self
+            .subjects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return s.clone();
+        }
+        let subject = Subject::from(topic);
+        let mut cache = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() < SUBJECT_CACHE {
+            cache.insert(topic.into(), subject.clone());
+        }
+        subject
+    }
+
     /// Stop a forwarding task and wait until it is gone: dropping its
     /// subscriber queues the UNSUB before any later command.
     async fn stop(task: JoinHandle<()>) {
@@ -77,25 +144,27 @@ impl NatsBackend {
     }
 }
 
-/// Checks a subject for publishing: dot-separated non-empty tokens, no wildcard.
+/// Checks a subject: dot-separated non-empty tokens; for publishing no
+/// wildcard, for subscribing wildcards only as whole tokens and `>` last.
+/// Allocates nothing: it runs on every publish.
 pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
-    let tokens: Vec<&str> = topic.split('.').collect();
-    if tokens.iter().any(|t| t.is_empty()) {
-        return Err(Error::topic(
-            topic,
-            "NATS subjects are dot-separated tokens; a token is empty (leading, trailing or double dot)",
-        ));
-    }
-    for (i, t) in tokens.iter().enumerate() {
-        let wildcard = *t == "*" || *t == ">";
-        if publish && (wildcard || t.contains(['*', '>'])) {
+    let mut tokens = topic.split('.').peekable();
+    while let Some(t) = tokens.next() {
+        if t.is_empty() {
+            return Err(Error::topic(
+                topic,
+                "NATS subjects are dot-separated tokens; a token is empty (leading, trailing or double dot)",
+            ));
+        }
+        let wildcard = t == "*" || t == ">";
+        if publish && t.contains(['*', '>']) {
             return Err(Error::topic(
                 topic,
                 "cannot publish to a subject with a wildcard (`*` or `>`)",
             ));
         }
         if !publish {
-            if *t == ">" && i + 1 != tokens.len() {
+            if t == ">" && tokens.peek().is_some() {
                 return Err(Error::topic(topic, "`>` must be the last token"));
             }
             if !wildcard && t.contains(['*', '>']) {
@@ -108,6 +177,10 @@ pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most topics whose NATS subject is kept for reuse; a node publishing to
+/// more distinct topics than this allocates a subject per publish beyond it.
+const SUBJECT_CACHE: usize = 4096;
 
 #[async_trait]
 impl PubSubBackend for NatsBackend {
@@ -167,12 +240,9 @@ impl PubSubBackend for NatsBackend {
         if let Some(old) = old {
             Self::stop(old).await;
         }
-        // The server has processed SUB once the PING after it is answered:
-        // a message published after this returns is delivered.
-        self.client
-            .flush()
-            .await
-            .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))
+        // Once the server has processed SUB, a message published after this
+        // returns (by anyone) is delivered.
+        self.round_trip(&format!("subscribe to {topic:?}")).await
     }
 
     async fn unsubscribe(&self, topic: &str) -> Result<()> {
@@ -180,21 +250,33 @@ impl PubSubBackend for NatsBackend {
         if let Some(task) = task {
             Self::stop(task).await;
         }
-        self.client
-            .flush()
+        self.round_trip(&format!("unsubscribe from {topic:?}"))
             .await
-            .map_err(|e| op_error(&format!("unsubscribe from {topic:?}"), e))
+    }
+
+    fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
+        // async-nats only has an async publish; its first poll either
+        // queues the message or finds the queue full. Polled once here with
+        // a no-op waker: if it is not done, dropping it sends nothing (the
+        // channel send is cancel-safe) and the caller awaits `publish`.
+        let fut = self.client.publish(self.subject(topic), payload.clone());
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => TryPublish::Done(r.map_err(|e| publish_error(topic, e))),
+            std::task::Poll::Pending => TryPublish::WouldWait(payload),
+        }
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         self.client
-            .publish(topic.to_string(), payload)
+            .publish(self.subject(topic), payload)
             .await
             .map_err(|e| publish_error(topic, e))
     }
 
     async fn flush(&self) -> Result<()> {
-        self.client.flush().await.map_err(|e| op_error("flush", e))
+        self.round_trip("flush").await
     }
 
     async fn close(&self) -> Result<()> {
@@ -202,7 +284,7 @@ impl PubSubBackend for NatsBackend {
         for t in tasks {
             Self::stop(t).await;
         }
-        let flushed = self.client.flush().await.map_err(|e| op_error("close", e));
+        let flushed = self.round_trip("close").await;
         // Closes the connection once what is queued has been written.
         let _ = self.client.drain().await;
         flushed

@@ -182,7 +182,8 @@ pub struct Config {
     /// Limit for connecting (default 5 s).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Limit for `flush` and `close` (default 10 s).
+    /// Limit for the calls that wait for the broker: `subscribe`,
+    /// `unsubscribe`, `flush` and `close` (default 10 s).
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// Limit for one `publish` to be accepted by the client (default 5 s).
