@@ -655,8 +655,11 @@ impl Poller {
                         let _ = first.send(Err(err));
                         break;
                     }
-                    if self.shared.closing.load(Ordering::Acquire)
-                        || err.kind() == ErrorKind::Closed
+                    // While closing, keep trying to deliver what was
+                    // accepted (close bounds the wait); stop when nothing is left.
+                    if err.kind() == ErrorKind::Closed
+                        || (self.shared.closing.load(Ordering::Acquire)
+                            && self.shared.outstanding() == 0)
                     {
                         break;
                     }
