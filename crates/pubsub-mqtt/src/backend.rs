@@ -53,15 +53,34 @@ enum Ack {
     Unsub(Vec<UnsubAckReason>),
 }
 
+/// A caller of `subscribe` / `unsubscribe` waiting for the broker's answer.
+struct Waiter {
+    id: u64,
+    filter: String,
+    subscribe: bool,
+    tx: oneshot::Sender<Result<Ack>>,
+}
+
 /// Who waits for the acknowledgement of a queued SUBSCRIBE / UNSUBSCRIBE.
 enum Expect {
-    /// A caller of `subscribe` / `unsubscribe`, by request id.
-    User(u64, oneshot::Sender<Result<Ack>>),
-    /// The re-subscription after a reconnect, with its filters.
-    Resubscribe(Vec<String>),
-    /// A request replayed by rumqttc from a resumed session; its caller was
-    /// already told that the connection was lost.
-    Ignore,
+    /// A caller's own request.
+    User(Waiter),
+    /// The re-subscription after a reconnect, with its filters, and the
+    /// callers whose requests the connection loss swallowed: it answers them.
+    Resubscribe {
+        filters: Vec<String>,
+        waiters: Vec<Waiter>,
+    },
+}
+
+impl Expect {
+    /// The callers waiting on this.
+    fn into_waiters(self) -> Vec<Waiter> {
+        match self {
+            Expect::User(w) => vec![w],
+            Expect::Resubscribe { waiters, .. } => waiters,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,7 +89,39 @@ struct Control {
     queued: VecDeque<Expect>,
     /// Written, waiting for SUBACK / UNSUBACK, by packet id.
     sent: HashMap<u16, Expect>,
+    /// After a connection loss: the queued requests rumqttc moved to its
+    /// replay list, in order (sent again only if the session is resumed).
+    carried: Vec<Expect>,
+    /// After a connection loss: callers whose request will not be answered
+    /// as such (written before the loss, or dropped with the session).
+    parked: Vec<Waiter>,
     next_id: u64,
+}
+
+/// Answer callers whose requests were swallowed by a connection loss, from
+/// the re-subscription after it: a subscribe gets the code of its filter; an
+/// unsubscribe succeeded, since the new session has only what is restored.
+fn answer_parked(waiters: Vec<Waiter>, filters: &[String], codes: &[SubscribeReasonCode]) {
+    for w in waiters {
+        let r = if w.subscribe {
+            match filters.iter().position(|f| *f == w.filter) {
+                Some(i) => Ok(Ack::Sub(vec![codes
+                    .get(i)
+                    .copied()
+                    .unwrap_or(SubscribeReasonCode::Unspecified)])),
+                None => Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "the connection to the MQTT broker was lost while subscribing to {:?}",
+                        w.filter
+                    ),
+                )),
+            }
+        } else {
+            Ok(Ack::Unsub(Vec::new()))
+        };
+        let _ = w.tx.send(r);
+    }
 }
 
 /// State shared by the handle and its poll task.
@@ -113,43 +164,40 @@ impl Shared {
             .saturating_sub(self.done.load(Ordering::Acquire))
     }
 
-    /// The connection was lost: callers whose request was written will get
-    /// no acknowledgement, nor will those whose request rumqttc moved to
-    /// its replay list (the first `in_pending` queued ones: the request
-    /// channel is first in, first out); their places are kept as `Ignore`
-    /// in case the session is resumed and the requests are sent again.
-    /// Requests queued after the loss are sent after the reconnect and keep
-    /// their callers.
+    /// The connection was lost. Requests written before (in `sent`) will
+    /// get no acknowledgement: their callers are parked. The first
+    /// `in_pending` queued requests are in rumqttc's replay list (the
+    /// request channel is first in, first out): they are carried until the
+    /// reconnect tells whether the session, and so the replay, survived.
+    /// Requests queued after the loss are sent after the reconnect as usual.
     fn connection_lost(&self, in_pending: usize) {
-        let why = "the connection to the MQTT broker was lost before it acknowledged the request";
         let mut c = lock(&self.control);
-        let sent = std::mem::take(&mut c.sent);
-        let replaced: Vec<Expect> = c
-            .queued
-            .iter_mut()
-            .take(in_pending)
-            .map(|e| std::mem::replace(e, Expect::Ignore))
-            .collect();
-        drop(c);
-        for e in sent.into_values().chain(replaced) {
-            if let Expect::User(_, tx) = e {
-                let _ = tx.send(Err(Error::new(ErrorKind::Connect, why)));
-            }
+        let sent: Vec<Expect> = c.sent.drain().map(|(_, e)| e).collect();
+        for e in sent {
+            let waiters = e.into_waiters();
+            c.parked.extend(waiters);
         }
+        let k = in_pending.min(c.queued.len());
+        let carried: Vec<Expect> = c.queued.drain(..k).collect();
+        c.carried.extend(carried);
     }
 
     /// Fail every caller waiting for an acknowledgement; the connection is gone.
     fn fail_waiters(&self, why: &str) {
         let mut c = lock(&self.control);
+        let mut all: Vec<Waiter> = std::mem::take(&mut c.parked);
         let queued = std::mem::take(&mut c.queued);
         let sent = std::mem::take(&mut c.sent);
-        for e in queued.into_iter().chain(sent.into_values()) {
-            if let Expect::User(_, tx) = e {
-                let _ = tx.send(Err(Error::new(
-                    ErrorKind::Connect,
-                    format!("{why} before the broker acknowledged the request"),
-                )));
-            }
+        let carried = std::mem::take(&mut c.carried);
+        drop(c);
+        for e in queued.into_iter().chain(sent.into_values()).chain(carried) {
+            all.extend(e.into_waiters());
+        }
+        for w in all {
+            let _ = w.tx.send(Err(Error::new(
+                ErrorKind::Connect,
+                format!("{why} before the broker acknowledged the request"),
+            )));
         }
     }
 }
@@ -285,7 +333,12 @@ impl MqttBackend {
                 let mut c = lock(&self.shared.control);
                 c.next_id += 1;
                 let id = c.next_id;
-                c.queued.push_back(Expect::User(id, tx));
+                c.queued.push_back(Expect::User(Waiter {
+                    id,
+                    filter: filter.to_string(),
+                    subscribe,
+                    tx,
+                }));
                 id
             };
             let queue = async {
@@ -300,7 +353,7 @@ impl MqttBackend {
             if !matches!(sent, Ok(Ok(()))) {
                 lock(&self.shared.control)
                     .queued
-                    .retain(|x| !matches!(x, Expect::User(i, _) if *i == id));
+                    .retain(|x| !matches!(x, Expect::User(w) if w.id == id));
                 self.check_running()?;
                 return Err(match sent {
                     Ok(Err(e)) => {
@@ -559,7 +612,6 @@ impl Poller {
         // Set after a connection loss, until the next CONNACK.
         let mut lost = false;
         let mut lost_publishes = 0u64;
-        let mut replayed_control = 0usize;
         let qos = self.settings.qos;
         loop {
             let event = self.eventloop.poll().await;
@@ -603,23 +655,24 @@ impl Poller {
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     let e = lock(&self.shared.control).sent.remove(&s.pkid);
                     match e {
-                        Some(Expect::User(_, tx)) => {
-                            let _ = tx.send(Ok(Ack::Sub(s.return_codes)));
+                        Some(Expect::User(w)) => {
+                            let _ = w.tx.send(Ok(Ack::Sub(s.return_codes)));
                         }
-                        Some(Expect::Resubscribe(filters)) => {
+                        Some(Expect::Resubscribe { filters, waiters }) => {
                             for (f, code) in filters.iter().zip(&s.return_codes) {
                                 if let Some(err) = suback_error(f, std::slice::from_ref(code)) {
                                     tracing::error!(broker = %self.settings.address, "after reconnecting: {err}");
                                 }
                             }
+                            answer_parked(waiters, &filters, &s.return_codes);
                         }
-                        Some(Expect::Ignore) | None => {}
+                        None => {}
                     }
                 }
                 Ok(Event::Incoming(Packet::UnsubAck(u))) => {
                     let e = lock(&self.shared.control).sent.remove(&u.pkid);
-                    if let Some(Expect::User(_, tx)) = e {
-                        let _ = tx.send(Ok(Ack::Unsub(u.reasons)));
+                    if let Some(Expect::User(w)) = e {
+                        let _ = w.tx.send(Ok(Ack::Unsub(u.reasons)));
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -632,7 +685,7 @@ impl Poller {
                     self.counters.add_reconnect();
                     if lost {
                         lost = false;
-                        self.on_reconnect(&ack, lost_publishes, replayed_control);
+                        self.on_reconnect(&ack, lost_publishes);
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
@@ -691,7 +744,7 @@ impl Poller {
                             .iter()
                             .filter(|r| matches!(r, Request::Publish(_)))
                             .count() as u64;
-                        replayed_control = pending
+                        let replayed_control = pending
                             .iter()
                             .filter(|r| {
                                 matches!(r, Request::Subscribe(_) | Request::Unsubscribe(_))
@@ -721,20 +774,39 @@ impl Poller {
         self.shared.progress.notify_waiters();
     }
 
-    fn on_reconnect(&mut self, ack: &ConnAck, lost_publishes: u64, replayed_control: usize) {
-        if ack.session_present {
-            // The replayed requests keep their `Ignore` places at the front.
-            tracing::info!(broker = %self.settings.address, "MQTT reconnected; the broker kept the session");
-            return;
-        }
-        {
-            // rumqttc dropped the replayed requests with the session.
+    fn on_reconnect(&mut self, ack: &ConnAck, lost_publishes: u64) {
+        let parked = {
             let mut c = lock(&self.shared.control);
-            for _ in 0..replayed_control {
-                if matches!(c.queued.front(), Some(Expect::Ignore)) {
-                    c.queued.pop_front();
+            let carried = std::mem::take(&mut c.carried);
+            if ack.session_present {
+                // rumqttc sends the carried requests again, first: their
+                // acknowledgements come in that order.
+                for e in carried.into_iter().rev() {
+                    c.queued.push_front(e);
+                }
+            } else {
+                // Dropped with the session; the re-subscription answers them.
+                for e in carried {
+                    let waiters = e.into_waiters();
+                    c.parked.extend(waiters);
                 }
             }
+            std::mem::take(&mut c.parked)
+        };
+        if ack.session_present {
+            tracing::info!(broker = %self.settings.address, "MQTT reconnected; the broker kept the session");
+            // Written before the loss; whether the broker acted on them is
+            // unknown and a kept session restores nothing.
+            for w in parked {
+                let _ = w.tx.send(Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "the connection to the MQTT broker was lost before it acknowledged the request for {:?}; try again",
+                        w.filter
+                    ),
+                )));
+            }
+            return;
         }
         if lost_publishes > 0 {
             tracing::warn!(
@@ -747,6 +819,7 @@ impl Poller {
         let filters: Vec<String> = lock(&self.shared.subs).values().cloned().collect();
         tracing::info!(broker = %self.settings.address, subscriptions = filters.len(), "MQTT reconnected with a new session; subscribing again");
         if filters.is_empty() {
+            answer_parked(parked, &[], &[]);
             return;
         }
         // Never from this task: queueing may wait for room in the request
@@ -756,12 +829,15 @@ impl Poller {
         let qos = self.settings.qos;
         tokio::spawn(async move {
             let _order = shared.control_order.lock().await;
-            lock(&shared.control)
-                .queued
-                .push_back(Expect::Resubscribe(filters.clone()));
+            lock(&shared.control).queued.push_back(Expect::Resubscribe {
+                filters: filters.clone(),
+                waiters: parked,
+            });
             let list: Vec<Filter> = filters.into_iter().map(|f| Filter::new(f, qos)).collect();
             if let Err(e) = client.subscribe_many(list).await {
                 tracing::warn!("re-subscribing after reconnect failed: {e}");
+                // Dropping the entry drops its callers' senders: they learn
+                // that the connection task is gone.
                 lock(&shared.control).queued.pop_back();
             }
         });
