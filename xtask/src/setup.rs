@@ -28,8 +28,12 @@ const PACKAGE_SERVICES: &[(&str, &str)] =
     &[("redis-server", "redis-server"), ("mosquitto", "mosquitto")];
 
 /// Python modules the interop tests import, and the pip packages providing them.
-const PY_IMPORT_CHECK: &str = "import nats, redis";
+const PY_IMPORT_CHECK: &str =
+    "import nats, redis, importlib.metadata as m; m.version('msight-core')";
 const PY_PACKAGES: &[&str] = &["nats-py", "redis"];
+/// The Python original itself, without its heavy dependencies (OpenCV,
+/// Open3D, Kafka...): the interop tests load its pub/sub modules only.
+const PY_PACKAGES_NO_DEPS: &[&str] = &["msight-core==2.0.0"];
 
 /// The current PATH with the sbin directories appended, or `None` if they are
 /// all already there.
@@ -216,7 +220,7 @@ fn stop_system_services(ctx: &Ctx, installed: &[&str]) {
     }
 }
 
-/// Step 2: a venv at target/py-venv with nats-py and redis; exports
+/// Step 2: a venv at target/py-venv with nats-py, redis and msight-core; exports
 /// PUBSUB_TEST_PYTHON to child processes.
 pub fn ensure_python_peer(ctx: &mut Ctx) -> Result<()> {
     let venv = ctx.root.join("target").join("py-venv");
@@ -234,6 +238,25 @@ pub fn ensure_python_peer(ctx: &mut Ctx) -> Result<()> {
             ctx.cmd(&venv_py)
                 .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
                 .args(PY_PACKAGES),
+        )
+        .map_err(|e| {
+            format!("{e}\n  (installing the Python interop peer needs network access to PyPI)")
+        })?;
+        println!(
+            "    pip install --no-deps {}",
+            PY_PACKAGES_NO_DEPS.join(" ")
+        );
+        run_cmd(
+            ctx.cmd(&venv_py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                ])
+                .args(PY_PACKAGES_NO_DEPS),
         )
         .map_err(|e| {
             format!("{e}\n  (installing the Python interop peer needs network access to PyPI)")

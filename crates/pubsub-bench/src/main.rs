@@ -50,6 +50,13 @@ struct Args {
     /// Measure only these scenarios (publish, e2e_1to1, e2e_group4, rtt, slow_rss).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also write the table with a description of the machine, as Markdown.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
+    /// Rounds per figure: the variants take turns, round after round, and
+    /// the table shows each one's median (the machine's noise hits all alike).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,15 +162,20 @@ fn run(args: &Args) -> Result<(), BoxError> {
         } else {
             vec![Variant::Async, Variant::Blocking]
         };
+        let rounds = args.rounds.max(1);
         for &size in &args.sizes {
             for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
                 if wanted(args, scenario) {
-                    plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
+                    for _ in 0..rounds {
+                        plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
+                    }
                 }
             }
         }
         if wanted(args, "rtt") {
-            plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
+            for _ in 0..rounds {
+                plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
+            }
         }
         if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
             plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
@@ -221,14 +233,55 @@ fn run(args: &Args) -> Result<(), BoxError> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    print_table(&samples);
-    println!("\n(run took {:.0} s)", started.elapsed().as_secs_f64());
+    let table = table(&medians(&samples));
+    let took = started.elapsed().as_secs_f64();
+    println!("{table}\n(run took {took:.0} s)");
+    if let Some(path) = &args.markdown {
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        let text = format!(
+            "## Run of {}\n\nCommand: `cargo xtask bench {}` ({} rounds per figure, medians shown; {took:.0} s)\n\n{}\n\n{table}",
+            first_line_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            command.join(" "),
+            args.rounds,
+            machine(),
+        );
+        std::fs::write(path, text)?;
+        println!("table and machine description: {}", path.display());
+    }
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&samples)?)?;
     println!("every figure: {}", args.json.display());
     Ok(())
+}
+
+/// The headline figure of a sample: throughput, p50 latency or peak memory.
+fn metric(s: &Sample) -> f64 {
+    match s.scenario {
+        "rtt" => s.p50_us.unwrap_or(f64::MAX),
+        "slow_rss" => s.peak_rss_kib.unwrap_or(0) as f64,
+        _ => s.msgs_per_s,
+    }
+}
+
+/// One sample per (target, scenario, size, variant): the round with the median figure.
+fn medians(samples: &[Sample]) -> Vec<Sample> {
+    let mut groups: BTreeMap<(String, &'static str, usize, &'static str), Vec<&Sample>> =
+        BTreeMap::new();
+    for s in samples {
+        groups
+            .entry((s.target.clone(), s.scenario, s.size, s.variant.label()))
+            .or_default()
+            .push(s);
+    }
+    groups
+        .into_values()
+        .map(|mut g| {
+            g.sort_by(|a, b| metric(a).total_cmp(&metric(b)));
+            g[g.len() / 2].clone()
+        })
+        .collect()
 }
 
 fn fmt_rate(x: f64) -> String {
@@ -241,7 +294,9 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
-fn print_table(samples: &[Sample]) {
+fn table(samples: &[Sample]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let mut rows: BTreeMap<(String, &'static str, usize), BTreeMap<&'static str, &Sample>> =
         BTreeMap::new();
     for s in samples {
@@ -249,8 +304,10 @@ fn print_table(samples: &[Sample]) {
             .or_default()
             .insert(s.variant.label(), s);
     }
-    println!("| target | scenario | size | raw | async | blocking | async/raw | blocking/raw |");
-    println!("|---|---|---|---|---|---|---|---|");
+    out.push_str(
+        "| target | scenario | size | raw | async | blocking | async/raw | blocking/raw |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for ((target, scenario, size), by) in &rows {
         let value = |v: &str| -> Option<f64> {
             by.get(v).and_then(|s| match *scenario {
@@ -294,7 +351,8 @@ fn print_table(samples: &[Sample]) {
                 _ => "-".into(),
             }
         };
-        println!(
+        let _ = writeln!(
+            out,
             "| {target} | {scenario} | {} | {} | {} | {} | {} | {} |",
             human_size(*size),
             show("raw"),
@@ -304,6 +362,64 @@ fn print_table(samples: &[Sample]) {
             ratio("blocking")
         );
     }
+    out
+}
+
+/// The first line a command prints, or `"unknown"`.
+fn first_line_of(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What the figures were measured on.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0 / 1024.0);
+    let nats = pubsub_core::testkit::brokers::try_find_binary("nats-server")
+        .map(|p| first_line_of(&p.to_string_lossy(), &["--version"]))
+        .unwrap_or_else(|| "not installed".into());
+    format!(
+        "- CPU: {model}, {cores} cores available\n- memory: {mem_gib:.0} GiB\n- kernel: {}\n- compiler: {}\n- brokers: {nats}\n- load average at the end of the run: {}",
+        first_line_of("uname", &["-sr"]),
+        first_line_of("rustc", &["--version"]),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 fn human_size(n: usize) -> String {

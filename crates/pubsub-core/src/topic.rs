@@ -109,6 +109,10 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
             format!("is {} bytes long; the limit is {MAX_TOPIC_LEN}", name.len()),
         ));
     }
+    // Fast path for the usual ASCII names: printable, no space.
+    if name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
     if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::topic(
             name,

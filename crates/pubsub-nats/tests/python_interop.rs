@@ -80,3 +80,80 @@ async fn rust_to_python_and_back() {
         "bytes changed on the way from Python"
     );
 }
+
+/// The Python original itself (`msight_core.pubsub.NATSPubSub`, configured
+/// by its own `get_nats_config` from the same `MSIGHT_NATS_SERVERS` in
+/// list-literal form) and a Rust node configured from that variable.
+const MSIGHT: &str = r#"
+import sys, time
+from msight_core.pubsub.nats_pubsub import NATSPubSub
+from msight_core.pubsub.utils import get_nats_config
+mode, topic = sys.argv[1], sys.argv[2]
+node = NATSPubSub(get_nats_config(None))
+if mode == "sub":
+    node.subscribe(Topic(topic))
+    time.sleep(0.3)  # the original subscribes without a flush
+    print("ready", flush=True)
+    for data in node.listen():
+        print(data.hex(), flush=True)
+        break
+else:
+    node.publish(Topic(topic), bytes.fromhex(sys.argv[3]))
+    time.sleep(0.5)  # the original has no flush or close
+    print("sent", flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_python_original_msight_core() {
+    let server = tokio::task::block_in_place(NatsServer::start);
+    let servers = format!("['{}']", server.url());
+    let script = format!(
+        "{}{MSIGHT}",
+        pubsub_core::testkit::python::MSIGHT_CORE_PRELUDE
+    );
+    let config = Config::loader()
+        .env(std::collections::HashMap::from([(
+            "MSIGHT_NATS_SERVERS".to_string(),
+            servers.clone(),
+        )]))
+        .no_default_file()
+        .load()
+        .unwrap();
+    let ps = pubsub_nats::connect(&config).await.unwrap();
+    let data = payload();
+
+    let mut py = tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn_with_env(
+            &script,
+            &["sub", "msight.to_python"],
+            &[("MSIGHT_NATS_SERVERS", &servers)],
+        );
+        assert_eq!(py.line(Duration::from_secs(30)), "ready");
+        py
+    });
+    ps.publish("msight.to_python", data.clone()).await.unwrap();
+    ps.flush().await.unwrap();
+    let got = tokio::task::block_in_place(|| py.line(Duration::from_secs(20)));
+    assert_eq!(
+        got,
+        to_hex(&data),
+        "bytes changed on the way to NATSPubSub.listen()"
+    );
+
+    ps.subscribe("msight.to_rust").await.unwrap();
+    let hex = to_hex(&data);
+    tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn_with_env(
+            &script,
+            &["pub", "msight.to_rust", &hex],
+            &[("MSIGHT_NATS_SERVERS", &servers)],
+        );
+        assert_eq!(py.line(Duration::from_secs(30)), "sent");
+    });
+    let m = ps
+        .recv_timeout(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the message from NATSPubSub.publish()");
+    assert_eq!(&m.payload[..], &data[..]);
+}

@@ -40,7 +40,14 @@ pub struct PythonPeer {
 impl PythonPeer {
     /// Run `script` (the program text) with `args`.
     pub fn spawn(script: &str, args: &[&str]) -> PythonPeer {
+        PythonPeer::spawn_with_env(script, args, &[])
+    }
+
+    /// Run `script` with `args` and extra environment variables (the
+    /// `MSIGHT_*` ones the Python original reads).
+    pub fn spawn_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> PythonPeer {
         let mut child = Command::new(interpreter())
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(script)
             .args(args)
@@ -94,3 +101,27 @@ impl Drop for PythonPeer {
         let _ = self.child.wait();
     }
 }
+
+/// Python code that makes the Python original's pub/sub modules importable
+/// without its heavy dependencies: `msight-core` is installed with
+/// `--no-deps`, so Kafka's client is stubbed (never used here) and
+/// `msight_core.topics.Topic` (which pulls in the data classes) is replaced
+/// by a class with the same constructor and attributes. Prepend it to a
+/// script, then `from msight_core.pubsub.nats_pubsub import NATSPubSub`,
+/// `from msight_core.pubsub.utils import get_nats_config`, etc.
+pub const MSIGHT_CORE_PRELUDE: &str = r#"
+import os, sys, types
+# The package asserts that a node has a device name.
+os.environ.setdefault("MSIGHT_EDGE_DEVICE_NAME", "pubsub-interop-test")
+_kafka = types.ModuleType("confluent_kafka")
+_kafka.Producer = _kafka.Consumer = object
+sys.modules["confluent_kafka"] = _kafka
+import msight_core
+_topics = types.ModuleType("msight_core.topics")
+class Topic:
+    def __init__(self, name, description=None, data_type=None):
+        self.name, self.description, self.data_type = name, description, data_type
+_topics.Topic = Topic
+sys.modules["msight_core.topics"] = _topics
+msight_core.topics = _topics
+"#;

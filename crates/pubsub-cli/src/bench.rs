@@ -1,0 +1,478 @@
+//! `pubsub bench`: throughput and latency of the chosen backend, like `nats bench`.
+//!
+//! Two phases on topics of their own: latency with one message in flight
+//! (publish, wait for it at a subscriber, repeat), then throughput with every
+//! publisher sending as fast as the backend accepts while every subscriber
+//! counts, timestamps carried in the payload giving the latency under load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pubsub_core::{validate_topic_name, Config, Error, MemoryConfig, PubSub};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::CliError;
+use crate::output::say;
+use crate::settings::{parse_duration, run_id};
+use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies};
+
+/// How long subscribers wait for more after the publishers are done.
+const IDLE_AFTER_PUBLISH: Duration = Duration::from_secs(2);
+
+/// Subscribers move the progress bar every this many messages.
+const PROGRESS_STEP: u64 = 256;
+
+/// Measure throughput and latency.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Messages to publish, shared among the publishers
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub msgs: u64,
+
+    /// Payload bytes of each message (latency needs at least 8)
+    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    pub size: usize,
+
+    /// Publishers, one connection each
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub pubs: u16,
+
+    /// Subscribers, one connection each; with --group they share the
+    /// messages, otherwise each receives all of them
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub subs: u16,
+
+    /// Latency samples with one message in flight (0: skip that phase)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub latency_samples: u64,
+
+    /// Longest the whole run may take
+    #[arg(long, value_name = "SECS", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Topic prefix (a run id is appended)
+    #[arg(long, value_name = "PREFIX", default_value = "pubsub-bench")]
+    pub topic_prefix: String,
+
+    /// No progress bars (they are hidden anyway when stderr is not a terminal)
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(args: &BenchArgs, config: Config) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pubsub-bench")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(bench(args, config))
+}
+
+/// Connections of one run.
+struct Handles {
+    pubs: Vec<PubSub>,
+    subs: Vec<PubSub>,
+}
+
+impl Handles {
+    async fn close(&self) {
+        for ps in self.pubs.iter().chain(&self.subs) {
+            if let Err(e) = ps.close().await {
+                tracing::warn!(error = %e, "closing a bench connection failed");
+            }
+        }
+    }
+}
+
+async fn bench(args: &BenchArgs, mut config: Config) -> Result<(), CliError> {
+    let run = run_id();
+    if config.memory.namespace == MemoryConfig::default().namespace {
+        config.memory.namespace = format!("pubsub-bench-{run}");
+    }
+    let topic = format!("{}.{run}", args.topic_prefix);
+    let latency_topic = format!("{}.{run}.latency", args.topic_prefix);
+    validate_topic_name(&latency_topic)?;
+    let group = config.group_id.take();
+    let mut sub_config = config.clone();
+    sub_config.group_id = group.clone();
+
+    let deadline = Instant::now() + args.timeout;
+    let mut h = Handles {
+        pubs: Vec::new(),
+        subs: Vec::new(),
+    };
+    let connected = async {
+        for _ in 0..args.pubs {
+            h.pubs.push(PubSub::connect(&config).await?);
+        }
+        for _ in 0..args.subs {
+            h.subs.push(PubSub::connect(&sub_config).await?);
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    let result = match connected {
+        Ok(()) => run_bench(args, &h, &topic, &latency_topic, group.as_deref(), deadline).await,
+        Err(e) => Err(e.into()),
+    };
+    h.close().await;
+    result
+}
+
+async fn run_bench(
+    args: &BenchArgs,
+    h: &Handles,
+    topic: &str,
+    latency_topic: &str,
+    group: Option<&str>,
+    deadline: Instant,
+) -> Result<(), CliError> {
+    let backend = h.pubs[0].backend_name();
+    if let Some(max) = h.pubs[0].capabilities().max_payload {
+        if args.size > max {
+            return Err(CliError::Usage(format!(
+                "--size {}: over the {backend} backend's max payload of {max} bytes",
+                args.size
+            )));
+        }
+    }
+    let plural = |n: u16, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    say!(
+        "pubsub bench: {backend} backend, {} msgs of {} B, {}, {}{}",
+        args.msgs,
+        args.size,
+        plural(args.pubs, "publisher"),
+        plural(args.subs, "subscriber"),
+        group.map_or_else(String::new, |g| format!(" in group {g:?}"))
+    );
+
+    if args.latency_samples > 0 && !h.subs.is_empty() {
+        let mut lat = one_in_flight(&h.pubs[0], &h.subs[0], latency_topic, args, deadline).await?;
+        say!(
+            "latency, one message in flight ({} samples): {}",
+            lat.len(),
+            lat.summary()
+        );
+    }
+    throughput(args, h, topic, deadline).await
+}
+
+/// Publish one message, wait for it at `sub`, repeat.
+async fn one_in_flight(
+    publisher: &PubSub,
+    sub: &PubSub,
+    topic: &str,
+    args: &BenchArgs,
+    deadline: Instant,
+) -> Result<Latencies, CliError> {
+    sub.subscribe_in(topic, None).await?;
+    let payload = Bytes::from(vec![0x5a; args.size]);
+    let mut lat = Latencies::with_capacity(usize::try_from(args.latency_samples).unwrap_or(0));
+    for _ in 0..args.latency_samples {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let t0 = Instant::now();
+        publisher.publish(topic, payload.clone()).await?;
+        match sub.recv_timeout(left).await? {
+            Some(_) => lat.record(t0.elapsed()),
+            None => break,
+        }
+    }
+    sub.unsubscribe(topic).await?;
+    Ok(lat)
+}
+
+/// What one publisher or subscriber did.
+#[derive(Debug, Default)]
+struct Side {
+    count: u64,
+    elapsed: Duration,
+    latencies: Latencies,
+}
+
+async fn throughput(
+    args: &BenchArgs,
+    h: &Handles,
+    topic: &str,
+    deadline: Instant,
+) -> Result<(), CliError> {
+    let grouped = h.subs.first().is_some_and(|s| s.group_id().is_some());
+    let total_expected = if grouped {
+        args.msgs
+    } else {
+        args.msgs * u64::from(args.subs)
+    };
+    for s in &h.subs {
+        s.subscribe(topic).await?;
+    }
+
+    let bars = MultiProgress::with_draw_target(if args.no_progress {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style =
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let pub_bar = bars.add(
+        ProgressBar::new(args.msgs)
+            .with_style(style.clone())
+            .with_prefix("published"),
+    );
+    let sub_bar = bars.add(
+        ProgressBar::new(total_expected)
+            .with_style(style)
+            .with_prefix("received"),
+    );
+
+    let start = Instant::now();
+    let (done_tx, done_rx) = watch::channel(false);
+    let shared_total = Arc::new(AtomicU64::new(0));
+    let sub_tasks: Vec<JoinHandle<Result<Side, Error>>> = h
+        .subs
+        .iter()
+        .map(|s| {
+            tokio::spawn(subscriber(
+                s.clone(),
+                topic.to_string(),
+                args.msgs,
+                grouped.then(|| shared_total.clone()),
+                start,
+                done_rx.clone(),
+                deadline,
+                sub_bar.clone(),
+            ))
+        })
+        .collect();
+    let n_pubs = u64::from(args.pubs);
+    let pub_tasks: Vec<JoinHandle<Result<Side, Error>>> = h
+        .pubs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let share = args.msgs / n_pubs + u64::from((i as u64) < args.msgs % n_pubs);
+            tokio::spawn(publisher(
+                p.clone(),
+                topic.to_string(),
+                share,
+                args.size,
+                start,
+                deadline,
+                pub_bar.clone(),
+            ))
+        })
+        .collect();
+
+    let mut pubs = Vec::new();
+    for t in pub_tasks {
+        pubs.push(join(t).await?);
+    }
+    let _ = done_tx.send(true);
+    let mut subs = Vec::new();
+    for t in sub_tasks {
+        subs.push(join(t).await?);
+    }
+    pub_bar.finish_and_clear();
+    sub_bar.finish_and_clear();
+
+    let published: u64 = pubs.iter().map(|s| s.count).sum();
+    let received: u64 = subs.iter().map(|s| s.count).sum();
+    let expected_received = if grouped {
+        published
+    } else {
+        published * u64::from(args.subs)
+    };
+    say!();
+    say!(
+        "{:<10} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "",
+        "msgs",
+        "msgs/s",
+        "MiB/s",
+        "p50",
+        "p99"
+    );
+    let row = |name: &str, count: u64, elapsed: Duration, lat: Option<&mut Latencies>| {
+        let (p50, p99) = match lat {
+            Some(l) => (
+                l.percentile(50.0).map_or("-".into(), fmt_duration),
+                l.percentile(99.0).map_or("-".into(), fmt_duration),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        say!(
+            "{name:<10} {count:>12} {:>12.0} {:>10.2} {p50:>10} {p99:>10}",
+            per_second(count as f64, elapsed),
+            mib_per_second((count as usize * args.size) as f64, elapsed),
+        );
+    };
+    let mut all_pub = Latencies::default();
+    for (i, s) in pubs.iter_mut().enumerate() {
+        if args.pubs > 1 {
+            row(&format!("pub #{}", i + 1), s.count, s.elapsed, None);
+        }
+        all_pub.merge(&s.latencies);
+    }
+    let pub_elapsed = pubs.iter().map(|s| s.elapsed).max().unwrap_or_default();
+    row("pub", published, pub_elapsed, None);
+    let mut all_sub = Latencies::default();
+    for (i, s) in subs.iter_mut().enumerate() {
+        if args.subs > 1 {
+            row(
+                &format!("sub #{}", i + 1),
+                s.count,
+                s.elapsed,
+                Some(&mut s.latencies),
+            );
+        }
+        all_sub.merge(&s.latencies);
+    }
+    if !subs.is_empty() {
+        let sub_elapsed = subs.iter().map(|s| s.elapsed).max().unwrap_or_default();
+        row("sub", received, sub_elapsed, Some(&mut all_sub));
+    }
+    let dropped: u64 = h.subs.iter().map(|s| s.stats().dropped).sum();
+    say!();
+    say!(
+        "received {received} of {expected_received}, lost {}, dropped by receive buffers {dropped}",
+        expected_received.saturating_sub(received)
+    );
+    if dropped > 0 {
+        say!(
+            "note: receive buffers overflowed and dropped messages; buffer.overflow = \"block\" \
+             (MSIGHT_PUBSUB_OVERFLOW=block) makes a backend that can wait slow the publishers down instead"
+        );
+    }
+    if published < args.msgs {
+        return Err(CliError::Failed(format!(
+            "bench: timed out after {}: {published} of {} messages published",
+            fmt_duration(args.timeout),
+            args.msgs
+        )));
+    }
+    Ok(())
+}
+
+async fn join(task: JoinHandle<Result<Side, Error>>) -> Result<Side, CliError> {
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(r)) => r.map_err(CliError::from),
+        Ok(Err(e)) => Err(CliError::Failed(format!("bench task stopped: {e}"))),
+        Err(_) => Err(CliError::Failed(
+            "bench task did not stop within 30 s".into(),
+        )),
+    }
+}
+
+/// Nanoseconds since `start`, as carried in a payload.
+fn stamp(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn publisher(
+    ps: PubSub,
+    topic: String,
+    count: u64,
+    size: usize,
+    start: Instant,
+    deadline: Instant,
+    bar: ProgressBar,
+) -> Result<Side, Error> {
+    let padding = vec![0x5au8; size.saturating_sub(8)];
+    let mut sent = 0;
+    while sent < count && Instant::now() < deadline {
+        let payload = if size >= 8 {
+            let mut b = BytesMut::with_capacity(size);
+            b.put_u64(stamp(start));
+            b.put_slice(&padding);
+            b.freeze()
+        } else {
+            Bytes::from(vec![0x5a; size])
+        };
+        ps.publish(topic.as_str(), payload).await?;
+        sent += 1;
+        bar.inc(1);
+    }
+    ps.flush().await?;
+    Ok(Side {
+        count: sent,
+        elapsed: start.elapsed(),
+        latencies: Latencies::default(),
+    })
+}
+
+/// Count messages until `expected` arrived (for this subscriber, or in
+/// total with a group), the publishers are done and nothing came for
+/// [`IDLE_AFTER_PUBLISH`], or the deadline.
+#[allow(clippy::too_many_arguments)]
+async fn subscriber(
+    ps: PubSub,
+    topic: String,
+    expected: u64,
+    shared_total: Option<Arc<AtomicU64>>,
+    start: Instant,
+    done: watch::Receiver<bool>,
+    deadline: Instant,
+    bar: ProgressBar,
+) -> Result<Side, Error> {
+    let mut side = Side::default();
+    let mut last = start;
+    let mut done_at = None;
+    let mut pending_progress = 0;
+    loop {
+        let total = match &shared_total {
+            Some(t) => t.load(Ordering::Relaxed),
+            None => side.count,
+        };
+        if total >= expected {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let wait = if *done.borrow() {
+            let since = *done_at.get_or_insert(now);
+            let idle_left = (last.max(since) + IDLE_AFTER_PUBLISH).saturating_duration_since(now);
+            if idle_left.is_zero() {
+                break;
+            }
+            idle_left.min(Duration::from_millis(100))
+        } else {
+            Duration::from_millis(100)
+        };
+        let Some(msg) = ps.recv_timeout(wait.min(deadline - now)).await? else {
+            continue;
+        };
+        if msg.topic != topic {
+            continue; // left over from the latency phase
+        }
+        last = Instant::now();
+        side.count += 1;
+        if let Some(t) = &shared_total {
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sent) = msg.payload.get(..8).and_then(|b| b.try_into().ok()) {
+            let sent = u64::from_be_bytes(sent);
+            side.latencies
+                .record(Duration::from_nanos(stamp(start).saturating_sub(sent)));
+        }
+        pending_progress += 1;
+        if pending_progress == PROGRESS_STEP {
+            bar.inc(pending_progress);
+            pending_progress = 0;
+        }
+        side.elapsed = last - start;
+    }
+    bar.inc(pending_progress);
+    Ok(side)
+}

@@ -1,0 +1,585 @@
+//! `pubsub demo`: the roadside-sensor pipeline.
+//!
+//! A source publishes frames on `PREFIX.<run>.frames`; a group of workers
+//! (one connection each, all in one group) takes each frame once, computes a
+//! checksum of its payload and publishes a result on `PREFIX.<run>.results`;
+//! a sink collects the results, checks each checksum against the frame the
+//! source made, and reports frames per worker, end-to-end latency,
+//! throughput, and lost, duplicated or corrupt frames.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use pubsub_core::{validate_topic_name, Config, Error, MemoryConfig, PubSub};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::CliError;
+use crate::frame::{
+    checksum, frame_overhead, now_us, synthetic_payload, Frame, FrameResult, MAX_SENSOR_LEN,
+};
+use crate::output::say;
+use crate::settings::{parse_duration, run_id};
+use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies, Pacer};
+
+/// The workers' group when neither `--group` nor `group_id` names one.
+const DEFAULT_GROUP: &str = "pubsub-demo-workers";
+
+/// How long the sink keeps listening after the last expected result, to
+/// catch duplicates.
+const DUPLICATE_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the sink looks whether a task failed while it waits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Run the sensor pipeline: a source, a group of workers, a sink.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Frames the source publishes
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub frames: u64,
+
+    /// Payload bytes of each frame (after a header of about 40 bytes)
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub payload_size: usize,
+
+    /// Workers in the group (one connection each)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// Frames per second the source publishes; 0: as fast as it can
+    #[arg(long, value_name = "FRAMES_PER_SEC", default_value_t = 1000.0, value_parser = parse_rate_or_zero)]
+    pub rate: f64,
+
+    /// Longest the whole run may take
+    #[arg(long, value_name = "SECS", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Sensor name written in every frame (at most 255 bytes)
+    #[arg(long, default_value = "roadside-cam-01")]
+    pub sensor: String,
+
+    /// Topics are PREFIX.RUN.frames and PREFIX.RUN.results, RUN a new id per run
+    #[arg(long, value_name = "PREFIX", default_value = "pubsub-demo")]
+    pub topic_prefix: String,
+}
+
+fn parse_rate_or_zero(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a rate; write frames per second, 0 for no limit"
+        )),
+    }
+}
+
+pub fn run(args: &DemoArgs, config: Config) -> Result<(), CliError> {
+    if args.sensor.len() > MAX_SENSOR_LEN {
+        return Err(CliError::Usage(format!(
+            "--sensor: {} bytes long; the limit is {MAX_SENSOR_LEN}",
+            args.sensor.len()
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pubsub-demo")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let mut report = runtime.block_on(pipeline(args, config))?;
+    report.print();
+    report.verdict()
+}
+
+/// Everything the summary shows.
+#[derive(Debug)]
+struct Report {
+    frames: u64,
+    published: u64,
+    payload_size: usize,
+    per_worker: Vec<u64>,
+    processed: u64,
+    results: u64,
+    lost: u64,
+    duplicated: u64,
+    corrupt: u64,
+    malformed: u64,
+    latencies: Latencies,
+    elapsed: Duration,
+    dropped: u64,
+    timed_out: Option<Duration>,
+}
+
+struct Pipeline {
+    source: PubSub,
+    workers: Vec<PubSub>,
+    sink: PubSub,
+}
+
+impl Pipeline {
+    fn handles(&self) -> impl Iterator<Item = &PubSub> {
+        std::iter::once(&self.source)
+            .chain(self.workers.iter())
+            .chain(std::iter::once(&self.sink))
+    }
+
+    async fn close(&self) {
+        for ps in self.handles() {
+            if let Err(e) = ps.close().await {
+                tracing::warn!(error = %e, "closing a demo connection failed");
+            }
+        }
+    }
+}
+
+async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliError> {
+    let run = run_id();
+    if config.memory.namespace == MemoryConfig::default().namespace {
+        // Runs never see each other's frames.
+        config.memory.namespace = format!("pubsub-demo-{run}");
+    }
+    let group = config
+        .group_id
+        .take()
+        .unwrap_or_else(|| DEFAULT_GROUP.to_string());
+    let frames_topic = format!("{}.{run}.frames", args.topic_prefix);
+    let results_topic = format!("{}.{run}.results", args.topic_prefix);
+    validate_topic_name(&frames_topic)?;
+    validate_topic_name(&results_topic)?;
+
+    let mut worker_config = config.clone();
+    worker_config.group_id = Some(group.clone());
+    let sink = PubSub::connect(&config).await?;
+    let mut workers = Vec::with_capacity(usize::from(args.workers));
+    for _ in 0..args.workers {
+        workers.push(PubSub::connect(&worker_config).await?);
+    }
+    let source = PubSub::connect(&config).await?;
+    let p = Pipeline {
+        source,
+        workers,
+        sink,
+    };
+    let result = run_pipeline(args, &p, &frames_topic, &results_topic, &group).await;
+    p.close().await;
+    result
+}
+
+async fn run_pipeline(
+    args: &DemoArgs,
+    p: &Pipeline,
+    frames_topic: &str,
+    results_topic: &str,
+    group: &str,
+) -> Result<Report, CliError> {
+    let frame_len = frame_overhead(&args.sensor) + args.payload_size;
+    if let Some(max) = p.source.capabilities().max_payload {
+        if frame_len > max {
+            return Err(CliError::Usage(format!(
+                "--payload-size {}: a frame of {frame_len} bytes is over the {} backend's max payload of {max} bytes",
+                args.payload_size,
+                p.source.backend_name()
+            )));
+        }
+    }
+    p.sink.subscribe_in(results_topic, None).await?;
+    for w in &p.workers {
+        w.subscribe(frames_topic).await?;
+    }
+    let rate = if args.rate > 0.0 {
+        format!("{} frames/s", args.rate)
+    } else {
+        "full speed".to_string()
+    };
+    say!(
+        "pubsub demo: {} backend, {} frames of {} B from sensor {:?} at {rate}",
+        p.source.backend_name(),
+        args.frames,
+        args.payload_size,
+        args.sensor
+    );
+    say!(
+        "  {frames_topic} -> group {group:?} ({} workers) -> {results_topic} -> sink",
+        p.workers.len()
+    );
+    say!();
+
+    // What the sink checks results against.
+    let expected: Vec<u64> = (0..args.frames)
+        .map(|id| checksum(&synthetic_payload(id, args.payload_size)))
+        .collect();
+    let deadline = Instant::now() + args.timeout;
+    let failed = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let worker_tasks: Vec<JoinHandle<Result<u64, Error>>> = p
+        .workers
+        .iter()
+        .zip(1u16..)
+        .map(|(ps, n)| {
+            tokio::spawn(flag_failure(
+                failed.clone(),
+                worker(ps.clone(), n, results_topic.to_string(), stop_rx.clone()),
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    let source_task = tokio::spawn(flag_failure(
+        failed.clone(),
+        source(
+            p.source.clone(),
+            frames_topic.to_string(),
+            args.sensor.clone(),
+            args.frames,
+            args.payload_size,
+            (args.rate > 0.0).then_some(args.rate),
+            deadline,
+        ),
+    ));
+
+    // The sink: collect until every frame has a result, a task failed, or time is up.
+    let mut tally = Tally::new(expected, args.payload_size, p.workers.len());
+    let mut timed_out = false;
+    while tally.distinct < args.frames && !failed.load(Ordering::Acquire) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        if let Some(m) = p.sink.recv_timeout(left.min(POLL)).await? {
+            tally.add(&m.payload);
+        }
+    }
+    let elapsed = tally.last_at.map_or(Duration::ZERO, |t| t - started);
+
+    let published = join(source_task, "source").await?;
+    let _ = stop_tx.send(true);
+    let mut processed = 0;
+    for (task, n) in worker_tasks.into_iter().zip(1..) {
+        processed += join(task, &format!("worker {n}")).await?;
+    }
+    // Late duplicates: the workers have flushed; listen a little longer.
+    while let Some(m) = p.sink.recv_timeout(DUPLICATE_GRACE).await? {
+        tally.add(&m.payload);
+    }
+    let dropped = p.handles().map(|ps| ps.stats().dropped).sum();
+    Ok(Report {
+        frames: args.frames,
+        published,
+        payload_size: args.payload_size,
+        per_worker: tally.per_worker,
+        processed,
+        results: tally.results,
+        lost: published.saturating_sub(tally.distinct),
+        duplicated: tally.duplicated,
+        corrupt: tally.corrupt,
+        malformed: tally.malformed,
+        latencies: tally.latencies,
+        elapsed,
+        dropped,
+        timed_out: timed_out.then_some(args.timeout),
+    })
+}
+
+/// Run `fut`; if it fails, raise `failed` so the sink stops waiting.
+async fn flag_failure<T>(
+    failed: Arc<AtomicBool>,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let r = fut.await;
+    if r.is_err() {
+        failed.store(true, Ordering::Release);
+    }
+    r
+}
+
+/// Wait for a task (bounded), turning a panic or a hang into an error.
+async fn join<T>(task: JoinHandle<Result<T, Error>>, what: &str) -> Result<T, CliError> {
+    const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+    match tokio::time::timeout(JOIN_TIMEOUT, task).await {
+        Ok(Ok(r)) => r.map_err(CliError::from),
+        Ok(Err(e)) => Err(CliError::Failed(format!("demo {what} stopped: {e}"))),
+        Err(_) => Err(CliError::Failed(format!(
+            "demo {what} did not stop within {}",
+            fmt_duration(JOIN_TIMEOUT)
+        ))),
+    }
+}
+
+/// Publish `frames` frames at `rate`, then flush. Returns how many were published.
+async fn source(
+    ps: PubSub,
+    topic: String,
+    sensor: String,
+    frames: u64,
+    payload_size: usize,
+    rate: Option<f64>,
+    deadline: Instant,
+) -> Result<u64, Error> {
+    let mut pacer = Pacer::new(rate);
+    let mut published = 0;
+    for id in 0..frames {
+        pacer.wait().await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let payload = synthetic_payload(id, payload_size);
+        let frame = Frame {
+            id,
+            capture_us: now_us(),
+            sensor: sensor.clone(),
+            payload,
+        };
+        ps.publish(topic.as_str(), frame.encode()).await?;
+        published += 1;
+    }
+    ps.flush().await?;
+    Ok(published)
+}
+
+/// Take frames until told to stop; publish a result for each. Returns how
+/// many frames this worker processed.
+async fn worker(
+    ps: PubSub,
+    n: u16,
+    results_topic: String,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, Error> {
+    let mut processed = 0;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = ps.recv() => m?,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(frame) = Frame::decode(&msg.payload) else {
+            tracing::warn!(worker = n, topic = %msg.topic, "not a frame; ignored");
+            continue;
+        };
+        let result = FrameResult {
+            id: frame.id,
+            capture_us: frame.capture_us,
+            worker: n,
+            payload_len: u32::try_from(frame.payload.len()).unwrap_or(u32::MAX),
+            checksum: checksum(&frame.payload),
+        };
+        ps.publish(results_topic.as_str(), result.encode()).await?;
+        processed += 1;
+    }
+    ps.flush().await?;
+    Ok(processed)
+}
+
+/// The sink's bookkeeping.
+struct Tally {
+    expected: Vec<u64>,
+    payload_size: usize,
+    seen: Vec<u32>,
+    per_worker: Vec<u64>,
+    distinct: u64,
+    results: u64,
+    duplicated: u64,
+    corrupt: u64,
+    malformed: u64,
+    latencies: Latencies,
+    last_at: Option<Instant>,
+}
+
+impl Tally {
+    fn new(expected: Vec<u64>, payload_size: usize, workers: usize) -> Tally {
+        Tally {
+            seen: vec![0; expected.len()],
+            latencies: Latencies::with_capacity(expected.len()),
+            expected,
+            payload_size,
+            per_worker: vec![0; workers],
+            distinct: 0,
+            results: 0,
+            duplicated: 0,
+            corrupt: 0,
+            malformed: 0,
+            last_at: None,
+        }
+    }
+
+    fn add(&mut self, payload: &[u8]) {
+        let now = now_us();
+        self.results += 1;
+        let Some(r) = FrameResult::decode(payload) else {
+            self.malformed += 1;
+            return;
+        };
+        let Some(i) = usize::try_from(r.id).ok().filter(|i| *i < self.seen.len()) else {
+            self.malformed += 1;
+            return;
+        };
+        match usize::from(r.worker)
+            .checked_sub(1)
+            .and_then(|w| self.per_worker.get_mut(w))
+        {
+            Some(count) => *count += 1,
+            None => self.malformed += 1,
+        }
+        self.seen[i] += 1;
+        if self.seen[i] > 1 {
+            self.duplicated += 1;
+            return;
+        }
+        self.distinct += 1;
+        self.last_at = Some(Instant::now());
+        if r.checksum != self.expected[i] || r.payload_len as usize != self.payload_size {
+            self.corrupt += 1;
+        }
+        self.latencies
+            .record(Duration::from_micros(now.saturating_sub(r.capture_us)));
+    }
+}
+
+impl Report {
+    fn print(&mut self) {
+        for (i, n) in self.per_worker.iter().enumerate() {
+            say!("worker {:<3}   {n} frames", i + 1);
+        }
+        say!(
+            "frames:      {} published, {} processed, {} results; lost {}, duplicated {}, corrupt {}",
+            self.published,
+            self.processed,
+            self.results,
+            self.lost,
+            self.duplicated,
+            self.corrupt + self.malformed
+        );
+        say!(
+            "latency:     {} (capture to result at the sink)",
+            self.latencies.summary()
+        );
+        let done = self.latencies.len() as f64;
+        say!(
+            "throughput:  {:.1} frames/s, {:.2} MiB/s ({} frames in {})",
+            per_second(done, self.elapsed),
+            mib_per_second(done * self.payload_size as f64, self.elapsed),
+            self.latencies.len(),
+            fmt_duration(self.elapsed)
+        );
+        say!("dropped:     {} by receive buffers", self.dropped);
+        say!(
+            "result:      {}",
+            if self.problems().is_empty() {
+                "OK".to_string()
+            } else {
+                format!("FAILED ({})", self.problems().join(", "))
+            }
+        );
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(t) = self.timed_out {
+            p.push(format!("timed out after {}", fmt_duration(t)));
+        }
+        if self.published < self.frames {
+            p.push(format!(
+                "{} of {} frames published",
+                self.published, self.frames
+            ));
+        }
+        for (n, what) in [
+            (self.lost, "lost"),
+            (self.duplicated, "duplicated"),
+            (self.corrupt + self.malformed, "corrupt"),
+        ] {
+            if n > 0 {
+                p.push(format!("{n} {what}"));
+            }
+        }
+        p
+    }
+
+    fn verdict(&self) -> Result<(), CliError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CliError::Failed(format!("demo: {}", problems.join(", "))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: u64, worker: u16, payload_size: usize) -> Vec<u8> {
+        FrameResult {
+            id,
+            capture_us: now_us(),
+            worker,
+            payload_len: payload_size as u32,
+            checksum: checksum(&synthetic_payload(id, payload_size)),
+        }
+        .encode()
+        .to_vec()
+    }
+
+    #[test]
+    fn tally_counts_duplicates_corruption_and_garbage() {
+        let expected = (0..4)
+            .map(|i| checksum(&synthetic_payload(i, 16)))
+            .collect();
+        let mut t = Tally::new(expected, 16, 2);
+        t.add(&result(0, 1, 16));
+        t.add(&result(1, 2, 16));
+        t.add(&result(1, 1, 16)); // duplicate
+        let mut bad = FrameResult::decode(&result(2, 1, 16)).unwrap();
+        bad.checksum ^= 1;
+        t.add(&bad.encode());
+        t.add(b"garbage");
+        t.add(&result(99, 1, 16)); // unknown frame
+        t.add(&result(3, 7, 16)); // unknown worker, still a result for frame 3
+        assert_eq!(t.distinct, 4);
+        assert_eq!(t.duplicated, 1);
+        assert_eq!(t.corrupt, 1);
+        assert_eq!(t.malformed, 3);
+        assert_eq!(t.per_worker, [3, 1]); // frame 99 counts for no worker
+        assert_eq!(t.results, 7);
+        assert_eq!(t.latencies.len(), 4);
+    }
+
+    #[test]
+    fn verdict_fails_on_any_problem() {
+        let mut r = Report {
+            frames: 10,
+            published: 10,
+            payload_size: 1,
+            per_worker: vec![10],
+            processed: 10,
+            results: 10,
+            lost: 0,
+            duplicated: 0,
+            corrupt: 0,
+            malformed: 0,
+            latencies: Latencies::default(),
+            elapsed: Duration::from_secs(1),
+            dropped: 0,
+            timed_out: None,
+        };
+        assert!(r.verdict().is_ok());
+        r.lost = 2;
+        let e = r.verdict().unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("2 lost"), "{e}");
+        r.lost = 0;
+        r.duplicated = 1;
+        assert!(r
+            .verdict()
+            .unwrap_err()
+            .to_string()
+            .contains("1 duplicated"));
+        r.duplicated = 0;
+        r.published = 9;
+        assert!(r.verdict().unwrap_err().to_string().contains("9 of 10"));
+    }
+}

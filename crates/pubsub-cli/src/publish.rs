@@ -1,0 +1,103 @@
+//! `pubsub pub TOPIC [MESSAGE]`.
+
+use std::ffi::OsString;
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+
+use clap::Args;
+use pubsub_core::{blocking::PubSub, validate_topic_name, Bytes, Config};
+
+use crate::error::CliError;
+use crate::settings::parse_rate;
+use crate::stats::Pacer;
+
+/// Publish one message, a file, or each line of standard input.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    /// Topic to publish to
+    pub topic: String,
+
+    /// The message; without it (and without --file) each line of standard
+    /// input is one message, sent as it is read
+    #[arg(conflicts_with = "file")]
+    pub message: Option<OsString>,
+
+    /// Send this file's bytes as one message
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Send each message this many times
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+
+    /// At most this many messages per second (default: no limit)
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
+    validate_topic_name(&args.topic)?;
+    let fixed: Option<Bytes> = match (&args.message, &args.file) {
+        (Some(m), _) => Some(Bytes::from(m.clone().into_encoded_bytes())),
+        (None, Some(path)) => {
+            Some(Bytes::from(std::fs::read(path).map_err(|e| {
+                CliError::Usage(format!("--file {}: {e}", path.display()))
+            })?))
+        }
+        (None, None) => None,
+    };
+    let ps = PubSub::connect(config)?;
+    tracing::info!(backend = ps.backend_name(), topic = %args.topic, "connected");
+    crate::output::warn_if_in_process(&ps, "no other process receives these messages");
+    let mut pacer = Pacer::new(args.rate);
+    let mut sent = 0u64;
+    let mut send = |payload: &Bytes| -> Result<(), CliError> {
+        for _ in 0..args.count {
+            pacer.wait_blocking();
+            ps.publish(args.topic.as_str(), payload.clone())?;
+            sent += 1;
+        }
+        Ok(())
+    };
+    let result = match &fixed {
+        Some(payload) => send(payload),
+        None => each_stdin_line(|line| send(&line)),
+    };
+    // Whatever happened, send what was accepted and disconnect.
+    let closed = ps.flush().and_then(|()| ps.close());
+    result?;
+    closed?;
+    let stats = ps.stats();
+    if stats.published != sent {
+        return Err(CliError::Failed(format!(
+            "{sent} messages sent but {} accepted",
+            stats.published
+        )));
+    }
+    tracing::info!(messages = sent, topic = %args.topic, "published and flushed");
+    Ok(())
+}
+
+/// Call `f` with each line of standard input, without its line ending
+/// (`\n` or `\r\n`), as it is read.
+fn each_stdin_line(mut f: impl FnMut(Bytes) -> Result<(), CliError>) -> Result<(), CliError> {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = input
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| CliError::Failed(format!("reading standard input: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        f(Bytes::copy_from_slice(&buf))?;
+    }
+}

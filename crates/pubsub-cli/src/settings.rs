@@ -1,0 +1,152 @@
+//! Options every command shares, and how they become a [`Config`]:
+//! the library's loader (defaults, the file, `MSIGHT_*` variables), then the
+//! command line, then validation.
+
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+use pubsub_core::Config;
+
+use crate::error::CliError;
+
+/// The backend and its settings, as the library takes them.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Backend: memory, nats, redis or mqtt (those compiled in) [default:
+    /// `backend` of the config, else MSIGHT_PUBSUB_BACKEND, else memory]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Backend and logging"
+    )]
+    pub backend: Option<String>,
+
+    /// Config file (TOML, YAML or JSON) [default: $MSIGHT_PUBSUB_CONFIG]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Backend and logging"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Group of this node's subscriptions (each message goes to one member)
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Backend and logging"
+    )]
+    pub group: Option<String>,
+
+    /// Log to stderr: -v info, -vv debug, -vvv trace (default: warnings, or RUST_LOG)
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Backend and logging")]
+    pub verbose: u8,
+}
+
+impl Common {
+    /// Load the config with the library's loader, apply `--backend` and
+    /// `--group`, validate, and check that the backend is registered.
+    pub fn load_config(&self) -> Result<Config, CliError> {
+        let mut loader = Config::loader();
+        if let Some(path) = &self.config {
+            loader = loader.file(path);
+        }
+        let mut config = loader.load()?;
+        if let Some(backend) = &self.backend {
+            config.backend = backend.trim().to_ascii_lowercase();
+        }
+        if let Some(group) = &self.group {
+            if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(CliError::Usage(format!(
+                    "--group {group:?}: must be non-empty, without whitespace or control characters"
+                )));
+            }
+            config.group_id = Some(group.clone());
+        }
+        config.validate()?;
+        // An unknown backend is a configuration error, reported before any work.
+        pubsub_core::factory::lookup(&config.backend)?;
+        Ok(config)
+    }
+}
+
+/// A duration on the command line: a number of seconds (`30`, `2.5`) or a
+/// number with a unit (`250ms`, `30s`, `2m`, `1h`, `500us`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 30, 2.5, 250ms, 30s or 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?}; use us, ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A positive, finite rate (messages per second).
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a rate; write a number of messages per second above 0"
+        )),
+    }
+}
+
+/// Eight hex digits, different for every run, for topic and namespace names.
+pub fn run_id() -> String {
+    let seed = (std::process::id(), std::time::SystemTime::now());
+    let h = std::collections::hash_map::RandomState::new().hash_one(seed);
+    format!("{:08x}", h as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_with_and_without_units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration(" 1h ").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
+        for bad in ["", "soon", "5 parsecs", "-1", "1e400", "1.2.3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rates_must_be_positive() {
+        assert_eq!(parse_rate("100").unwrap(), 100.0);
+        assert_eq!(parse_rate("0.5").unwrap(), 0.5);
+        for bad in ["0", "-3", "fast", "inf", "NaN"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn run_ids_differ() {
+        let a = run_id();
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, run_id());
+    }
+}

@@ -1,0 +1,818 @@
+//! The `pubsub` binary, driven as a user would: exit codes, what it prints,
+//! and messages crossing between separate `pub` and `sub` processes through
+//! a real nats-server (started on a free loopback port per test).
+//!
+//! The `memory` backend lives inside one process, so a `pub` process cannot
+//! reach a `sub` process through it: memory is covered by `demo`, `check`,
+//! `bench` and the configuration errors.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use pubsub_core::testkit::brokers::run_command;
+
+/// Longest any single command may run in these tests.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binary with a clean environment: no `MSIGHT_*` or `RUST_LOG` from
+/// the caller, then `vars`.
+fn pubsub(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pubsub"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MSIGHT_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd.envs(vars.iter().copied());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    run_command(cmd, COMMAND_TIMEOUT).expect("pubsub finishes in time")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Lines `worker N   K frames` of the demo summary: the K's.
+fn frames_per_worker(summary: &str) -> Vec<u64> {
+    summary
+        .lines()
+        .filter(|l| l.starts_with("worker "))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(words.get(3), Some(&"frames"), "{l:?}");
+            words[2].parse().expect("a frame count")
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_clean_demo(o: &Output, frames: u64, workers: usize) {
+    assert_code(o, 0);
+    let out = stdout(o);
+    assert!(
+        out.contains(&format!(
+            "frames:      {frames} published, {frames} processed, {frames} results; lost 0, duplicated 0, corrupt 0"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("result:      OK"), "{out}");
+    assert!(out.contains("latency:     p50 "), "{out}");
+    let per_worker = frames_per_worker(&out);
+    assert_eq!(per_worker.len(), workers, "{out}");
+    assert_eq!(per_worker.iter().sum::<u64>(), frames, "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// memory: no broker needed
+// ---------------------------------------------------------------------------
+
+#[test]
+fn demo_on_memory_loses_and_duplicates_nothing() {
+    let o = run(pubsub(&[]).args(["demo", "--frames", "600", "--rate", "3000"]));
+    assert_clean_demo(&o, 600, 3);
+    let out = stdout(&o);
+    assert!(out.starts_with("pubsub demo: memory backend"), "{out}");
+    // The in-process backend shares round-robin: 200 each.
+    assert_eq!(frames_per_worker(&out), [200, 200, 200], "{out}");
+}
+
+#[test]
+fn demo_with_other_sizes_and_a_named_group() {
+    let o = run(pubsub(&[]).args([
+        "demo",
+        "--frames",
+        "250",
+        "--workers",
+        "5",
+        "--payload-size",
+        "0",
+        "--rate",
+        "0",
+        "--group",
+        "lanes",
+    ]));
+    assert_clean_demo(&o, 250, 5);
+    assert!(
+        stdout(&o).contains("group \"lanes\" (5 workers)"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn demo_that_runs_out_of_time_fails_with_exit_1() {
+    let o = run(pubsub(&[]).args([
+        "demo",
+        "--frames",
+        "1000",
+        "--rate",
+        "50",
+        "--timeout",
+        "1s",
+    ]));
+    assert_code(&o, 1);
+    assert!(
+        stdout(&o).contains("result:      FAILED (timed out"),
+        "{}",
+        stdout(&o)
+    );
+    let err = stderr(&o);
+    assert!(err.starts_with("error: demo: timed out after"), "{err}");
+    assert!(err.contains("of 1000 frames published"), "{err}");
+}
+
+#[test]
+fn demo_refuses_a_frame_over_the_max_payload() {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), "[memory]\nmax_payload = 1000\n").unwrap();
+    let o =
+        run(pubsub(&[])
+            .arg("--config")
+            .arg(file.path())
+            .args(["demo", "--payload-size", "2000"]));
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("--payload-size 2000"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_on_memory_prints_the_config_without_secrets() {
+    let o = run(pubsub(&[
+        ("MSIGHT_NATS_USERNAME", "alice"),
+        ("MSIGHT_NATS_PASSWORD", "hunter2-marker"),
+    ])
+    .arg("check"));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("backend = \"memory\""), "{out}");
+    assert!(out.contains("user = \"alice\""), "{out}");
+    assert!(out.contains("password = \"<redacted>\""), "{out}");
+    assert!(!out.contains("hunter2-marker") && !stderr(&o).contains("hunter2-marker"));
+    assert!(out.contains("server:       in-process"), "{out}");
+    assert!(out.contains("capabilities: groups yes"), "{out}");
+    assert!(out.contains("round trip:   "), "{out}");
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+}
+
+#[test]
+fn check_prints_json_on_request() {
+    let o = run(pubsub(&[("MSIGHT_PUBSUB_GROUP_ID", "g1")]).args(["check", "--format", "json"]));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    // The JSON document sits between the comment line and the first blank line.
+    let json: String = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("the config is JSON");
+    assert_eq!(v["backend"], "memory");
+    assert_eq!(v["group_id"], "g1");
+    assert_eq!(v["buffer"]["capacity"], 10000);
+}
+
+#[test]
+fn bench_on_memory_counts_every_message() {
+    let o = run(pubsub(&[("MSIGHT_PUBSUB_OVERFLOW", "block")]).args([
+        "bench",
+        "--msgs",
+        "3000",
+        "--pubs",
+        "2",
+        "--subs",
+        "2",
+        "--latency-samples",
+        "50",
+    ]));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("latency, one message in flight (50 samples): p50"),
+        "{out}"
+    );
+    assert!(out.contains("received 6000 of 6000, lost 0"), "{out}");
+    for row in ["pub #1", "pub #2", "sub #1", "sub #2"] {
+        assert!(out.lines().any(|l| l.starts_with(row)), "{row}: {out}");
+    }
+    let sub_total: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("sub ") && !l.starts_with("sub #"))
+        .expect("a sub total row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(sub_total[1], "6000", "{out}");
+}
+
+#[test]
+fn bench_with_a_group_shares_the_messages() {
+    let o = run(pubsub(&[("MSIGHT_PUBSUB_OVERFLOW", "block")]).args([
+        "bench",
+        "--msgs",
+        "2000",
+        "--subs",
+        "3",
+        "--group",
+        "bench-group",
+        "--latency-samples",
+        "0",
+    ]));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("3 subscribers in group \"bench-group\""),
+        "{out}"
+    );
+    assert!(out.contains("received 2000 of 2000, lost 0"), "{out}");
+    assert!(!out.contains("latency, one message in flight"), "{out}");
+}
+
+#[test]
+fn bench_that_runs_out_of_time_exits_1() {
+    let t0 = Instant::now();
+    let o = run(pubsub(&[]).args([
+        "bench",
+        "--msgs",
+        "1000000000",
+        "--latency-samples",
+        "0",
+        "--timeout",
+        "1s",
+    ]));
+    assert_code(&o, 1);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: bench: timed out after 1.000 s"),
+        "{err}"
+    );
+    assert!(err.contains("of 1000000000 messages published"), "{err}");
+    // The partial results are still shown.
+    assert!(stdout(&o).contains("received "), "{}", stdout(&o));
+}
+
+#[test]
+fn pub_on_memory_keeps_the_rate() {
+    let t0 = Instant::now();
+    let o = run(pubsub(&[]).args(["pub", "t.rate", "x", "--count", "6", "--rate", "20"]));
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("memory backend lives inside this process"),
+        "{}",
+        stderr(&o)
+    );
+    // Six messages at 20/s: the last is due 250 ms after the first.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(240),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// configuration and usage errors: exit code 2, the key at fault named
+// ---------------------------------------------------------------------------
+
+#[test]
+fn malformed_environment_variable_exits_2_naming_it() {
+    for cmd in ["check", "demo"] {
+        let o = run(pubsub(&[("MSIGHT_NATS_SERVERS", "[oops")]).arg(cmd));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: invalid configuration: MSIGHT_NATS_SERVERS"),
+            "{err}"
+        );
+    }
+    let o = run(pubsub(&[("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "soon")]).args(["sub", "x"]));
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("MSIGHT_PUBSUB_CONNECT_TIMEOUT"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn toml_syntax_error_exits_2_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "backend = \"nats\"\n[nats\nservers = 1\n").unwrap();
+    let path_text = path.to_str().unwrap();
+    let by_option = run(pubsub(&[]).args(["check", "--config", path_text]));
+    let by_variable = run(pubsub(&[("MSIGHT_PUBSUB_CONFIG", path_text)]).arg("check"));
+    for o in [by_option, by_variable] {
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.starts_with("error: invalid configuration"), "{err}");
+        assert!(
+            err.contains("broken.toml") && err.contains("line 2"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "nothing printed before the error");
+    }
+}
+
+#[test]
+fn unknown_key_and_missing_file_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "[nats]\nserver = [\"nats://a:1\"]\n").unwrap();
+    let o = run(pubsub(&[]).arg("check").arg("--config").arg(&path));
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("server"), "{}", stderr(&o));
+
+    let o = run(pubsub(&[]).args(["check", "--config", "/nonexistent/pubsub.toml"]));
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn unknown_backend_exits_2_listing_the_registered_ones() {
+    let o = run(pubsub(&[]).args(["check", "--backend", "kafka"]));
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("\"kafka\" is not registered"), "{err}");
+    let registered = err
+        .split("(registered: ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the registered list")
+        .to_string();
+    assert!(registered.contains("memory"), "{err}");
+    #[cfg(feature = "nats")]
+    assert!(registered.contains("nats"), "{err}");
+    assert!(o.stdout.is_empty());
+
+    // A backend of this project that is not compiled in names its crate.
+    for name in ["nats", "redis", "mqtt"] {
+        if registered.contains(name) {
+            continue;
+        }
+        let o = run(pubsub(&[("MSIGHT_PUBSUB_BACKEND", name)]).arg("check"));
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).contains(&format!("pubsub-{name}")),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["sub"][..],
+        &["sub", "x", "--format", "xml"],
+        &["sub", "x", "--timeout", "soon"],
+        &["sub", "x", "--count", "0"],
+        &["pub", "x", "msg", "--rate", "0"],
+        &["pub", "x", "msg", "--file", "f"],
+        &["frobnicate"],
+    ] {
+        let o = run(pubsub(&[]).args(args));
+        assert_code(&o, 2);
+    }
+    for (args, fragment) in [
+        (&["sub", "a b", "--timeout", "1"][..], "invalid topic"),
+        (&["pub", "", "msg"], "invalid topic"),
+        (&["pub", "x", "--file", "/nonexistent/payload"], "--file"),
+        (&["check", "--group", "two words"], "--group"),
+    ] {
+        let o = run(pubsub(&[]).args(args));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains(fragment), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let o = run(pubsub(&[]).arg("--help"));
+    assert_code(&o, 0);
+    for cmd in ["pub", "sub", "bench", "check", "demo"] {
+        assert!(stdout(&o).contains(cmd), "{}", stdout(&o));
+    }
+    let o = run(pubsub(&[]).arg("--version"));
+    assert_code(&o, 0);
+    assert!(stdout(&o).starts_with("pubsub "), "{}", stdout(&o));
+}
+
+#[test]
+fn verbose_logs_go_to_stderr_only() {
+    let quiet = run(pubsub(&[]).args(["pub", "t.v", "x"]));
+    assert_code(&quiet, 0);
+    assert!(
+        !stderr(&quiet).contains("published and flushed"),
+        "{}",
+        stderr(&quiet)
+    );
+    let loud = run(pubsub(&[]).args(["pub", "-v", "t.v", "x"]));
+    assert_code(&loud, 0);
+    assert!(
+        stderr(&loud).contains("published and flushed"),
+        "{}",
+        stderr(&loud)
+    );
+    assert!(loud.stdout.is_empty());
+    let debug = run(pubsub(&[]).args(["-vv", "pub", "t.v", "x"]));
+    assert_code(&debug, 0);
+    assert!(
+        stderr(&debug).contains("DEBUG") || stderr(&debug).contains("INFO"),
+        "{}",
+        stderr(&debug)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// NATS: a real nats-server, separate processes
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "nats")]
+mod nats {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, ExitStatus, Stdio};
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
+
+    use pubsub_core::testkit::brokers::{free_port, NatsServer};
+
+    use super::*;
+
+    /// Longest a `sub` may take to say it is subscribed.
+    const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn nats_env(server: &NatsServer) -> Vec<(&'static str, String)> {
+        vec![
+            ("MSIGHT_PUBSUB_BACKEND", "nats".to_string()),
+            ("MSIGHT_NATS_SERVERS", server.url()),
+        ]
+    }
+
+    fn as_refs<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// A `pubsub sub` running in the background, ready once it said
+    /// `subscribed to` for every topic on stderr.
+    struct Sub {
+        child: Child,
+        out: Option<JoinHandle<Vec<u8>>>,
+        err_lines: mpsc::Receiver<String>,
+        err_seen: Vec<String>,
+    }
+
+    impl Sub {
+        fn start(mut cmd: Command, topics: &[&str]) -> Sub {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn pubsub sub");
+            let mut out_pipe = child.stdout.take().expect("stdout piped");
+            let err_pipe = child.stderr.take().expect("stderr piped");
+            let out = thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = out_pipe.read_to_end(&mut buf);
+                buf
+            });
+            let (tx, err_lines) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut sub = Sub {
+                child,
+                out: Some(out),
+                err_lines,
+                err_seen: Vec::new(),
+            };
+            let deadline = Instant::now() + READY_TIMEOUT;
+            for topic in topics {
+                let wanted = format!("subscribed to {topic}");
+                while !sub.err_seen.contains(&wanted) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match sub.err_lines.recv_timeout(left) {
+                        Ok(line) => sub.err_seen.push(line),
+                        Err(_) => panic!(
+                            "`pubsub sub` did not print {wanted:?} within {READY_TIMEOUT:?}; stderr so far: {:?}",
+                            sub.err_seen
+                        ),
+                    }
+                }
+            }
+            sub
+        }
+
+        /// Wait for the exit (bounded); the status, stdout bytes and stderr text.
+        fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            let status = loop {
+                if let Some(s) = self.child.try_wait().expect("try_wait") {
+                    break s;
+                }
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "`pubsub sub` still running after {COMMAND_TIMEOUT:?}; stderr: {:?}",
+                        self.err_seen
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            };
+            let out = self
+                .out
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default();
+            // The stderr reader ends with the process.
+            while let Ok(line) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
+                self.err_seen.push(line);
+            }
+            (status, out, self.err_seen.join("\n"))
+        }
+    }
+
+    impl Drop for Sub {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// What `sub --format FORMAT --count 3` prints for these three messages.
+    const BINARY: &[u8] = b"\xff\x00bin\n";
+
+    fn pub_three_messages(env: &[(&str, &str)], topic: &str, file: &std::path::Path) {
+        let o = run(pubsub(env).args(["pub", topic, "hello"]));
+        assert_code(&o, 0);
+        let o = run(pubsub(env).args(["pub", topic]).arg("--file").arg(file));
+        assert_code(&o, 0);
+        let o = run(pubsub(env).args(["pub", topic, ""]));
+        assert_code(&o, 0);
+    }
+
+    #[test]
+    fn pub_to_sub_across_processes_in_every_format() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("payload.bin");
+        std::fs::write(&file, BINARY).unwrap();
+
+        let expected: [(&str, &[u8]); 4] = [
+            ("raw", b"hello\xff\x00bin\n"),
+            ("hex", b"68656c6c6f\nff0062696e0a\n\n"),
+            ("line", b"hello\n\\xff\x00bin\n\n\n"),
+            ("json", b""),
+        ];
+        for (format, want) in expected {
+            let topic = format!("cli.formats.{format}");
+            let mut cmd = pubsub(&env);
+            cmd.args([
+                "sub",
+                &topic,
+                "--count",
+                "3",
+                "--timeout",
+                "30",
+                "--format",
+                format,
+            ]);
+            let sub = Sub::start(cmd, &[&topic]);
+            pub_three_messages(&env, &topic, &file);
+            let (status, out, err) = sub.finish();
+            assert_eq!(status.code(), Some(0), "{format}: {err}");
+            if format == "json" {
+                let lines: Vec<serde_json::Value> = out
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).expect("one JSON object per line"))
+                    .collect();
+                assert_eq!(lines.len(), 3, "{}", String::from_utf8_lossy(&out));
+                let want = [("hello", 5, "aGVsbG8="), ("", 6, "/wBiaW4K"), ("", 0, "")];
+                for (line, (_, len, b64)) in lines.iter().zip(want) {
+                    assert_eq!(line["topic"], topic.as_str());
+                    assert_eq!(line["len"], len);
+                    assert_eq!(line["payload_base64"], b64);
+                }
+                let text = String::from_utf8(out).unwrap();
+                assert!(
+                    text.starts_with(&format!("{{\"topic\":\"{topic}\",\"len\":5,")),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(
+                    out,
+                    want,
+                    "{format}: got {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pub_sends_each_stdin_line_count_times_in_order() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let mut cmd = pubsub(&env);
+        cmd.args(["sub", "cli.lines", "--count", "6", "--timeout", "30"]);
+        let sub = Sub::start(cmd, &["cli.lines"]);
+
+        let mut publisher = pubsub(&env)
+            .args(["pub", "cli.lines", "--count", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = publisher.stdin.take().unwrap();
+            stdin.write_all(b"one\ntwo\r\nthree").unwrap();
+        } // closing stdin ends the input
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(s) = publisher.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "pub did not finish");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success());
+        let (status, out, err) = sub.finish();
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "one\none\ntwo\ntwo\nthree\nthree\n"
+        );
+    }
+
+    #[test]
+    fn sub_on_several_topics_with_a_group() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let mut cmd = pubsub(&env);
+        cmd.args([
+            "sub",
+            "cli.a",
+            "cli.b",
+            "--group",
+            "g",
+            "--count",
+            "2",
+            "--timeout",
+            "30",
+            "--format",
+            "json",
+        ]);
+        let sub = Sub::start(cmd, &["cli.a", "cli.b"]);
+        assert_code(&run(pubsub(&env).args(["pub", "cli.a", "1"])), 0);
+        assert_code(&run(pubsub(&env).args(["pub", "cli.b", "2"])), 0);
+        let (status, out, err) = sub.finish();
+        assert_eq!(status.code(), Some(0), "{err}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"topic\":\"cli.a\""), "{text}");
+        assert!(text.contains("\"topic\":\"cli.b\""), "{text}");
+    }
+
+    #[test]
+    fn sub_timeout_exits_1() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let env = as_refs(&vars);
+        let t0 = Instant::now();
+        let o = run(pubsub(&env).args(["sub", "cli.quiet", "--count", "1", "--timeout", "1"]));
+        assert_code(&o, 1);
+        assert!(t0.elapsed() >= Duration::from_secs(1));
+        let err = stderr(&o);
+        assert!(err.contains("subscribed to cli.quiet"), "{err}");
+        assert!(
+            err.contains("error: timed out after") && err.contains("received 0 of 1 messages"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty());
+    }
+
+    #[test]
+    fn pub_with_a_wildcard_topic_exits_2_on_nats() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", "cli.*", "x"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("wildcard"), "{}", stderr(&o));
+    }
+
+    #[test]
+    fn check_against_live_nats_succeeds() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).arg("check"));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("backend = \"nats\""), "{out}");
+        assert!(out.contains(&server.url()), "{out}");
+        assert!(out.contains("connect:      nats backend in"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "server:       nats-server {}",
+                server.server_name()
+            )),
+            "{out}"
+        );
+        assert!(out.contains("max payload:  1048576 bytes"), "{out}");
+        assert!(out.contains("TLS:          no"), "{out}");
+        assert!(out.contains("wildcards * >"), "{out}");
+        assert!(out.contains("round trip:   "), "{out}");
+        assert!(out.trim_end().ends_with("OK"), "{out}");
+    }
+
+    #[test]
+    fn check_against_a_dead_port_exits_1() {
+        // Credentials in the URL must not show in the config or the error.
+        let port = free_port();
+        let dead = format!("nats://bob:url-secret-marker@127.0.0.1:{port}");
+        let o = run(pubsub(&[
+            ("MSIGHT_PUBSUB_BACKEND", "nats"),
+            ("MSIGHT_NATS_SERVERS", &dead),
+            ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "3"),
+        ])
+        .arg("check"));
+        assert_code(&o, 1);
+        let out = stdout(&o);
+        assert!(out.contains("connect:      FAILED"), "{out}");
+        assert!(
+            out.contains(&format!("nats://bob:***@127.0.0.1:{port}")),
+            "{out}"
+        );
+        let err = stderr(&o);
+        assert!(err.starts_with("error: connection failed"), "{err}");
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(!out.contains("url-secret-marker") && !err.contains("url-secret-marker"));
+    }
+
+    #[test]
+    fn demo_on_nats_loses_and_duplicates_nothing() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).arg("demo"));
+        assert_clean_demo(&o, 1000, 3);
+        assert!(
+            stdout(&o).starts_with("pubsub demo: nats backend"),
+            "{}",
+            stdout(&o)
+        );
+    }
+
+    #[test]
+    fn bench_on_nats_with_a_group() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "bench",
+            "--msgs",
+            "5000",
+            "--subs",
+            "2",
+            "--group",
+            "bench",
+            "--latency-samples",
+            "100",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("pubsub bench: nats backend"), "{out}");
+        assert!(
+            out.contains("latency, one message in flight (100 samples)"),
+            "{out}"
+        );
+        assert!(out.contains("received 5000 of 5000, lost 0"), "{out}");
+    }
+}
