@@ -361,6 +361,8 @@ fn unknown_backend_exits_2_listing_the_registered_ones() {
     assert!(registered.contains("memory"), "{err}");
     #[cfg(feature = "nats")]
     assert!(registered.contains("nats"), "{err}");
+    #[cfg(feature = "mqtt")]
+    assert!(registered.contains("mqtt"), "{err}");
     assert!(o.stdout.is_empty());
 
     // A backend of this project that is not compiled in names its crate.
@@ -815,4 +817,46 @@ mod nats {
         );
         assert!(out.contains("received 5000 of 5000, lost 0"), "{out}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// MQTT: a real mosquitto
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn check_on_mqtt_with_a_password_reports_the_broker_without_secrets() {
+    use pubsub_core::testkit::brokers::Mosquitto;
+    let broker = Mosquitto::builder()
+        .password_file("alice", "hunter2-mqtt")
+        .start();
+    let url = broker.url();
+    let o = run(pubsub(&[
+        ("MSIGHT_PUBSUB_BACKEND", "mqtt"),
+        ("MSIGHT_MQTT_URL", url.as_str()),
+        ("MSIGHT_MQTT_USERNAME", "alice"),
+        ("MSIGHT_MQTT_PASSWORD", "hunter2-mqtt"),
+    ])
+    .arg("check"));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("backend = \"mqtt\""), "{out}");
+    assert!(out.contains(&url), "{out}");
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    assert!(
+        !out.contains("hunter2-mqtt") && !stderr(&o).contains("hunter2-mqtt"),
+        "{out}"
+    );
+
+    let o = run(pubsub(&[
+        ("MSIGHT_PUBSUB_BACKEND", "mqtt"),
+        ("MSIGHT_MQTT_URL", url.as_str()),
+        ("MSIGHT_MQTT_USERNAME", "alice"),
+        ("MSIGHT_MQTT_PASSWORD", "wrong-hunter3"),
+    ])
+    .arg("check"));
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("wrong-hunter3"), "{err}");
 }

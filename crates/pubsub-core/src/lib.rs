@@ -19,6 +19,7 @@ pub use backend::{
 };
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
+pub use config::MqttConfig;
 pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
 pub use config::{RedisConfig, RedisMode};
 pub use error::{BoxError, Error, ErrorKind, Result};

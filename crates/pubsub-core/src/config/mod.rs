@@ -16,6 +16,7 @@
 //! ```
 
 pub mod env;
+mod mqtt;
 mod nats;
 mod redis;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvSource, ProcessEnv};
+pub use mqtt::{MqttBroker, MqttConfig, MQTT_ENV, MQTT_MAX_PACKET_SIZE, MQTT_PACKET_OVERHEAD};
 pub use nats::{validate_server_url, NatsConfig, NATS_ENV};
 pub use redis::{parse_node, RedisConfig, RedisMode, REDIS_ENV};
 
@@ -199,6 +201,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `[redis]` section.
     pub redis: RedisConfig,
+    /// `[mqtt]` section.
+    pub mqtt: MqttConfig,
 }
 
 impl Default for Config {
@@ -213,6 +217,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             nats: NatsConfig::default(),
             redis: RedisConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -261,6 +266,7 @@ impl Config {
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
         self.nats.apply_env(source)?;
         self.redis.apply_env(source)?;
+        self.mqtt.apply_env(source)?;
         Ok(())
     }
 

@@ -1,0 +1,98 @@
+//! Shared by the MQTT integration tests: configs for a test broker, and the
+//! conformance harness.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use pubsub_core::testkit::brokers::{free_port, Mosquitto};
+use pubsub_core::testkit::conformance::Harness;
+use pubsub_mqtt::{BackendFactory, Config, Message, PubSub};
+
+/// A config for the broker at `url` with `qos`.
+pub fn config_for(url: &str, qos: u8) -> Config {
+    let mut c = Config {
+        backend: "mqtt".into(),
+        ..Config::default()
+    };
+    c.mqtt.url = Some(url.to_string());
+    c.mqtt.qos = qos;
+    c
+}
+
+/// The conformance harness: one mosquitto per case.
+pub struct MqttHarness {
+    pub broker: Mosquitto,
+    pub qos: u8,
+}
+
+#[pubsub_mqtt::pubsub_core::async_trait]
+impl Harness for MqttHarness {
+    fn factory(&self) -> BackendFactory {
+        pubsub_mqtt::factory()
+    }
+
+    fn config(&self) -> Config {
+        config_for(&self.broker.url(), self.qos)
+    }
+
+    async fn restart_broker(&mut self) -> bool {
+        tokio::task::block_in_place(|| self.broker.restart());
+        true
+    }
+
+    fn dead_config(&self) -> Option<Config> {
+        Some(config_for(
+            &format!("mqtt://127.0.0.1:{}", free_port()),
+            self.qos,
+        ))
+    }
+
+    fn label(&self) -> String {
+        format!("mqtt qos={}", self.qos)
+    }
+}
+
+/// Start a default test broker (blocking, from a test runtime).
+pub fn start_broker() -> Mosquitto {
+    tokio::task::block_in_place(Mosquitto::start)
+}
+
+/// Receive until `n` messages arrived or `within` passed.
+pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match ps.recv_timeout(left).await {
+            Ok(Some(m)) => got.push(m),
+            Ok(None) => break,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    got
+}
+
+/// A topic name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "test/{prefix}/{nanos}-{}",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn seq(i: u32) -> Vec<u8> {
+    i.to_be_bytes().to_vec()
+}
+
+pub fn seq_of(m: &Message) -> u32 {
+    u32::from_be_bytes(m.payload[..4].try_into().expect("a 4-byte sequence number"))
+}

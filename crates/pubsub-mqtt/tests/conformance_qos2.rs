@@ -1,0 +1,13 @@
+//! The conformance suite at QoS 2 against a real `mosquitto` started on a
+//! free loopback port for each case.
+
+mod common;
+
+async fn mqtt_qos2() -> common::MqttHarness {
+    common::MqttHarness {
+        broker: common::start_broker(),
+        qos: 2,
+    }
+}
+
+pubsub_core::conformance_suite!(mqtt_qos2);
