@@ -10,7 +10,10 @@
 //! Acknowledgements are matched to requests by order: rumqttc reports each
 //! SUBSCRIBE / UNSUBSCRIBE it writes (`Outgoing::Subscribe(pkid)`) in the
 //! order the requests were queued, and the broker's SUBACK / UNSUBACK name
-//! that packet id. Publishes are counted when the client accepts them and
+//! that packet id. A request caught by a connection loss is answered after
+//! the reconnect: by rumqttc's replay when the broker kept the session, or
+//! by the re-subscription of everything when it did not. Publishes are
+//! counted when the client accepts them and
 //! again when they are done (QoS 0: written; QoS 1: PUBACK; QoS 2:
 //! PUBCOMP; or dropped with a lost clean session), which is what `flush`
 //! waits for.
