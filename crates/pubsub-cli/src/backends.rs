@@ -7,4 +7,6 @@
 pub fn register_backends() {
     #[cfg(feature = "nats")]
     pubsub_nats::register();
+    #[cfg(feature = "redis")]
+    pubsub_redis::register();
 }

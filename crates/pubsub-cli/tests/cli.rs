@@ -361,6 +361,8 @@ fn unknown_backend_exits_2_listing_the_registered_ones() {
     assert!(registered.contains("memory"), "{err}");
     #[cfg(feature = "nats")]
     assert!(registered.contains("nats"), "{err}");
+    #[cfg(feature = "redis")]
+    assert!(registered.contains("redis"), "{err}");
     assert!(o.stdout.is_empty());
 
     // A backend of this project that is not compiled in names its crate.
