@@ -9,4 +9,6 @@ pub fn register_backends() {
     pubsub_nats::register();
     #[cfg(feature = "mqtt")]
     pubsub_mqtt::register();
+    #[cfg(feature = "redis")]
+    pubsub_redis::register();
 }

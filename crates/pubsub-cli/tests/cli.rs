@@ -363,6 +363,8 @@ fn unknown_backend_exits_2_listing_the_registered_ones() {
     assert!(registered.contains("nats"), "{err}");
     #[cfg(feature = "mqtt")]
     assert!(registered.contains("mqtt"), "{err}");
+    #[cfg(feature = "redis")]
+    assert!(registered.contains("redis"), "{err}");
     assert!(o.stdout.is_empty());
 
     // A backend of this project that is not compiled in names its crate.

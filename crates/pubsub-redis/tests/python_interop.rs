@@ -170,3 +170,95 @@ async fn rust_publishes_python_receives_bytes_unchanged() {
     assert_eq!(out.len(), expected.len(), "messages the Python node got");
     assert!(out == expected, "bytes changed on the way to Python");
 }
+
+/// The Python original itself: `msight_core.pubsub.RedisPubSub` on the
+/// client of its own `get_redis_client()`, configured from the same
+/// `MSIGHT_REDIS_MESSAGE_BROKER_*` variables as the Rust node.
+const MSIGHT: &str = r#"
+import sys, time
+from msight_core.utils import get_redis_client
+from msight_core.pubsub.redis_pubsub import RedisPubSub
+mode, topic = sys.argv[1], sys.argv[2]
+node = RedisPubSub(get_redis_client())
+if mode == "sub":
+    node.subscribe(Topic(topic))
+    print("ready", flush=True)
+    for data in node.listen():
+        print(data.hex(), flush=True)
+        break
+else:
+    node.publish(Topic(topic), bytes.fromhex(sys.argv[3]))
+    print("sent", flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_python_original_msight_core() {
+    use pubsub_core::testkit::python::{PythonPeer, MSIGHT_CORE_PRELUDE};
+    let server = start(RedisServer::start);
+    let port = server.port().to_string();
+    let env = [
+        ("MSIGHT_REDIS_MESSAGE_BROKER_HOST", "127.0.0.1"),
+        ("MSIGHT_REDIS_MESSAGE_BROKER_PORT", port.as_str()),
+    ];
+    // msight_core.utils imports yaml for what is not used here.
+    let script = format!(
+        "import sys, types\nsys.modules.setdefault('yaml', types.ModuleType('yaml'))\n{MSIGHT_CORE_PRELUDE}{MSIGHT}"
+    );
+    let config = pubsub_redis::Config::loader()
+        .env(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+        .no_default_file()
+        .load()
+        .unwrap();
+    let ps = pubsub_redis::connect(&config).await.unwrap();
+    let data: Vec<u8> = (0..=255u8)
+        .chain(b"\x00msgpack\xff".iter().copied())
+        .collect();
+
+    // Rust -> RedisPubSub.listen()
+    let mut py = start(|| {
+        let mut py = PythonPeer::spawn_with_env(&script, &["sub", "msight.to_python"], &env);
+        assert_eq!(py.line(WAIT), "ready");
+        py
+    });
+    // The original subscribes without waiting for the confirmation: wait
+    // until Redis has it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let subscribed = || {
+        start(|| server.cli(&["PUBSUB", "NUMSUB", "msight.to_python"]))
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            == Some("1")
+    };
+    while !subscribed() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(subscribed(), "RedisPubSub.subscribe() reached Redis");
+    ps.publish("msight.to_python", data.clone()).await.unwrap();
+    ps.flush().await.unwrap();
+    let got = start(|| py.line(WAIT));
+    assert_eq!(
+        got,
+        hex(&data),
+        "bytes changed on the way to RedisPubSub.listen()"
+    );
+
+    // RedisPubSub.publish() -> Rust
+    ps.subscribe("msight.to_rust").await.unwrap();
+    start(|| {
+        let mut py =
+            PythonPeer::spawn_with_env(&script, &["pub", "msight.to_rust", &hex(&data)], &env);
+        assert_eq!(py.line(WAIT), "sent");
+    });
+    let m = ps
+        .recv_timeout(WAIT)
+        .await
+        .unwrap()
+        .expect("the message from RedisPubSub.publish()");
+    assert_eq!(m.topic, "msight.to_rust");
+    assert_eq!(&m.payload[..], &data[..]);
+}
