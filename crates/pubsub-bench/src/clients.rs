@@ -35,10 +35,20 @@ impl Variant {
 pub enum RawKind {
     /// async-nats with the server list.
     Nats { servers: Vec<String> },
+    /// redis-rs, pipelined, in `PUBLISH` or Streams mode.
+    Redis {
+        url: String,
+        streams: bool,
+        maxlen: u64,
+    },
+    /// rumqttc v5 at a QoS.
+    Mqtt { host: String, port: u16, qos: u8 },
 }
 
 /// A backend and mode under test, with everything needed to connect.
 pub struct Target {
+    /// Whether the backend, in this mode, has groups (else no group figures).
+    pub groups: bool,
     pub backend: &'static str,
     pub mode: &'static str,
     pub factory: BackendFactory,
@@ -59,6 +69,8 @@ pub enum Conn {
         client: async_nats::Client,
         sub: Option<async_nats::Subscriber>,
     },
+    Redis(crate::raw::RawRedis),
+    Mqtt(crate::raw::RawMqtt),
     Ours(PubSub),
 }
 
@@ -82,6 +94,22 @@ impl Conn {
                 client: raw_nats(servers).await?,
                 sub: None,
             }),
+            (
+                Variant::Raw,
+                Some(RawKind::Redis {
+                    url,
+                    streams,
+                    maxlen,
+                }),
+            ) => Ok(Conn::Redis(
+                crate::raw::RawRedis::connect(url, *streams, *maxlen).await?,
+            )),
+            (Variant::Raw, Some(RawKind::Mqtt { host, port, qos })) => {
+                let id = crate::scenarios::unique("raw").replace('.', "-");
+                Ok(Conn::Mqtt(
+                    crate::raw::RawMqtt::connect(host, *port, *qos, &id).await?,
+                ))
+            }
             (Variant::Raw, None) => Err("no raw client for this backend".into()),
             _ => Ok(Conn::Ours(
                 PubSub::connect_with(&t.factory, &t.config).await?,
@@ -103,6 +131,8 @@ impl Conn {
                 });
                 client.flush().await?;
             }
+            Conn::Redis(r) => r.subscribe(topic, group).await?,
+            Conn::Mqtt(m) => m.subscribe(topic, group).await?,
             Conn::Ours(p) => p.subscribe_in(topic, group).await?,
         }
         Ok(())
@@ -111,7 +141,20 @@ impl Conn {
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BoxError> {
         match self {
             Conn::Nats { client, .. } => client.publish(topic.to_string(), payload).await?,
+            Conn::Redis(r) => r.publish(topic, payload).await?,
+            Conn::Mqtt(m) => m.publish(topic, payload).await?,
             Conn::Ours(p) => p.publish(topic, payload).await?,
+        }
+        Ok(())
+    }
+
+    /// Publish and put the message on the wire at once: what a latency
+    /// test needs. Only the raw Redis client batches publishes into a
+    /// pipeline (sent every 256), so it sends its pipeline of one here.
+    pub async fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), BoxError> {
+        self.publish(topic, payload).await?;
+        if let Conn::Redis(r) = self {
+            r.flush().await?;
         }
         Ok(())
     }
@@ -119,6 +162,8 @@ impl Conn {
     pub async fn flush(&self) -> Result<(), BoxError> {
         match self {
             Conn::Nats { client, .. } => client.flush().await?,
+            Conn::Redis(r) => r.flush().await?,
+            Conn::Mqtt(m) => m.flush().await?,
             Conn::Ours(p) => p.flush().await?,
         }
         Ok(())
@@ -135,6 +180,8 @@ impl Conn {
                     .flatten()
                     .map(|m| m.payload)
             }
+            Conn::Redis(r) => r.next(timeout).await,
+            Conn::Mqtt(m) => m.next(timeout).await,
             Conn::Ours(p) => p
                 .recv_timeout(timeout)
                 .await
@@ -151,6 +198,10 @@ impl Conn {
                 let _ = client.flush().await;
                 let _ = client.drain().await;
             }
+            Conn::Redis(r) => {
+                let _ = r.flush().await;
+            }
+            Conn::Mqtt(m) => m.close().await,
             Conn::Ours(p) => {
                 let _ = p.close().await;
             }

@@ -4,6 +4,7 @@
 //! writes every figure to a JSON file.
 
 mod clients;
+mod raw;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::Config;
 
 use clients::{BoxError, RawKind, Target, Variant};
@@ -25,8 +26,9 @@ use scenarios::Sample;
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Backends to measure (comma-separated): memory, nats.
-    #[arg(long, value_delimiter = ',', default_value = "memory,nats")]
+    /// Backends to measure (comma-separated): memory, nats, redis (both
+    /// modes), mqtt (QoS 0 and 1).
+    #[arg(long, value_delimiter = ',', default_value = "memory,nats,redis,mqtt")]
     backends: Vec<String>,
     /// Payload sizes in bytes for publish and end-to-end throughput.
     #[arg(long, value_delimiter = ',', default_value = "128,16384,1048576")]
@@ -90,13 +92,16 @@ fn main() {
 }
 
 /// Brokers kept alive for the whole run.
+#[derive(Default)]
 struct Brokers {
     _nats: Option<NatsServer>,
+    _redis: Option<RedisServer>,
+    _mqtt: Option<Mosquitto>,
 }
 
 fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
     let mut out = Vec::new();
-    let mut brokers = Brokers { _nats: None };
+    let mut brokers = Brokers::default();
     for b in &args.backends {
         match b.as_str() {
             "memory" => {
@@ -104,6 +109,7 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 config.memory.namespace = format!("bench-{}", std::process::id());
                 bench_buffer(&mut config);
                 out.push(Target {
+                    groups: true,
                     backend: "memory",
                     mode: "in-process",
                     factory: pubsub_core::memory::factory(),
@@ -117,6 +123,7 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 config.nats.servers = vec![server.url()];
                 bench_buffer(&mut config);
                 out.push(Target {
+                    groups: true,
                     backend: "nats",
                     mode: "core",
                     factory: pubsub_nats::factory(),
@@ -127,7 +134,62 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 });
                 brokers._nats = Some(server);
             }
-            other => return Err(format!("unknown backend {other:?} (known: memory, nats)").into()),
+            "redis" => {
+                let server = RedisServer::start();
+                for (mode, streams) in [("pubsub", false), ("streams", true)] {
+                    let mut config = Config::default();
+                    config.redis.port = server.port();
+                    config.redis.host = "127.0.0.1".into();
+                    config.redis.mode = if streams {
+                        pubsub_core::config::RedisMode::Streams
+                    } else {
+                        pubsub_core::config::RedisMode::PubSub
+                    };
+                    bench_buffer(&mut config);
+                    out.push(Target {
+                        groups: streams,
+                        backend: "redis",
+                        mode,
+                        factory: pubsub_redis::factory(),
+                        raw: Some(RawKind::Redis {
+                            url: server.url(),
+                            streams,
+                            maxlen: config.redis.stream_maxlen,
+                        }),
+                        config,
+                    });
+                }
+                brokers._redis = Some(server);
+            }
+            "mqtt" => {
+                // Like our client, the broker sends without Nagle's delay.
+                let server = Mosquitto::builder().config("set_tcp_nodelay true").start();
+                for qos in [0u8, 1] {
+                    let mut config = Config::default();
+                    config.mqtt.host = "127.0.0.1".into();
+                    config.mqtt.port = server.port();
+                    config.mqtt.qos = qos;
+                    bench_buffer(&mut config);
+                    out.push(Target {
+                        groups: true,
+                        backend: "mqtt",
+                        mode: if qos == 0 { "qos0" } else { "qos1" },
+                        factory: pubsub_mqtt::factory(),
+                        raw: Some(RawKind::Mqtt {
+                            host: "127.0.0.1".into(),
+                            port: server.port(),
+                            qos,
+                        }),
+                        config,
+                    });
+                }
+                brokers._mqtt = Some(server);
+            }
+            other => {
+                return Err(
+                    format!("unknown backend {other:?} (known: memory, nats, redis, mqtt)").into(),
+                )
+            }
         }
     }
     Ok((out, brokers))
@@ -165,7 +227,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
         let rounds = args.rounds.max(1);
         for &size in &args.sizes {
             for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
-                if wanted(args, scenario) {
+                if wanted(args, scenario) && (t.groups || scenario != "e2e_group4") {
                     for _ in 0..rounds {
                         plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
                     }
@@ -177,7 +239,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
                 plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
             }
         }
-        if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
+        // The slow-subscriber child speaks NATS only (see the note in BENCHMARKS.md).
+        let is_nats = matches!(t.raw, Some(RawKind::Nats { .. }));
+        if is_nats && wanted(args, "slow_rss") && args.slow > 0 {
             plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
         }
     }

@@ -273,7 +273,7 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
             for _ in 0..rounds {
                 match ponger.next(IDLE).await {
                     Some(p) => {
-                        if ponger.publish(&pong_topic, p).await.is_err() {
+                        if ponger.publish_now(&pong_topic, p).await.is_err() {
                             break;
                         }
                     }
@@ -290,7 +290,7 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
                 break;
             }
             let t0 = Instant::now();
-            pinger.publish(&ping, body.clone()).await?;
+            pinger.publish_now(&ping, body.clone()).await?;
             match pinger.next(IDLE).await {
                 Some(_) => rtts.push(t0.elapsed()),
                 None => break,
@@ -314,7 +314,7 @@ pub async fn slow_subscriber(
     use std::io::{BufRead, BufReader, Write};
     let servers = match &t.raw {
         Some(crate::clients::RawKind::Nats { servers }) => servers.clone(),
-        None => return Err("slow-subscriber needs a broker".into()),
+        _ => return Err("the slow-subscriber child speaks NATS only".into()),
     };
     let topic = unique("slow");
     let exe = std::env::current_exe()?;
