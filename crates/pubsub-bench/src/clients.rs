@@ -69,8 +69,8 @@ pub enum Conn {
         client: async_nats::Client,
         sub: Option<async_nats::Subscriber>,
     },
-    Redis(crate::raw::RawRedis),
-    Mqtt(crate::raw::RawMqtt),
+    Redis(Box<crate::raw::RawRedis>),
+    Mqtt(Box<crate::raw::RawMqtt>),
     Ours(PubSub),
 }
 
@@ -101,14 +101,14 @@ impl Conn {
                     streams,
                     maxlen,
                 }),
-            ) => Ok(Conn::Redis(
+            ) => Ok(Conn::Redis(Box::new(
                 crate::raw::RawRedis::connect(url, *streams, *maxlen).await?,
-            )),
+            ))),
             (Variant::Raw, Some(RawKind::Mqtt { host, port, qos })) => {
                 let id = crate::scenarios::unique("raw").replace('.', "-");
-                Ok(Conn::Mqtt(
+                Ok(Conn::Mqtt(Box::new(
                     crate::raw::RawMqtt::connect(host, *port, *qos, &id).await?,
-                ))
+                )))
             }
             (Variant::Raw, None) => Err("no raw client for this backend".into()),
             _ => Ok(Conn::Ours(
@@ -201,7 +201,7 @@ impl Conn {
             Conn::Redis(r) => {
                 let _ = r.flush().await;
             }
-            Conn::Mqtt(m) => m.close().await,
+            Conn::Mqtt(m) => (*m).close().await,
             Conn::Ours(p) => {
                 let _ = p.close().await;
             }
