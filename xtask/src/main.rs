@@ -28,13 +28,18 @@ Commands:
 
 /// Which packages must not appear in the normal dependency tree of which
 /// crate. A crate is checked only if `crates/<name>` exists.
+/// aws-lc-rs is the default rustls provider of rumqttc and others; a second
+/// provider besides `ring` makes every rustls connect panic when the
+/// backends are linked together. `pubsub-cli` links all of them.
 const FORBIDDEN_DEPS: &[(&str, &[&str])] = &[
-    ("pubsub-core", &["async-nats", "redis", "rumqttc"]),
-    ("pubsub-nats", &["redis", "rumqttc"]),
-    ("pubsub-redis", &["async-nats", "rumqttc"]),
-    // aws-lc-rs: rumqttc's default TLS provider; a second provider makes
-    // every rustls connect panic when the backends are linked together.
+    (
+        "pubsub-core",
+        &["async-nats", "redis", "rumqttc", "aws-lc-rs"],
+    ),
+    ("pubsub-nats", &["redis", "rumqttc", "aws-lc-rs"]),
+    ("pubsub-redis", &["async-nats", "rumqttc", "aws-lc-rs"]),
     ("pubsub-mqtt", &["async-nats", "redis", "aws-lc-rs"]),
+    ("pubsub-cli", &["aws-lc-rs"]),
 ];
 
 fn main() {
