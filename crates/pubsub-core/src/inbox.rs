@@ -54,6 +54,10 @@ struct State {
     subscribed: bool,
     dropped_in_burst: u64,
     blocking_waiters: usize,
+    /// Deliveries waiting for room under the `block` policy. Only an upper
+    /// bound (a cancelled wait is not subtracted): it spares the wake-up
+    /// call on every take when no one waits.
+    waiting_senders: usize,
 }
 
 struct Shared {
@@ -96,6 +100,7 @@ impl Inbox {
                     subscribed: false,
                     dropped_in_burst: 0,
                     blocking_waiters: 0,
+                    waiting_senders: 0,
                 }),
                 readable: Notify::new(),
                 writable: Notify::new(),
@@ -193,6 +198,7 @@ impl Inbox {
                         return;
                     }
                     OverflowPolicy::Block => {
+                        st.waiting_senders += 1;
                         let notified = self.shared.writable.notified();
                         drop(st);
                         notified
@@ -200,11 +206,20 @@ impl Inbox {
                 }
             };
             notified.await;
+            let mut st = self.lock();
+            st.waiting_senders = st.waiting_senders.saturating_sub(1);
         }
     }
 
     fn push(&self, mut st: MutexGuard<'_, State>, msg: Message, on_taken: Option<OnTaken>) {
-        if st.dropped_in_burst > 0 {
+        // A burst of drops ends once the reader has caught up to half the
+        // buffer, not as soon as one slot frees: a reader just slower than
+        // the arrivals would otherwise start a new "burst" (and a warning)
+        // for nearly every message.
+        if st.dropped_in_burst > 0
+            && st.queue.len() <= self.shared.capacity / 2
+            && st.bytes <= self.shared.max_bytes / 2
+        {
             tracing::info!(
                 dropped = st.dropped_in_burst,
                 "receive buffer has room again; {} messages were dropped during the overflow",
@@ -242,7 +257,7 @@ impl Inbox {
     fn take(&self, st: &mut State) -> Option<Entry> {
         let entry = st.queue.pop_front()?;
         st.bytes -= entry.msg.payload.len();
-        if self.shared.policy == OverflowPolicy::Block {
+        if self.shared.policy == OverflowPolicy::Block && st.waiting_senders > 0 {
             self.shared.writable.notify_waiters();
         }
         Some(entry)
