@@ -60,6 +60,16 @@ impl Target {
     pub fn name(&self) -> String {
         format!("{}/{}", self.backend, self.mode)
     }
+
+    /// Free what a run left in the broker (Redis streams keep their entries).
+    pub async fn cleanup(&self, topic: &str) {
+        if let Some(RawKind::Redis {
+            url, streams: true, ..
+        }) = &self.raw
+        {
+            crate::raw::delete_stream(url, topic).await;
+        }
+    }
 }
 
 /// One connection, raw or through our async API, with at most one

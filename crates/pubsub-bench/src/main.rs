@@ -35,10 +35,10 @@ struct Args {
     sizes: Vec<usize>,
     /// Most messages per throughput run (small payloads); larger payloads
     /// send at most `--bytes` in total.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 50_000)]
     messages: u64,
     /// Byte budget per throughput run.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 64 << 20)]
     bytes: u64,
     /// Round trips for the latency test.
     #[arg(long, default_value_t = 5_000)]
@@ -261,6 +261,10 @@ fn run(args: &Args) -> Result<(), BoxError> {
             Box<dyn std::future::Future<Output = Result<Sample, BoxError>> + '_>,
         >| {
             if v == Variant::Blocking {
+                // Only the scenario's own set-up and clean-up (Redis
+                // commands) use this runtime; the blocking calls run on
+                // this plain thread.
+                let _context = rt.enter();
                 futures::executor::block_on(f)
             } else {
                 rt.block_on(f)
@@ -292,7 +296,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
         };
         match r {
             Ok(s) => samples.push(s),
-            Err(e) => bar.println(format!("{} {scenario} {size} {}: {e}", t.name(), v.label())),
+            Err(e) => {
+                bar.suspend(|| eprintln!("{} {scenario} {size} B {}: {e}", t.name(), v.label()))
+            }
         }
         bar.inc(1);
     }

@@ -13,8 +13,10 @@ use futures::StreamExt;
 
 use crate::clients::BoxError;
 
-/// Commands per pipeline: large enough that a round trip is spent on many messages.
+/// A pipeline is sent at 256 commands or 1 MiB of payload, whichever comes
+/// first: large enough that a round trip is spent on many messages.
 const PIPELINE: usize = 256;
+const PIPELINE_BYTES: usize = 1 << 20;
 
 /// Redis, `PUBLISH`/`SUBSCRIBE` or Streams.
 pub struct RawRedis {
@@ -22,7 +24,8 @@ pub struct RawRedis {
     conn: redis::aio::MultiplexedConnection,
     streams: bool,
     maxlen: u64,
-    pending: Mutex<(redis::Pipeline, usize)>,
+    /// The pipeline being filled, its command count and payload bytes.
+    pending: Mutex<(redis::Pipeline, usize, usize)>,
     sub: Option<RedisSub>,
 }
 
@@ -41,13 +44,18 @@ enum RedisSub {
 impl RawRedis {
     pub async fn connect(url: &str, streams: bool, maxlen: u64) -> Result<RawRedis, BoxError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        // A pipeline of large payloads can take longer than the default
+        // 500 ms response timeout on a busy machine.
+        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
         Ok(RawRedis {
             client,
             conn,
             streams,
             maxlen,
-            pending: Mutex::new((redis::pipe(), 0)),
+            pending: Mutex::new((redis::pipe(), 0, 0)),
             sub: None,
         })
     }
@@ -125,8 +133,9 @@ impl RawRedis {
             let mut p = self.pending.lock().map_err(|_| "poisoned")?;
             p.0.add_command(self.command(topic, &payload)).ignore();
             p.1 += 1;
-            if p.1 >= PIPELINE {
-                Some(std::mem::replace(&mut *p, (redis::pipe(), 0)).0)
+            p.2 += payload.len();
+            if p.1 >= PIPELINE || p.2 >= PIPELINE_BYTES {
+                Some(std::mem::replace(&mut *p, (redis::pipe(), 0, 0)).0)
             } else {
                 None
             }
@@ -138,12 +147,13 @@ impl RawRedis {
     }
 
     pub async fn flush(&self) -> Result<(), BoxError> {
-        let pipe = std::mem::replace(
+        let (pipe, count, _) = std::mem::replace(
             &mut *self.pending.lock().map_err(|_| "poisoned")?,
-            (redis::pipe(), 0),
-        )
-        .0;
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+            (redis::pipe(), 0, 0),
+        );
+        if count > 0 {
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
         Ok(())
     }
 
@@ -344,5 +354,15 @@ impl RawMqtt {
         let _ = self.flush().await;
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Remove a benchmark's stream: Redis keeps up to MAXLEN entries per key,
+/// and every run writes its own key.
+pub async fn delete_stream(url: &str, key: &str) {
+    if let Ok(client) = redis::Client::open(url) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut c).await;
+        }
     }
 }

@@ -88,6 +88,7 @@ pub async fn publish(t: &Target, v: Variant, size: usize, count: u64) -> Result<
         ps.flush()?;
         let el = t0.elapsed();
         ps.close()?;
+        t.cleanup(&topic).await;
         return Ok(s.rate(count, el));
     }
     let c = Conn::connect(t, v).await?;
@@ -98,6 +99,7 @@ pub async fn publish(t: &Target, v: Variant, size: usize, count: u64) -> Result<
     c.flush().await?;
     let el = t0.elapsed();
     c.close().await;
+    t.cleanup(&topic).await;
     Ok(s.rate(count, el))
 }
 
@@ -205,6 +207,7 @@ pub async fn end_to_end(
         (received.load(Ordering::Relaxed), last.map(|l| l - t0))
     };
     s.received = received_n;
+    t.cleanup(&topic).await;
     Ok(s.rate(received_n, last.unwrap_or(Duration::from_secs(1))))
 }
 
