@@ -6,81 +6,11 @@
 //! reach a `sub` process through it: memory is covered by `demo`, `check`,
 //! `bench` and the configuration errors.
 
-use std::process::{Command, Output};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::run_command;
-
-/// Longest any single command may run in these tests.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The binary with a clean environment: no `MSIGHT_*` or `RUST_LOG` from
-/// the caller, then `vars`.
-fn pubsub(vars: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pubsub"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MSIGHT_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd.envs(vars.iter().copied());
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    run_command(cmd, COMMAND_TIMEOUT).expect("pubsub finishes in time")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "exit status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// Lines `worker N   K frames` of the demo summary: the K's.
-fn frames_per_worker(summary: &str) -> Vec<u64> {
-    summary
-        .lines()
-        .filter(|l| l.starts_with("worker "))
-        .map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(words.get(3), Some(&"frames"), "{l:?}");
-            words[2].parse().expect("a frame count")
-        })
-        .collect()
-}
-
-#[track_caller]
-fn assert_clean_demo(o: &Output, frames: u64, workers: usize) {
-    assert_code(o, 0);
-    let out = stdout(o);
-    assert!(
-        out.contains(&format!(
-            "frames:      {frames} published, {frames} processed, {frames} results; lost 0, duplicated 0, corrupt 0"
-        )),
-        "{out}"
-    );
-    assert!(out.contains("result:      OK"), "{out}");
-    assert!(out.contains("latency:     p50 "), "{out}");
-    let per_worker = frames_per_worker(&out);
-    assert_eq!(per_worker.len(), workers, "{out}");
-    assert_eq!(per_worker.iter().sum::<u64>(), frames, "{out}");
-}
+use common::*;
 
 // ---------------------------------------------------------------------------
 // memory: no broker needed
@@ -452,131 +382,18 @@ fn verbose_logs_go_to_stderr_only() {
 
 #[cfg(feature = "nats")]
 mod nats {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Child, ExitStatus, Stdio};
-    use std::sync::mpsc;
-    use std::thread::{self, JoinHandle};
+    use std::process::Stdio;
+    use std::thread;
 
     use pubsub_core::testkit::brokers::{free_port, NatsServer};
 
     use super::*;
-
-    /// Longest a `sub` may take to say it is subscribed.
-    const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
     fn nats_env(server: &NatsServer) -> Vec<(&'static str, String)> {
         vec![
             ("MSIGHT_PUBSUB_BACKEND", "nats".to_string()),
             ("MSIGHT_NATS_SERVERS", server.url()),
         ]
-    }
-
-    fn as_refs<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-        vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
-    }
-
-    /// A `pubsub sub` running in the background, ready once it said
-    /// `subscribed to` for every topic on stderr.
-    struct Sub {
-        child: Child,
-        out: Option<JoinHandle<Vec<u8>>>,
-        err_lines: mpsc::Receiver<String>,
-        err_seen: Vec<String>,
-    }
-
-    impl Sub {
-        fn start(mut cmd: Command, topics: &[&str]) -> Sub {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn().expect("spawn pubsub sub");
-            let mut out_pipe = child.stdout.take().expect("stdout piped");
-            let err_pipe = child.stderr.take().expect("stderr piped");
-            let out = thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = out_pipe.read_to_end(&mut buf);
-                buf
-            });
-            let (tx, err_lines) = mpsc::channel();
-            thread::spawn(move || {
-                for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut sub = Sub {
-                child,
-                out: Some(out),
-                err_lines,
-                err_seen: Vec::new(),
-            };
-            let deadline = Instant::now() + READY_TIMEOUT;
-            for topic in topics {
-                let wanted = format!("subscribed to {topic}");
-                while !sub.err_seen.contains(&wanted) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match sub.err_lines.recv_timeout(left) {
-                        Ok(line) => sub.err_seen.push(line),
-                        Err(_) => panic!(
-                            "`pubsub sub` did not print {wanted:?} within {READY_TIMEOUT:?}; stderr so far: {:?}",
-                            sub.err_seen
-                        ),
-                    }
-                }
-            }
-            sub
-        }
-
-        /// Wait for the exit (bounded); the status, stdout bytes and stderr text.
-        fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
-            let deadline = Instant::now() + COMMAND_TIMEOUT;
-            let status = loop {
-                if let Some(s) = self.child.try_wait().expect("try_wait") {
-                    break s;
-                }
-                if Instant::now() >= deadline {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "`pubsub sub` still running after {COMMAND_TIMEOUT:?}; stderr: {:?}",
-                        self.err_seen
-                    );
-                }
-                thread::sleep(Duration::from_millis(20));
-            };
-            let out = self
-                .out
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default();
-            // The stderr reader ends with the process.
-            while let Ok(line) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
-                self.err_seen.push(line);
-            }
-            (status, out, self.err_seen.join("\n"))
-        }
-    }
-
-    impl Drop for Sub {
-        fn drop(&mut self) {
-            if let Ok(None) = self.child.try_wait() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-
-    /// What `sub --format FORMAT --count 3` prints for these three messages.
-    const BINARY: &[u8] = b"\xff\x00bin\n";
-
-    fn pub_three_messages(env: &[(&str, &str)], topic: &str, file: &std::path::Path) {
-        let o = run(pubsub(env).args(["pub", topic, "hello"]));
-        assert_code(&o, 0);
-        let o = run(pubsub(env).args(["pub", topic]).arg("--file").arg(file));
-        assert_code(&o, 0);
-        let o = run(pubsub(env).args(["pub", topic, ""]));
-        assert_code(&o, 0);
     }
 
     #[test]
@@ -588,13 +405,7 @@ mod nats {
         let file = dir.path().join("payload.bin");
         std::fs::write(&file, BINARY).unwrap();
 
-        let expected: [(&str, &[u8]); 4] = [
-            ("raw", b"hello\xff\x00bin\n"),
-            ("hex", b"68656c6c6f\nff0062696e0a\n\n"),
-            ("line", b"hello\n\\xff\x00bin\n\n\n"),
-            ("json", b""),
-        ];
-        for (format, want) in expected {
+        for (format, want) in FORMATS {
             let topic = format!("cli.formats.{format}");
             let mut cmd = pubsub(&env);
             cmd.args([
@@ -607,36 +418,11 @@ mod nats {
                 "--format",
                 format,
             ]);
-            let sub = Sub::start(cmd, &[&topic]);
+            let sub = start_sub(cmd, &[&topic]);
             pub_three_messages(&env, &topic, &file);
-            let (status, out, err) = sub.finish();
+            let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
             assert_eq!(status.code(), Some(0), "{format}: {err}");
-            if format == "json" {
-                let lines: Vec<serde_json::Value> = out
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| serde_json::from_slice(l).expect("one JSON object per line"))
-                    .collect();
-                assert_eq!(lines.len(), 3, "{}", String::from_utf8_lossy(&out));
-                let want = [("hello", 5, "aGVsbG8="), ("", 6, "/wBiaW4K"), ("", 0, "")];
-                for (line, (_, len, b64)) in lines.iter().zip(want) {
-                    assert_eq!(line["topic"], topic.as_str());
-                    assert_eq!(line["len"], len);
-                    assert_eq!(line["payload_base64"], b64);
-                }
-                let text = String::from_utf8(out).unwrap();
-                assert!(
-                    text.starts_with(&format!("{{\"topic\":\"{topic}\",\"len\":5,")),
-                    "{text}"
-                );
-            } else {
-                assert_eq!(
-                    out,
-                    want,
-                    "{format}: got {:?}",
-                    String::from_utf8_lossy(&out)
-                );
-            }
+            assert_format_output(format, want, &topic, out);
         }
     }
 
@@ -647,7 +433,7 @@ mod nats {
         let env = as_refs(&vars);
         let mut cmd = pubsub(&env);
         cmd.args(["sub", "cli.lines", "--count", "6", "--timeout", "30"]);
-        let sub = Sub::start(cmd, &["cli.lines"]);
+        let sub = start_sub(cmd, &["cli.lines"]);
 
         let mut publisher = pubsub(&env)
             .args(["pub", "cli.lines", "--count", "2"])
@@ -670,7 +456,7 @@ mod nats {
             thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success());
-        let (status, out, err) = sub.finish();
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
         assert_eq!(status.code(), Some(0), "{err}");
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -697,10 +483,10 @@ mod nats {
             "--format",
             "json",
         ]);
-        let sub = Sub::start(cmd, &["cli.a", "cli.b"]);
+        let sub = start_sub(cmd, &["cli.a", "cli.b"]);
         assert_code(&run(pubsub(&env).args(["pub", "cli.a", "1"])), 0);
         assert_code(&run(pubsub(&env).args(["pub", "cli.b", "2"])), 0);
-        let (status, out, err) = sub.finish();
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
         assert_eq!(status.code(), Some(0), "{err}");
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\"topic\":\"cli.a\""), "{text}");
