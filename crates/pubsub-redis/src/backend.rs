@@ -386,7 +386,17 @@ impl RedisBackend {
             }
         };
         let read_timeout = r.stream_block + COMMAND_TIMEOUT;
-        let reader_conn = open(&self.opts, None, read_timeout).await?;
+        // The connection manager reconnects by itself, often without the
+        // reader seeing an error: its disconnection notice is the signal.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let on_push: PushCallback = Arc::new(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                flag.store(true, Ordering::Release);
+            }
+            Ok(())
+        });
+        let reader_conn = open(&self.opts, Some(on_push), read_timeout).await?;
         let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
         let reader = StreamReader {
             topic: Arc::from(topic),
@@ -397,6 +407,7 @@ impl RedisBackend {
             opts: self.opts.clone(),
             ack_tx,
             last_id: start,
+            dropped,
         };
         let task = Task(tokio::spawn(reader.run()));
         lock(&self.readers).insert(topic.to_string(), task);
@@ -962,6 +973,8 @@ struct StreamReader {
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     /// Plain reader: the last id read. Group reader: `>`.
     last_id: String,
+    /// Set when the connection was lost (it may come back unnoticed).
+    dropped: Arc<AtomicBool>,
 }
 
 impl StreamReader {
@@ -984,10 +997,17 @@ impl StreamReader {
             };
             match result {
                 Ok(()) => {
-                    if disconnected {
+                    let dropped = self.dropped.swap(false, Ordering::AcqRel);
+                    if disconnected || dropped {
                         disconnected = false;
                         self.ctx.counters.add_reconnect();
                         tracing::info!(address = %self.opts.shown, stream = %self.topic, "redis stream reader reconnected");
+                        // A group read whose reply the lost connection
+                        // swallowed left its entries pending at this
+                        // consumer, where `claim` never looks: take back
+                        // everything pending here (at least once: entries
+                        // already buffered may come twice).
+                        self.read_own_pending().await;
                     }
                     delay = Duration::from_millis(50);
                 }
