@@ -42,7 +42,7 @@ use rumqttc::Outgoing;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::error::{connection_error, suback_error, unsuback_error};
+use crate::error::{connection_error, first_connection_error, suback_error, unsuback_error};
 use crate::options::{check_filter, Settings};
 
 /// A connection that lasted this long resets the reconnect back-off.
@@ -706,11 +706,16 @@ impl Poller {
                             ..
                         })
                     );
-                    let err = connection_error(e, &self.settings.address, self.settings.broker.tls);
                     if let Some(first) = self.first.take() {
+                        let err = first_connection_error(
+                            e,
+                            &self.settings.address,
+                            self.settings.broker.tls,
+                        );
                         let _ = first.send(Err(err));
                         break;
                     }
+                    let err = connection_error(e, &self.settings.address, self.settings.broker.tls);
                     // While closing, keep trying to deliver what was
                     // accepted (close bounds the wait); stop when nothing is left.
                     if err.kind() == ErrorKind::Closed

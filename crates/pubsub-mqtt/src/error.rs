@@ -69,7 +69,20 @@ fn io_kind(io: &std::io::Error) -> ErrorKind {
 /// An error of the event loop while connecting to or talking with `broker`
 /// (`host:port`, no credentials).
 pub(crate) fn connection_error(e: ConnectionError, broker: &str, tls: bool) -> Error {
-    let (kind, what) = match &e {
+    describe(e, broker, tls, false)
+}
+
+/// The error of the first connect: like [`connection_error`], and a plain
+/// client that was hung up on (a TLS-only listener sends no answer to what
+/// is not TLS) is told about TLS.
+pub(crate) fn first_connection_error(e: ConnectionError, broker: &str, tls: bool) -> Error {
+    describe(e, broker, tls, true)
+}
+
+fn describe(e: ConnectionError, broker: &str, tls: bool, first: bool) -> Error {
+    let refused = matches!(&e, ConnectionError::ConnectionRefused(_))
+        || matches!(&e, ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+    let (kind, mut what) = match &e {
         ConnectionError::ConnectionRefused(code)
         | ConnectionError::MqttState(StateError::ConnFail { reason: code }) => (
             connack_kind(*code),
@@ -127,6 +140,11 @@ pub(crate) fn connection_error(e: ConnectionError, broker: &str, tls: bool) -> E
     } else {
         kind
     };
+    if first && !tls && !refused && kind == ErrorKind::Connect {
+        what.push_str(
+            "; if the broker serves TLS only, use an mqtts:// URL or mqtt.tls = true (MSIGHT_MQTT_USE_TLS)",
+        );
+    }
     Error::new(kind, what).with_source(e)
 }
 
@@ -197,6 +215,13 @@ mod tests {
         let e = connection_error(ConnectionError::Io(refused), "h:1", false);
         assert_eq!(e.kind(), ErrorKind::Connect);
         assert!(e.to_string().contains("h:1"), "{e}");
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+        let e = first_connection_error(ConnectionError::Io(eof), "h:1", false);
+        assert_eq!(e.kind(), ErrorKind::Connect);
+        assert!(e.to_string().contains("mqtts://"), "{e}");
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = first_connection_error(ConnectionError::Io(refused), "h:1", false);
+        assert!(!e.to_string().contains("mqtts://"), "{e}");
         let tls = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),

@@ -31,7 +31,7 @@ use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, Stream
 use redis::{Cmd, PushInfo, PushKind, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{is_connection_error, redis_error};
+use crate::error::{is_connection_error, kind_of, redis_error};
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
 /// Most messages queued for publishing before `publish` waits.
@@ -117,7 +117,7 @@ async fn open(
     let probe = client
         .get_multiplexed_async_connection_with_config(&probe_config)
         .await
-        .map_err(|e| redis_error(&opts.shown, "cannot connect", e))?;
+        .map_err(|e| first_connect_error(opts, e))?;
     drop(probe);
     let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(opts.connect_timeout))
@@ -136,6 +136,31 @@ async fn open(
         .await
         .map_err(|e| redis_error(&opts.shown, "cannot connect", e))?;
     Ok(Conn::Single(manager))
+}
+
+/// The error of the first connect. A plain client at a TLS-only port is
+/// hung up on without a word (OpenSSL sends no alert to what does not look
+/// like TLS): say so, instead of a bare "connection closed".
+fn first_connect_error(opts: &Options, e: redis::RedisError) -> Error {
+    let hung_up = !opts.redis.tls
+        && opts.redis.unix_socket_path.is_none()
+        && !e.is_connection_refusal()
+        && !e.is_timeout()
+        // A server that answered with an error code speaks Redis.
+        && e.code().is_none()
+        && matches!(kind_of(&e), ErrorKind::Connect | ErrorKind::Backend);
+    if !hung_up {
+        return redis_error(&opts.shown, "cannot connect", e);
+    }
+    Error::new(
+        ErrorKind::Connect,
+        format!(
+            "redis {}: cannot connect: the server closed the connection or did not answer in the Redis protocol; \
+             if it serves TLS only, set redis.tls = true (MSIGHT_REDIS_MESSAGE_BROKER_USE_TLS)",
+            opts.shown
+        ),
+    )
+    .with_source(e)
 }
 
 /// Aborts its task when dropped.
@@ -361,7 +386,17 @@ impl RedisBackend {
             }
         };
         let read_timeout = r.stream_block + COMMAND_TIMEOUT;
-        let reader_conn = open(&self.opts, None, read_timeout).await?;
+        // The connection manager reconnects by itself, often without the
+        // reader seeing an error: its disconnection notice is the signal.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let on_push: PushCallback = Arc::new(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                flag.store(true, Ordering::Release);
+            }
+            Ok(())
+        });
+        let reader_conn = open(&self.opts, Some(on_push), read_timeout).await?;
         let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
         let reader = StreamReader {
             topic: Arc::from(topic),
@@ -372,6 +407,7 @@ impl RedisBackend {
             opts: self.opts.clone(),
             ack_tx,
             last_id: start,
+            dropped,
         };
         let task = Task(tokio::spawn(reader.run()));
         lock(&self.readers).insert(topic.to_string(), task);
@@ -937,6 +973,8 @@ struct StreamReader {
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     /// Plain reader: the last id read. Group reader: `>`.
     last_id: String,
+    /// Set when the connection was lost (it may come back unnoticed).
+    dropped: Arc<AtomicBool>,
 }
 
 impl StreamReader {
@@ -959,10 +997,17 @@ impl StreamReader {
             };
             match result {
                 Ok(()) => {
-                    if disconnected {
+                    let dropped = self.dropped.swap(false, Ordering::AcqRel);
+                    if disconnected || dropped {
                         disconnected = false;
                         self.ctx.counters.add_reconnect();
                         tracing::info!(address = %self.opts.shown, stream = %self.topic, "redis stream reader reconnected");
+                        // A group read whose reply the lost connection
+                        // swallowed left its entries pending at this
+                        // consumer, where `claim` never looks: take back
+                        // everything pending here (at least once: entries
+                        // already buffered may come twice).
+                        self.read_own_pending().await;
                     }
                     delay = Duration::from_millis(50);
                 }

@@ -365,3 +365,44 @@ async fn a_slow_member_does_not_claim_its_own_buffered_messages_again() {
         .collect();
     assert_eq!(got, (0..20).collect::<Vec<_>>(), "each once, in order");
 }
+
+/// A group read whose reply is lost with the connection leaves its entry
+/// pending at this consumer, where claiming never looks. After the
+/// reconnect the reader takes back what is pending at it: the entry arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_read_but_lost_with_the_connection_still_arrives() {
+    let server = start(RedisServer::start);
+    let topic = unique("lostreply");
+    let mut c = streams(&server);
+    c.redis.stream_consumer = Some("c1".into());
+    let sub = connect(&c).await;
+    sub.subscribe_in(&topic, Some("g"))
+        .await
+        .expect("subscribe");
+    // Add an entry and read it as this consumer in one step (a script runs
+    // atomically, so the blocked reader of the handle never sees it): the
+    // entry is pending at `c1` and nobody delivered it, exactly as when a
+    // reply is lost with the connection.
+    let script = "redis.call('XADD', KEYS[1], '*', 'payload', 'swallowed'); \
+                  return redis.call('XREADGROUP', 'GROUP', 'g', 'c1', 'COUNT', '10', 'STREAMS', KEYS[1], '>')";
+    let out = server.cli(&["EVAL", script, "1", &topic]);
+    assert!(out.contains("swallowed"), "{out}");
+    assert_eq!(pending(&server, &topic, "g"), 1);
+    assert!(
+        sub.recv_timeout(Duration::from_millis(500))
+            .await
+            .expect("recv")
+            .is_none(),
+        "not delivered before the connection is lost"
+    );
+    // Cut every connection of the handle; it reconnects by itself.
+    server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let m = sub
+        .recv_timeout(WAIT)
+        .await
+        .expect("recv")
+        .expect("the swallowed entry arrives after the reconnect");
+    assert_eq!(&m.payload[..], b"swallowed");
+    assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
+    sub.close().await.expect("close");
+}

@@ -1,6 +1,8 @@
 //! Bad input, table-driven: each case states the input, the error kind it
 //! must give and a fragment of the message, and nothing may panic.
-//! Broker-dependent cases run against a real `nats-server`.
+//! Broker-dependent cases run against a real `nats-server`, `redis-server`
+//! and `mosquitto`. Every backend is registered (the registry is global to
+//! this test binary), except for the very first case, which runs before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,7 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::FutureExt;
-use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::{blocking, Config, ErrorKind, PubSub, Result, Secret};
 
@@ -50,8 +52,15 @@ fn env_config(pairs: &[(&str, &str)]) -> Result<Config> {
     Config::loader().env(map).no_default_file().load()
 }
 
-async fn connect(config: Config) -> Result<()> {
+/// Every backend of the workspace in the registry.
+fn register_all() {
     pubsub_nats::register();
+    pubsub_redis::register();
+    pubsub_mqtt::register();
+}
+
+async fn connect(config: Config) -> Result<()> {
+    register_all();
     let ps = PubSub::connect(&config).await?;
     ps.close().await
 }
@@ -137,7 +146,7 @@ fn publish_case(
     case(input, kind, fragment, move || {
         let config = config.clone();
         async move {
-            pubsub_nats::register();
+            register_all();
             let ps = PubSub::connect(&config).await?;
             let r = ps.publish(topic, vec![1u8; payload_len]).await;
             ps.close().await?;
@@ -156,13 +165,209 @@ fn subscribe_case(
     case(input, kind, fragment, move || {
         let config = config.clone();
         async move {
-            pubsub_nats::register();
+            register_all();
             let ps = PubSub::connect(&config).await?;
             let r = ps.subscribe(topic).await;
             ps.close().await?;
             r
         }
     })
+}
+
+/// A config change, then connect (any backend).
+fn config_case(
+    base: Config,
+    input: impl Into<String>,
+    kind: ErrorKind,
+    fragment: &'static str,
+    change: impl Fn(&mut Config) + Send + Sync + 'static,
+) -> Case {
+    case(input, kind, fragment, move || {
+        let mut c = base.clone();
+        change(&mut c);
+        async move { connect(c).await }
+    })
+}
+
+fn redis_config(port: u16) -> Config {
+    let mut c = Config {
+        backend: "redis".into(),
+        connect_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    c.redis.host = "127.0.0.1".into();
+    c.redis.port = port;
+    c.redis.max_payload = 4096;
+    c
+}
+
+/// `mqtt.max_packet_size` of the MQTT cases: the largest payload is this
+/// minus `MQTT_PACKET_OVERHEAD` (1,040), i.e. 3,056 bytes.
+const MQTT_PACKET: usize = 4096;
+
+fn mqtt_config(url: &str) -> Config {
+    let mut c = Config {
+        backend: "mqtt".into(),
+        connect_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    c.mqtt.url = Some(url.to_string());
+    c.mqtt.max_packet_size = MQTT_PACKET;
+    c
+}
+
+/// `recv()` (async) on a fresh handle that never subscribed.
+fn recv_unsubscribed_case(input: impl Into<String>, config: Config) -> Case {
+    case(
+        input,
+        ErrorKind::NotSubscribed,
+        "call subscribe(topic)",
+        move || {
+            let config = config.clone();
+            async move {
+                register_all();
+                let ps = PubSub::connect(&config).await?;
+                let r = ps.recv().await.map(|_| ());
+                ps.close().await?;
+                r
+            }
+        },
+    )
+}
+
+/// `listen()` (blocking) on a fresh handle that never subscribed.
+fn listen_unsubscribed_case(input: impl Into<String>, config: Config) -> Case {
+    case(
+        input,
+        ErrorKind::NotSubscribed,
+        "call subscribe(topic)",
+        move || {
+            let config = config.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    register_all();
+                    let ps = blocking::PubSub::connect(&config)?;
+                    let r = ps.listen().map(|_| ());
+                    ps.close()?;
+                    r
+                })
+                .await
+                .expect("no panic")
+            }
+        },
+    )
+}
+
+/// One call after `close` (async): it must fail with `Closed`.
+fn after_close_case(input: impl Into<String>, config: Config, call: &'static str) -> Case {
+    case(input, ErrorKind::Closed, "closed", move || {
+        let config = config.clone();
+        async move {
+            register_all();
+            let ps = PubSub::connect(&config).await?;
+            ps.subscribe("after.close").await?;
+            ps.close().await?;
+            match call {
+                "publish" => ps.publish("after.close", "x").await,
+                "subscribe" => ps.subscribe("after.close.2").await,
+                "unsubscribe" => ps.unsubscribe("after.close").await,
+                "flush" => ps.flush().await,
+                "recv" => ps.recv().await.map(|_| ()),
+                other => panic!("unknown call {other}"),
+            }
+        }
+    })
+}
+
+/// Subscribe (blocking API) after `close`: `Closed`.
+fn blocking_after_close_case(input: impl Into<String>, config: Config) -> Case {
+    case(input, ErrorKind::Closed, "closed", move || {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                register_all();
+                let ps = blocking::PubSub::connect(&config)?;
+                ps.close()?;
+                ps.subscribe("after.close")
+            })
+            .await
+            .expect("no panic")
+        }
+    })
+}
+
+/// Subscribe with an explicit group.
+fn group_subscribe_case(
+    input: impl Into<String>,
+    config: Config,
+    group: &'static str,
+    kind: ErrorKind,
+    fragment: &'static str,
+) -> Case {
+    case(input, kind, fragment, move || {
+        let config = config.clone();
+        async move {
+            register_all();
+            let ps = PubSub::connect(&config).await?;
+            let r = ps.subscribe_in("grouped", Some(group)).await;
+            ps.close().await?;
+            r
+        }
+    })
+}
+
+/// The three TLS file errors of one backend section (a CA file that does
+/// not exist, a CA file that is not PEM, a client key that does not match
+/// its certificate), each applied by `set(config, ca, cert, key)`.
+fn tls_file_cases(
+    base: &Config,
+    section: &'static str,
+    pki: &TestPki,
+    dir: &std::path::Path,
+    set: fn(&mut Config, PathBuf, Option<(PathBuf, PathBuf)>),
+) -> Vec<Case> {
+    let missing = dir.join(format!("{section}-nope.pem"));
+    let not_pem = write(dir, &format!("{section}-notpem.pem"), "not a certificate");
+    let (ca, cert, other_key) = (
+        pki.ca_cert.clone(),
+        pki.client_cert.clone(),
+        pki.other_client_key.clone(),
+    );
+    let (missing_fragment, not_pem_fragment, key_fragment) = match section {
+        "redis" => (
+            "redis.tls_ca_cert: file",
+            "redis.tls_ca_cert",
+            "redis.tls_key: the client key does not match",
+        ),
+        _ => (
+            "mqtt.tls_ca_cert: file",
+            "mqtt.tls_ca_cert",
+            "mqtt.tls_key: the client key does not match",
+        ),
+    };
+    vec![
+        config_case(
+            base.clone(),
+            format!("{section}.tls_ca_cert = a file that does not exist"),
+            ErrorKind::Tls,
+            missing_fragment,
+            move |c| set(c, missing.clone(), None),
+        ),
+        config_case(
+            base.clone(),
+            format!("{section}.tls_ca_cert = a file that is not PEM"),
+            ErrorKind::Tls,
+            not_pem_fragment,
+            move |c| set(c, not_pem.clone(), None),
+        ),
+        config_case(
+            base.clone(),
+            format!("{section}: client key that does not match its certificate"),
+            ErrorKind::Tls,
+            key_fragment,
+            move |c| set(c, ca.clone(), Some((cert.clone(), other_key.clone()))),
+        ),
+    ]
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
@@ -173,24 +378,37 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_table() {
-    let server = tokio::task::block_in_place(|| NatsServer::builder().max_payload(4096).start());
+    let (server, redis, mosquitto) = tokio::task::block_in_place(|| {
+        (
+            NatsServer::builder().max_payload(4096).start(),
+            RedisServer::start(),
+            Mosquitto::start(),
+        )
+    });
     let url = server.url();
+    let rport = redis.port();
+    let murl = mosquitto.url();
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     use ErrorKind::*;
 
     let mut cases = vec![
-        // Backend choice.
+        // Backend choice. This case must stay first: it runs before any
+        // case registers the backends, so `mqtt` is not registered yet.
+        case(
+            "env MSIGHT_PUBSUB_BACKEND=\"mqtt\" before pubsub_mqtt::register()",
+            InvalidConfig,
+            "add the crate `pubsub-mqtt`",
+            || async {
+                let c = env_config(&[("MSIGHT_PUBSUB_BACKEND", "mqtt")])?;
+                PubSub::connect(&c).await.map(|_| ())
+            },
+        ),
         env_case(
             &[("MSIGHT_PUBSUB_BACKEND", "kafka")],
             InvalidConfig,
-            "registered: memory, nats",
-        ),
-        env_case(
-            &[("MSIGHT_PUBSUB_BACKEND", "mqtt")],
-            InvalidConfig,
-            "pubsub-mqtt",
+            "registered: memory, mqtt, nats, redis",
         ),
         env_case(
             &[("MSIGHT_PUBSUB_BACKEND", "nats-jetstream")],
@@ -663,9 +881,292 @@ async fn bad_input_table() {
                 PubSub::connect(&c).await.map(|_| ())
             },
         ),
+        // ---------------------------------------------------------------
+        // Redis.
+        // ---------------------------------------------------------------
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_CLUSTER_NODES", "['a:7000', 'b:7001'"),
+            ],
+            InvalidConfig,
+            "MSIGHT_REDIS_MESSAGE_BROKER_CLUSTER_NODES: expected a Python list literal like \"['host1:6379', 'host2:6379']\"",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_CLUSTER_NODES", "a:7000,,b:7001"),
+            ],
+            InvalidConfig,
+            "comma-separated list like \"host1:6379,host2:6379\"",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_USE_CLUSTER", "true"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_CLUSTER_NODES", "['a:7000', 'b:port']"),
+            ],
+            InvalidConfig,
+            "redis.cluster_nodes[1]: port \"port\"",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_CLUSTER_NODES", "a-host-without-port"),
+            ],
+            InvalidConfig,
+            "expected \"host:port\"",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_PORT", "http"),
+            ],
+            InvalidConfig,
+            "MSIGHT_REDIS_MESSAGE_BROKER_PORT: expected a whole number",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_PORT", "70000"),
+            ],
+            InvalidConfig,
+            "MSIGHT_REDIS_MESSAGE_BROKER_PORT: 70000 is out of range",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_DB", "zero"),
+            ],
+            InvalidConfig,
+            "MSIGHT_REDIS_MESSAGE_BROKER_DB: expected a database number",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_DB", "-1"),
+            ],
+            InvalidConfig,
+            "redis.db: must be 0 or more",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_DB", "99999999999999999999"),
+            ],
+            InvalidConfig,
+            "MSIGHT_REDIS_MESSAGE_BROKER_DB",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "redis"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_MODE", "queue"),
+            ],
+            InvalidConfig,
+            "expected \"pubsub\" or \"streams\"",
+        ),
+        config_case(
+            redis_config(rport),
+            "group_id = \"g\" in redis pubsub mode",
+            InvalidConfig,
+            "set redis.mode = \"streams\"",
+            |c| c.group_id = Some("g".into()),
+        ),
+        group_subscribe_case(
+            "subscribe_in(topic, Some(group)) in redis pubsub mode",
+            redis_config(rport),
+            "g",
+            Unsupported,
+            "has no groups",
+        ),
+        valid(publish_case(
+            "redis payload exactly redis.max_payload",
+            redis_config(rport),
+            "p",
+            4096,
+            PayloadTooLarge,
+            "",
+        )),
+        publish_case(
+            "redis payload one byte over redis.max_payload",
+            redis_config(rport),
+            "p",
+            4097,
+            PayloadTooLarge,
+            "limit of 4096 bytes",
+        ),
+        valid(publish_case(
+            "redis streams payload exactly redis.max_payload",
+            {
+                let mut c = redis_config(rport);
+                c.redis.mode = pubsub_redis::RedisMode::Streams;
+                c
+            },
+            "p",
+            4096,
+            PayloadTooLarge,
+            "",
+        )),
+        publish_case(
+            "redis streams payload one byte over redis.max_payload",
+            {
+                let mut c = redis_config(rport);
+                c.redis.mode = pubsub_redis::RedisMode::Streams;
+                c
+            },
+            "p",
+            4097,
+            PayloadTooLarge,
+            "limit of 4096 bytes",
+        ),
+        recv_unsubscribed_case("recv() with no subscription (redis, async)", redis_config(rport)),
+        listen_unsubscribed_case(
+            "listen() with no subscription (redis, blocking)",
+            redis_config(rport),
+        ),
+        after_close_case("publish after close (redis)", redis_config(rport), "publish"),
+        after_close_case("flush after close (redis)", redis_config(rport), "flush"),
+        blocking_after_close_case("subscribe after close (redis, blocking)", redis_config(rport)),
+        // ---------------------------------------------------------------
+        // MQTT.
+        // ---------------------------------------------------------------
+        env_case(
+            &[("MSIGHT_PUBSUB_BACKEND", "mqtt"), ("MSIGHT_MQTT_QOS", "3")],
+            InvalidConfig,
+            "MSIGHT_MQTT_QOS: expected 0, 1 or 2, got \"3\"",
+        ),
+        env_case(
+            &[("MSIGHT_PUBSUB_BACKEND", "mqtt"), ("MSIGHT_MQTT_QOS", "one")],
+            InvalidConfig,
+            "MSIGHT_MQTT_QOS: expected 0, 1 or 2, got \"one\"",
+        ),
+        config_case(
+            mqtt_config(&murl),
+            "mqtt.qos = 3",
+            InvalidConfig,
+            "mqtt.qos: expected 0, 1 or 2, got 3",
+            |c| c.mqtt.qos = 3,
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "mqtt"),
+                ("MSIGHT_MQTT_URL", "amqp://broker:5672"),
+            ],
+            InvalidConfig,
+            "MSIGHT_MQTT_URL: unknown URL scheme \"amqp\"",
+        ),
+        env_case(
+            &[
+                ("MSIGHT_PUBSUB_BACKEND", "mqtt"),
+                ("MSIGHT_MQTT_URL", "mqtt://broker:99999"),
+            ],
+            InvalidConfig,
+            "is not a number from 1 to 65535",
+        ),
+        env_case(
+            &[("MSIGHT_PUBSUB_BACKEND", "mqtt"), ("MSIGHT_MQTT_PORT", "mqtt")],
+            InvalidConfig,
+            "MSIGHT_MQTT_PORT: expected a port number from 1 to 65535",
+        ),
+        config_case(
+            mqtt_config(&murl),
+            "mqtt.url = \"ws://127.0.0.1:1\"",
+            InvalidConfig,
+            "mqtt.url: unknown URL scheme \"ws\"",
+            |c| c.mqtt.url = Some("ws://127.0.0.1:1".into()),
+        ),
+        publish_case(
+            "publish to \"a/+\" (mqtt)",
+            mqtt_config(&murl),
+            "a/+",
+            1,
+            InvalidTopic,
+            "wildcards `+` and `#` can be used in subscriptions only",
+        ),
+        publish_case(
+            "publish to \"a/#\" (mqtt)",
+            mqtt_config(&murl),
+            "a/#",
+            1,
+            InvalidTopic,
+            "wildcards `+` and `#` can be used in subscriptions only",
+        ),
+        subscribe_case(
+            "subscribe to \"a/#/b\" (mqtt)",
+            mqtt_config(&murl),
+            "a/#/b",
+            InvalidTopic,
+            "must be the last level",
+        ),
+        subscribe_case(
+            "subscribe to \"a+/b\" (mqtt)",
+            mqtt_config(&murl),
+            "a+/b",
+            InvalidTopic,
+            "must fill a whole topic level",
+        ),
+        valid(publish_case(
+            "mqtt payload exactly the limit (max_packet_size 4096 - 1040)",
+            mqtt_config(&murl),
+            "p",
+            MQTT_PACKET - pubsub_core::config::MQTT_PACKET_OVERHEAD,
+            PayloadTooLarge,
+            "",
+        )),
+        publish_case(
+            "mqtt payload one byte over the limit",
+            mqtt_config(&murl),
+            "p",
+            MQTT_PACKET - pubsub_core::config::MQTT_PACKET_OVERHEAD + 1,
+            PayloadTooLarge,
+            "limit of 3056 bytes",
+        ),
+        group_subscribe_case(
+            "mqtt group with a '/' in it",
+            mqtt_config(&murl),
+            "a/b",
+            InvalidConfig,
+            "share name cannot contain",
+        ),
+        recv_unsubscribed_case("recv() with no subscription (mqtt, async)", mqtt_config(&murl)),
+        listen_unsubscribed_case(
+            "listen() with no subscription (mqtt, blocking)",
+            mqtt_config(&murl),
+        ),
+        after_close_case("publish after close (mqtt)", mqtt_config(&murl), "publish"),
+        after_close_case("unsubscribe after close (mqtt)", mqtt_config(&murl), "unsubscribe"),
+        after_close_case("recv after close (mqtt)", mqtt_config(&murl), "recv"),
+        blocking_after_close_case("subscribe after close (mqtt, blocking)", mqtt_config(&murl)),
     ];
+    cases.extend(tls_file_cases(
+        &redis_config(rport),
+        "redis",
+        &pki,
+        d,
+        |c, ca, client| {
+            c.redis.tls = true;
+            c.redis.tls_ca_cert = Some(ca);
+            if let Some((cert, key)) = client {
+                c.redis.tls_cert = Some(cert);
+                c.redis.tls_key = Some(key);
+            }
+        },
+    ));
+    cases.extend(tls_file_cases(
+        &mqtt_config(&format!("mqtts://127.0.0.1:{}", mosquitto.port())),
+        "mqtt",
+        &pki,
+        d,
+        |c, ca, client| {
+            c.mqtt.tls_ca_cert = Some(ca);
+            if let Some((cert, key)) = client {
+                c.mqtt.tls_cert = Some(cert);
+                c.mqtt.tls_key = Some(key);
+            }
+        },
+    ));
 
-    assert!(cases.len() >= 40, "{} cases", cases.len());
+    assert!(cases.len() >= 100, "{} cases", cases.len());
     let mut failures = Vec::new();
     for c in cases.drain(..) {
         let outcome = AssertUnwindSafe((c.run)()).catch_unwind().await;

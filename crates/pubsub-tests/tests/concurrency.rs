@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{NatsServer, RedisServer};
+use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::{blocking, BackendFactory, Config, PubSub};
 
 const THREADS: u32 = 8;
@@ -89,4 +89,13 @@ async fn redis_streams_mode() {
     c.redis.port = server.port();
     c.redis.mode = pubsub_redis::RedisMode::Streams;
     eight_threads_one_handle(pubsub_redis::factory(), c, "conc.redis.streams").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_qos1() {
+    let broker = tokio::task::block_in_place(Mosquitto::start);
+    let mut c = Config::default();
+    c.mqtt.url = Some(broker.url());
+    c.mqtt.qos = 1;
+    eight_threads_one_handle(pubsub_mqtt::factory(), c, "conc/mqtt/qos1").await;
 }

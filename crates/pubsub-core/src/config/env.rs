@@ -170,6 +170,8 @@ pub fn parse_duration(name: &str, value: &str) -> Result<Duration> {
 /// Empty items and empty lists are refused.
 pub fn parse_list(name: &str, value: &str, example: &[&str]) -> Result<Vec<String>> {
     let v = value.trim();
+    // The value may hold credentials (`nats://user:pass@host`): never echo them.
+    let shown = super::redact_userinfo(v);
     let expected = || {
         let py = example
             .iter()
@@ -177,7 +179,7 @@ pub fn parse_list(name: &str, value: &str, example: &[&str]) -> Result<Vec<Strin
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "expected a Python list literal like \"[{py}]\" or a comma-separated list like \"{}\", got {v:?}",
+            "expected a Python list literal like \"[{py}]\" or a comma-separated list like \"{}\", got {shown:?}",
             example.join(",")
         )
     };
@@ -266,6 +268,21 @@ mod tests {
                 msg.contains("['nats://host:4222', 'nats://other:4222']"),
                 "{msg}"
             );
+        }
+    }
+
+    #[test]
+    fn malformed_lists_do_not_echo_credentials() {
+        for v in [
+            "['nats://u:pw-marker@a:4222'",
+            "nats://u:pw-marker@a:4222,,b:1",
+            "[nats://tok-marker@a:4222]",
+        ] {
+            let msg = parse_list("MSIGHT_NATS_SERVERS", v, EX)
+                .unwrap_err()
+                .to_string();
+            assert!(!msg.contains("marker"), "{msg}");
+            assert!(msg.contains("***@a:4222"), "{msg}");
         }
     }
 

@@ -95,6 +95,49 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Serialise an optional URL with its password replaced by `***`.
+pub fn serialize_redacted_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&redact_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `text` (for example a malformed list of addresses, echoed in an error)
+/// with the credentials of every `user:password@` or `token@` part replaced
+/// by `***`. The credentials of a part start after its `scheme://`, or else
+/// after the last quote, bracket, comma or whitespace before its `@`.
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        let start = match before.rfind("://") {
+            Some(i) => i + 3,
+            None => before
+                .rfind(|c: char| c == '\'' || c == '"' || c == '[' || c == ',' || c.is_whitespace())
+                .map(|i| i + 1)
+                .unwrap_or(0),
+        };
+        let userinfo = &before[start..];
+        out.push_str(&before[..start]);
+        match userinfo.split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***");
+            }
+            None => out.push_str("***"),
+        }
+        out.push('@');
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Serialise a list of URLs with passwords replaced by `***`.
 pub fn serialize_redacted_urls<S: serde::Serializer>(
     urls: &[String],
@@ -539,5 +582,21 @@ mod tests {
         );
         assert_eq!(redact_url("nats://tok@h:4222"), "nats://***@h:4222");
         assert_eq!(redact_url("h:4222"), "h:4222");
+    }
+
+    #[test]
+    fn redact_userinfo_in_free_text() {
+        for (text, want) in [
+            (
+                "['nats://u:pw1@a:1', 'nats://tok2@b:2']",
+                "['nats://u:***@a:1', 'nats://***@b:2']",
+            ),
+            ("u:pw3@h:1,,x", "u:***@h:1,,x"),
+            ("got \"redis://:pw4@h:1\"", "got \"redis://:***@h:1\""),
+            ("no credentials here", "no credentials here"),
+            ("a:b@c@d", "a:***@***@d"),
+        ] {
+            assert_eq!(redact_userinfo(text), want, "{text}");
+        }
     }
 }

@@ -31,7 +31,7 @@ pub const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
 /// the QoS 1 and 2 messages published while it was away. Brokers cap what
 /// they queue per client: mosquitto keeps at most `max_queued_messages`
 /// (1,000 by default) and drops the rest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker host name or IP address (default `localhost`); ignored when `url` is set.
@@ -40,6 +40,8 @@ pub struct MqttConfig {
     pub port: u16,
     /// Broker URL, `mqtt://host:port` or `mqtts://host:port` (TLS). Overrides
     /// `host` and `port`; the port defaults to 1883 (`mqtt`) or 8883 (`mqtts`).
+    /// Credentials in it are refused; it is shown redacted.
+    #[serde(serialize_with = "super::serialize_redacted_url")]
     pub url: Option<String>,
     /// MQTT client identifier. When not given, a unique one is generated per
     /// connection (`msight-<random>`). Needed with `session_expiry`, so that
@@ -92,6 +94,34 @@ pub struct MqttConfig {
     /// the broker's receive maximum applies when lower: mosquitto's default
     /// is 20). The client keeps a slot per possible one, about 200 bytes each.
     pub max_inflight: u16,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.as_deref().map(redact_url);
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("url", &url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("keep_alive", &self.keep_alive)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("session_expiry", &self.session_expiry)
+            .field("tls", &self.tls)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_verify", &self.tls_verify)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("reconnect_delay_min", &self.reconnect_delay_min)
+            .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("request_channel_capacity", &self.request_channel_capacity)
+            .field("max_inflight", &self.max_inflight)
+            .finish()
+    }
 }
 
 impl Default for MqttConfig {
@@ -765,6 +795,9 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             assert!(e.to_string().contains(fragment), "{e}");
             assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+            let json = serde_json::to_string(&c).unwrap();
+            assert!(!json.contains("hunter2"), "{json}");
         }
     }
 

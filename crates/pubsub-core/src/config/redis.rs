@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::env::{Env, EnvSource};
-use super::Secret;
+use super::{redact_url, Secret};
 use crate::error::{Error, Result};
 
 /// How messages travel through Redis.
@@ -46,7 +46,7 @@ impl std::str::FromStr for RedisMode {
 
 /// Settings of the Redis backend. The connection keys mirror the
 /// `MSIGHT_REDIS_MESSAGE_BROKER_*` variables of the Python original.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Host name or address of the Redis server (default `localhost`).
@@ -72,6 +72,8 @@ pub struct RedisConfig {
     /// Connect to a Redis Cluster through `cluster_nodes`.
     pub cluster: bool,
     /// Cluster seed nodes as `"host:port"`; empty means `host:port` above.
+    /// Shown redacted, in case one carries credentials (which are refused).
+    #[serde(serialize_with = "super::serialize_redacted_urls")]
     pub cluster_nodes: Vec<String>,
     /// Path of a Unix socket; when set it takes precedence over TCP (as in the Python original).
     pub unix_socket_path: Option<PathBuf>,
@@ -100,6 +102,34 @@ pub struct RedisConfig {
     /// unique name made of host name, process id and a counter. Give a fixed
     /// name to take over the pending entries of a previous run at once.
     pub stream_consumer: Option<String>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.cluster_nodes.iter().map(|n| redact_url(n)).collect();
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls", &self.tls)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_verify", &self.tls_verify)
+            .field("cluster", &self.cluster)
+            .field("cluster_nodes", &nodes)
+            .field("unix_socket_path", &self.unix_socket_path)
+            .field("mode", &self.mode)
+            .field("max_payload", &self.max_payload)
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("stream_claim_idle", &self.stream_claim_idle)
+            .field("stream_block", &self.stream_block)
+            .field("stream_read_count", &self.stream_read_count)
+            .field("stream_consumer", &self.stream_consumer)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -342,16 +372,26 @@ impl RedisConfig {
 /// names `key` and shows the expected form.
 pub fn parse_node(key: &str, node: &str) -> Result<(String, u16)> {
     let n = node.trim();
+    // Shown in errors with any credentials replaced by `***`.
+    let shown = redact_url(n);
     let bad = || {
         Error::config(
             key,
-            format!("expected \"host:port\" like \"10.0.0.1:6379\", got {n:?}"),
+            format!("expected \"host:port\" like \"10.0.0.1:6379\", got {shown:?}"),
         )
     };
     let n = n
         .strip_prefix("redis://")
         .or_else(|| n.strip_prefix("rediss://"))
         .unwrap_or(n);
+    if n.contains('@') {
+        return Err(Error::config(
+            key,
+            format!(
+                "{shown:?}: put credentials in redis.username and redis.password (MSIGHT_REDIS_MESSAGE_BROKER_USERNAME / _PASSWORD), not in the node address"
+            ),
+        ));
+    }
     let (host, port) = if let Some(v6) = n.strip_prefix('[') {
         let (h, p) = v6.split_once(']').ok_or_else(bad)?;
         (h, p.strip_prefix(':').ok_or_else(bad)?)
@@ -370,7 +410,7 @@ pub fn parse_node(key: &str, node: &str) -> Result<(String, u16)> {
         _ => Err(Error::config(
             key,
             format!(
-                "port {port:?} in {n:?} is not a number from 1 to 65535 (expected \"host:port\")"
+                "port {port:?} in {shown:?} is not a number from 1 to 65535 (expected \"host:port\")"
             ),
         )),
     }
@@ -532,6 +572,30 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             let msg = e.to_string();
             assert!(msg.contains(var) && msg.contains(fragment), "{msg}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_node_are_refused_and_never_shown() {
+        for node in [
+            "redis://alice:node-marker@10.0.0.1:7000",
+            "alice:node-marker@10.0.0.1:7000",
+            "rediss://node-marker@10.0.0.1:bad",
+        ] {
+            let c = RedisConfig {
+                cluster_nodes: vec![node.to_string()],
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains("redis.cluster_nodes[0]"), "{e}");
+            for out in [
+                e.to_string(),
+                format!("{c:?}"),
+                serde_json::to_string(&c).unwrap(),
+            ] {
+                assert!(!out.contains("node-marker"), "{out}");
+            }
         }
     }
 
