@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use pubsub_core::config::env::{parse_bool, parse_duration, parse_list, parse_number};
-use pubsub_core::config::{validate_server_url, MQTT_ENV, NATS_ENV, PUBSUB_ENV};
+use pubsub_core::config::{validate_server_url, MQTT_ENV, NATS_ENV, PUBSUB_ENV, REDIS_ENV};
 use pubsub_core::{validate_topic_name, Config, ErrorKind, Topic};
 
 fn any_text() -> impl Strategy<Value = String> {
@@ -48,7 +48,7 @@ proptest! {
 
     #[test]
     fn every_environment_variable(index in 0usize..64, v in any_text()) {
-        let vars: Vec<&str> = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).map(|(k, _)| *k).collect();
+        let vars: Vec<&str> = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).chain(REDIS_ENV.iter()).map(|(k, _)| *k).collect();
         let var = vars[index % vars.len()];
         let env: HashMap<String, String> = [(var.to_string(), v.clone())].into();
         match Config::loader().env(env).no_default_file().load() {
@@ -57,7 +57,7 @@ proptest! {
                 prop_assert_eq!(e.kind(), ErrorKind::InvalidConfig);
                 // The error names the variable, or the key it sets, or the file it names.
                 let msg = e.to_string();
-                let key = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).find(|(k, _)| *k == var).unwrap().1;
+                let key = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).chain(REDIS_ENV.iter()).find(|(k, _)| *k == var).unwrap().1;
                 prop_assert!(msg.contains(var) || msg.contains(key.split('.').next_back().unwrap()) || msg.contains("config file"), "{}", msg);
             }
         }

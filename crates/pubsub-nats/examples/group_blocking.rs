@@ -1,5 +1,5 @@
 //! Three workers in the queue group `workers` share 30 jobs: each job goes to one of them.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run --example queue_group_blocking`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example group_blocking`
 
 use std::time::Duration;
 
