@@ -1,5 +1,5 @@
-//! Redis `pubsub` mode: a subscriber that stops reading while 200,000
-//! messages of 1 KiB are published (the same test as `slow_consumer.rs`). Its process's memory must stay under the buffer bound plus a
+//! Redis, `pubsub` and `streams` mode: a subscriber that stops reading while
+//! 200,000 messages of 1 KiB are published (the same test as `slow_consumer.rs`). Its process's memory must stay under the buffer bound plus a
 //! documented constant, overflow must be counted, and when it reads again it
 //! gets what the policy (`drop_oldest`) promises: the newest messages, in order.
 //!
@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pubsub_core::config::RedisMode;
 use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_core::{Config, OverflowPolicy};
 
@@ -29,21 +30,33 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn redis_config(port: u16) -> Config {
+fn redis_config(port: u16, mode: RedisMode) -> Config {
     let mut c = Config::default();
     c.redis.host = "127.0.0.1".into();
     c.redis.port = port;
+    c.redis.mode = mode;
+    // Keep every entry: this test is about the subscriber's memory, and a
+    // stream trimmed under a lagging reader would lose entries in Redis.
+    c.redis.stream_maxlen = 0;
     c
 }
 
-fn child(port: u16) {
+fn mode_named(name: &str) -> RedisMode {
+    if name == "streams" {
+        RedisMode::Streams
+    } else {
+        RedisMode::PubSub
+    }
+}
+
+fn child(port: u16, mode: RedisMode) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = redis_config(port);
+        let mut c = redis_config(port, mode);
         c.buffer.capacity = CAPACITY;
         c.buffer.overflow = OverflowPolicy::DropOldest;
         let ps = pubsub_redis::connect(&c).await.unwrap();
@@ -76,24 +89,32 @@ fn child(port: u16) {
     });
 }
 
+const CHILD_PORT: &str = "PUBSUB_SLOW_CONSUMER_REDIS_CHILD";
+const CHILD_MODE: &str = "PUBSUB_SLOW_CONSUMER_REDIS_MODE";
+
 #[test]
 fn redis_slow_consumer_memory_is_bounded() {
-    if let Ok(port) = std::env::var("PUBSUB_SLOW_CONSUMER_REDIS_CHILD") {
-        child(port.parse().unwrap());
+    run("redis_slow_consumer_memory_is_bounded", "pubsub");
+}
+
+#[test]
+fn redis_streams_slow_consumer_memory_is_bounded() {
+    run("redis_streams_slow_consumer_memory_is_bounded", "streams");
+}
+
+/// The parent side of test `name`, or the child when re-executed for it.
+fn run(name: &str, mode_name: &str) {
+    if let Ok(port) = std::env::var(CHILD_PORT) {
+        let mode = std::env::var(CHILD_MODE).unwrap_or_default();
+        child(port.parse().unwrap(), mode_named(&mode));
         return;
     }
+    let mode = mode_named(mode_name);
     let server = RedisServer::start();
     let mut sub = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "redis_slow_consumer_memory_is_bounded",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env(
-            "PUBSUB_SLOW_CONSUMER_REDIS_CHILD",
-            server.port().to_string(),
-        )
+        .args(["--exact", name, "--nocapture", "--quiet"])
+        .env(CHILD_PORT, server.port().to_string())
+        .env(CHILD_MODE, mode_name)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -117,7 +138,7 @@ fn redis_slow_consumer_memory_is_bounded() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ps = pubsub_redis::connect(&redis_config(server.port()))
+        let ps = pubsub_redis::connect(&redis_config(server.port(), mode))
             .await
             .unwrap();
         let mut payload = vec![0u8; SIZE];
@@ -155,7 +176,7 @@ fn redis_slow_consumer_memory_is_bounded() {
     let grew_kib = peak_kib.saturating_sub(baseline_kib);
     println!("child: {report}");
     println!(
-        "redis slow consumer: baseline {baseline_kib} KiB, peak {peak_kib} KiB (+{} MiB; bound {} MiB + {CONSTANT_MIB} MiB), received {received}, dropped {dropped}, drained {drained}, last {last}",
+        "redis {mode_name} slow consumer: baseline {baseline_kib} KiB, peak {peak_kib} KiB (+{} MiB; bound {} MiB + {CONSTANT_MIB} MiB), received {received}, dropped {dropped}, drained {drained}, last {last}",
         grew_kib / 1024,
         bound_kib / 1024
     );
