@@ -117,9 +117,12 @@ pub fn redact_userinfo(text: &str) -> String {
         let before = &rest[..at];
         let start = match before.rfind("://") {
             Some(i) => i + 3,
+            // Past the whole separator: it may be a multi-byte whitespace.
             None => before
-                .rfind(|c: char| c == '\'' || c == '"' || c == '[' || c == ',' || c.is_whitespace())
-                .map(|i| i + 1)
+                .char_indices()
+                .rev()
+                .find(|(_, c)| matches!(c, '\'' | '"' | '[' | ',') || c.is_whitespace())
+                .map(|(i, c)| i + c.len_utf8())
                 .unwrap_or(0),
         };
         let userinfo = &before[start..];
@@ -559,6 +562,17 @@ mod tests {
             .load()
             .unwrap_err();
         assert!(e.to_string().contains("group_id"), "{e}");
+    }
+
+    #[test]
+    fn redact_userinfo_handles_multibyte_separators() {
+        // U+00A0 (no-break space) is whitespace of two bytes.
+        assert_eq!(redact_userinfo("a\u{a0}u:pw@h"), "a\u{a0}u:***@h");
+        assert_eq!(redact_userinfo("K <x\u{a0}tok@h:1"), "K <x\u{a0}***@h:1");
+        assert_eq!(
+            redact_userinfo("['u:p@h:1', 't@g:2']"),
+            "['u:***@h:1', '***@g:2']"
+        );
     }
 
     #[test]
