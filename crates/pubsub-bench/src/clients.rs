@@ -74,10 +74,16 @@ impl Target {
 
 /// One connection, raw or through our async API, with at most one
 /// subscription on the raw side (all a scenario needs).
+// A few exist per run; boxing the NATS variant would put an indirection
+// on the raw baseline's publish path.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
     Nats {
         client: async_nats::Client,
         sub: Option<async_nats::Subscriber>,
+        /// The subject of the first topic published to, built once: the
+        /// best a raw user does (a `Subject` clone is a reference count).
+        subject: std::sync::OnceLock<(String, async_nats::Subject)>,
     },
     Redis(Box<crate::raw::RawRedis>),
     Mqtt(Box<crate::raw::RawMqtt>),
@@ -103,6 +109,7 @@ impl Conn {
             (Variant::Raw, Some(RawKind::Nats { servers })) => Ok(Conn::Nats {
                 client: raw_nats(servers).await?,
                 sub: None,
+                subject: std::sync::OnceLock::new(),
             }),
             (
                 Variant::Raw,
@@ -130,7 +137,7 @@ impl Conn {
     /// Subscribe; returns once the broker has the subscription.
     pub async fn subscribe(&mut self, topic: &str, group: Option<&str>) -> Result<(), BoxError> {
         match self {
-            Conn::Nats { client, sub } => {
+            Conn::Nats { client, sub, .. } => {
                 *sub = Some(match group {
                     Some(g) => {
                         client
@@ -150,7 +157,18 @@ impl Conn {
 
     pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BoxError> {
         match self {
-            Conn::Nats { client, .. } => client.publish(topic.to_string(), payload).await?,
+            Conn::Nats {
+                client, subject, ..
+            } => {
+                let (name, s) =
+                    subject.get_or_init(|| (topic.to_string(), async_nats::Subject::from(topic)));
+                let s = if name == topic {
+                    s.clone()
+                } else {
+                    async_nats::Subject::from(topic)
+                };
+                client.publish(s, payload).await?
+            }
             Conn::Redis(r) => r.publish(topic, payload).await?,
             Conn::Mqtt(m) => m.publish(topic, payload).await?,
             Conn::Ours(p) => p.publish(topic, payload).await?,
@@ -203,7 +221,7 @@ impl Conn {
 
     pub async fn close(self) {
         match self {
-            Conn::Nats { client, sub } => {
+            Conn::Nats { client, sub, .. } => {
                 drop(sub);
                 let _ = client.flush().await;
                 let _ = client.drain().await;

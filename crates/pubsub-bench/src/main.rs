@@ -59,6 +59,10 @@ struct Args {
     /// the table shows each one's median (the machine's noise hits all alike).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Measure only these variants (raw, async, blocking): for profiling one
+    /// of them alone.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -224,6 +228,10 @@ fn run(args: &Args) -> Result<(), BoxError> {
         } else {
             vec![Variant::Async, Variant::Blocking]
         };
+        let variants: Vec<Variant> = variants
+            .into_iter()
+            .filter(|v| args.variants.is_empty() || args.variants.iter().any(|w| w == v.label()))
+            .collect();
         let rounds = args.rounds.max(1);
         for &size in &args.sizes {
             for scenario in ["publish", "e2e_1to1", "e2e_group4"] {

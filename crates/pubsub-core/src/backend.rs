@@ -145,6 +145,9 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Extra checks of a topic name for publishing (wildcards, backend rules).
     /// The core rules of [`crate::validate_topic_name`] have been checked already.
+    /// A backend may instead make these checks in `try_publish` / `publish`
+    /// (NATS does, once per topic, with its subject cache); either way a bad
+    /// topic fails the publish with [`crate::ErrorKind::InvalidTopic`].
     fn check_publish_topic(&self, topic: &str) -> Result<()> {
         let _ = topic;
         Ok(())
