@@ -163,6 +163,45 @@ impl Inbox {
         self.deliver_inner(msg, Some(on_taken)).await
     }
 
+    /// Add the messages of `batch`, in order, emptying it: while they fit,
+    /// under one lock and with one wake-up for all of them; the rest (when
+    /// the buffer fills) one by one as with [`Inbox::deliver`]. For a
+    /// backend that reads several messages from its client at once.
+    pub async fn deliver_batch(&self, batch: &mut Vec<Message>) {
+        let mut rest = batch.drain(..);
+        let mut overflow = None;
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            let mut pushed = 0u64;
+            for msg in rest.by_ref() {
+                if self.full(&st, msg.payload.len()) {
+                    overflow = Some(msg);
+                    break;
+                }
+                self.push_quiet(&mut st, msg, None);
+                pushed += 1;
+            }
+            self.shared.counters.add_received(pushed);
+            match pushed {
+                0 => {}
+                1 => self.wake_readers(&st),
+                // Every reader waiting now may find a message.
+                _ => {
+                    if st.blocking_waiters > 0 {
+                        self.shared.cond.notify_all();
+                    }
+                    self.shared.readable.notify_waiters();
+                }
+            }
+        }
+        for msg in overflow.into_iter().chain(rest) {
+            self.deliver(msg).await;
+        }
+    }
+
     async fn deliver_inner(&self, msg: Message, mut on_taken: Option<OnTaken>) {
         self.shared.counters.add_received(1);
         let size = msg.payload.len();
@@ -212,6 +251,12 @@ impl Inbox {
     }
 
     fn push(&self, mut st: MutexGuard<'_, State>, msg: Message, on_taken: Option<OnTaken>) {
+        self.push_quiet(&mut st, msg, on_taken);
+        self.wake_readers(&st);
+    }
+
+    /// Push without waking a reader (the caller wakes them).
+    fn push_quiet(&self, st: &mut State, msg: Message, on_taken: Option<OnTaken>) {
         // A burst of drops ends once the reader has caught up to half the
         // buffer, not as soon as one slot frees: a reader just slower than
         // the arrivals would otherwise start a new "burst" (and a warning)
@@ -229,7 +274,6 @@ impl Inbox {
         }
         st.bytes += msg.payload.len();
         st.queue.push_back(Entry { msg, on_taken });
-        self.wake_readers(&st);
     }
 
     fn wake_readers(&self, st: &State) {
@@ -385,6 +429,85 @@ mod tests {
             Recv::Message(m) => u32::from_be_bytes(m.payload[..].try_into().unwrap()),
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+
+    fn batch(ids: std::ops::Range<u32>) -> Vec<Message> {
+        ids.map(msg).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_the_policy_from_the_message_that_overflows() {
+        for (policy, kept) in [
+            (OverflowPolicy::DropOldest, [7, 8, 9]),
+            (OverflowPolicy::DropNewest, [0, 1, 2]),
+        ] {
+            let ib = inbox(3, 1 << 20, policy);
+            let mut b = batch(0..10);
+            ib.deliver_batch(&mut b).await;
+            assert!(b.is_empty(), "the batch is emptied");
+            let got: Vec<u32> = (0..3).map(|_| id(ib.recv_blocking(None))).collect();
+            assert_eq!(got, kept, "{policy:?}");
+            let s = ib.counters().snapshot();
+            assert_eq!((s.received, s.dropped), (10, 7), "{policy:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_under_block_waits_for_room_and_keeps_order() {
+        let ib = inbox(2, 1 << 20, OverflowPolicy::Block);
+        let reader = {
+            let ib = ib.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..6 {
+                    match tokio::time::timeout(Duration::from_secs(5), ib.recv()).await {
+                        Ok(r) => got.push(id(r)),
+                        Err(_) => break,
+                    }
+                }
+                got
+            })
+        };
+        let mut b = batch(0..6);
+        tokio::time::timeout(Duration::from_secs(5), ib.deliver_batch(&mut b))
+            .await
+            .expect("the batch went in as the reader made room");
+        assert_eq!(reader.await.unwrap(), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(ib.counters().snapshot().dropped, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_wakes_every_waiting_reader() {
+        let ib = inbox(16, 1 << 20, OverflowPolicy::DropOldest);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let ib = ib.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(5), ib.recv())
+                        .await
+                        .map(id)
+                })
+            })
+            .collect();
+        // Let all three wait on the empty buffer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ib.deliver_batch(&mut batch(0..3)).await;
+        let mut got = Vec::new();
+        for r in readers {
+            got.push(r.await.unwrap().expect("a reader was left asleep"));
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_into_a_closed_inbox_is_discarded() {
+        let ib = inbox(4, 1 << 20, OverflowPolicy::Block);
+        ib.close();
+        let mut b = batch(0..3);
+        ib.deliver_batch(&mut b).await;
+        assert!(b.is_empty());
+        assert_eq!(ib.len(), 0);
     }
 
     #[tokio::test]

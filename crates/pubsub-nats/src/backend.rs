@@ -5,7 +5,7 @@ use std::sync::{Mutex, RwLock};
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use pubsub_core::{
     any_byte, any_pair, async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery,
     Error, Inbox, Message, PubSubBackend, Result, TryPublish,
@@ -194,6 +194,9 @@ pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
     Ok(())
 }
 
+/// Most messages moved from the client to the buffer in one step.
+const FORWARD_BATCH: usize = 64;
+
 /// Most topics whose NATS subject is kept for reuse; a node publishing to
 /// more distinct topics than this allocates a subject per publish beyond it.
 const SUBJECT_CACHE: usize = 4096;
@@ -239,13 +242,22 @@ impl PubSubBackend for NatsBackend {
         .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))?;
         let inbox = self.inbox.clone();
         let task = tokio::spawn(async move {
+            // What the client has received already goes into the buffer in
+            // one step: one lock and one wake-up per batch, not per message.
+            let mut batch = Vec::with_capacity(FORWARD_BATCH);
+            let message = |m: async_nats::Message| Message {
+                topic: m.subject.into_string(),
+                payload: m.payload,
+            };
             while let Some(m) = sub.next().await {
-                inbox
-                    .deliver(Message {
-                        topic: m.subject.to_string(),
-                        payload: m.payload,
-                    })
-                    .await;
+                batch.push(message(m));
+                while batch.len() < FORWARD_BATCH {
+                    match sub.next().now_or_never() {
+                        Some(Some(m)) => batch.push(message(m)),
+                        _ => break,
+                    }
+                }
+                inbox.deliver_batch(&mut batch).await;
             }
         });
         let old = self.subs().insert(topic.to_string(), task);
