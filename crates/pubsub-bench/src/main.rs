@@ -35,10 +35,10 @@ struct Args {
     sizes: Vec<usize>,
     /// Most messages per throughput run (small payloads); larger payloads
     /// send at most `--bytes` in total.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 100_000)]
     messages: u64,
     /// Byte budget per throughput run.
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = 128 << 20)]
     bytes: u64,
     /// Round trips for the latency test.
     #[arg(long, default_value_t = 5_000)]
