@@ -113,6 +113,55 @@ pub enum TryPublish {
     WouldWait(Bytes),
 }
 
+/// What a backend keeps per topic for publishing (a prepared subject, a
+/// shared name), made and checked once per topic instead of once per
+/// message: a cache hit costs one hash of the name (foldhash, seeded per
+/// process) under a read lock. Values are cached only when `make` succeeds,
+/// so a hit also means the topic passed the backend's checks. At most
+/// `limit` topics are kept; beyond that `make` runs for every publish.
+pub struct TopicCache<V> {
+    map: std::sync::RwLock<std::collections::HashMap<Box<str>, V, foldhash::fast::RandomState>>,
+    limit: usize,
+}
+
+impl<V: Clone> TopicCache<V> {
+    /// An empty cache of at most `limit` topics.
+    pub fn new(limit: usize) -> Self {
+        TopicCache {
+            map: std::sync::RwLock::default(),
+            limit,
+        }
+    }
+
+    /// The value for `topic`, made by `make` the first time.
+    pub fn get_or_make(&self, topic: &str, make: impl FnOnce(&str) -> Result<V>) -> Result<V> {
+        if let Some(v) = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return Ok(v.clone());
+        }
+        let v = make(topic)?;
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() < self.limit {
+            map.insert(topic.into(), v.clone());
+        }
+        Ok(v)
+    }
+}
+
+impl<V> fmt::Debug for TopicCache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.map.read().map_or(0, |m| m.len());
+        f.debug_struct("TopicCache")
+            .field("topics", &len)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 /// What a backend is given when it connects.
 #[derive(Clone, Debug)]
 pub struct BackendContext {

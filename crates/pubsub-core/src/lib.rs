@@ -15,7 +15,8 @@ pub mod tls;
 mod topic;
 
 pub use backend::{
-    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats, TryPublish,
+    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats, TopicCache,
+    TryPublish,
 };
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};

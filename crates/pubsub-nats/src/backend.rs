@@ -1,14 +1,14 @@
 //! The NATS backend: core NATS publish/subscribe with queue groups.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use pubsub_core::{
     any_byte, any_pair, async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery,
-    Error, Inbox, Message, PubSubBackend, Result, TryPublish,
+    Error, Inbox, Message, PubSubBackend, Result, TopicCache, TryPublish,
 };
 use tokio::task::JoinHandle;
 
@@ -24,9 +24,9 @@ pub struct NatsBackend {
     inbox: Inbox,
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
     /// Subjects by topic: a `Subject` is a shared `Bytes`, so reusing it
-    /// spares an allocation and a copy per publish. foldhash, seeded per
-    /// process, hashes a short topic in a tenth of SipHash's instructions.
-    subjects: RwLock<HashMap<Box<str>, Subject, foldhash::fast::RandomState>>,
+    /// spares an allocation and a copy per publish, and a cached subject
+    /// has passed [`check_subject`].
+    subjects: TopicCache<Subject>,
     probe: Probe,
 }
 
@@ -83,7 +83,7 @@ impl NatsBackend {
             tls: options::tls_wanted(&config.nats) || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
-            subjects: RwLock::new(HashMap::default()),
+            subjects: TopicCache::new(SUBJECT_CACHE),
             probe,
         })
     }
@@ -120,24 +120,12 @@ impl NatsBackend {
     }
 
     /// The subject for publishing to `topic`, checked the first time the
-    /// topic is seen: a cached subject has passed [`check_subject`], so a
-    /// node publishing to the same topics pays one hash lookup per message.
+    /// topic is seen.
     fn subject(&self, topic: &str) -> Result<Subject> {
-        if let Some(s) = self
-            .subjects
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-        {
-            return Ok(s.clone());
-        }
-        check_subject(topic, true)?;
-        let subject = Subject::from(topic);
-        let mut cache = self.subjects.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() < SUBJECT_CACHE {
-            cache.insert(topic.into(), subject.clone());
-        }
-        Ok(subject)
+        self.subjects.get_or_make(topic, |t| {
+            check_subject(t, true)?;
+            Ok(Subject::from(t))
+        })
     }
 
     /// Stop a forwarding task and wait until it is gone: dropping its

@@ -1,30 +1,10 @@
 //! Heap allocations per publish, counted by a global allocator: our async
 //! and blocking APIs against the raw async-nats client on the same server.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
+use pubsub_core::testkit::alloc::{allocations, per_message as per, Counting};
 use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_nats::Config;
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -36,7 +16,7 @@ const N: u64 = 20_000;
 const BATCH: u64 = 1_000;
 
 fn per_message(before: u64) -> f64 {
-    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64
+    per(before, N)
 }
 
 /// How each message's payload is made: a clone of one shared buffer, or a
@@ -75,7 +55,7 @@ fn measure(server: &NatsServer, kind: Payload) -> (f64, f64, f64) {
             raw.publish("alloc.raw", kind.make(&shared)).await.unwrap();
         }
         raw.flush().await.unwrap();
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = allocations();
         for i in 0..N {
             raw.publish("alloc.raw", kind.make(&shared)).await.unwrap();
             if i % BATCH == BATCH - 1 {
@@ -89,7 +69,7 @@ fn measure(server: &NatsServer, kind: Payload) -> (f64, f64, f64) {
             ps.publish("alloc.ours", kind.make(&shared)).await.unwrap();
         }
         ps.flush().await.unwrap();
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = allocations();
         for i in 0..N {
             ps.publish("alloc.ours", kind.make(&shared)).await.unwrap();
             if i % BATCH == BATCH - 1 {
@@ -106,7 +86,7 @@ fn measure(server: &NatsServer, kind: Payload) -> (f64, f64, f64) {
         ps.publish("alloc.blocking", kind.make(&shared)).unwrap();
     }
     ps.flush().unwrap();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocations();
     for i in 0..N {
         ps.publish("alloc.blocking", kind.make(&shared)).unwrap();
         if i % BATCH == BATCH - 1 {

@@ -2,6 +2,7 @@
 //! runs, helpers that start real brokers on free loopback ports, and
 //! generated TLS certificates.
 
+pub mod alloc;
 pub mod brokers;
 pub mod certs;
 pub mod conformance;

@@ -1,0 +1,44 @@
+//! A global allocator that counts allocations, for tests that check the
+//! publish path allocates nothing of its own. A test binary installs it:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: pubsub_core::testkit::alloc::Counting = pubsub_core::testkit::alloc::Counting;
+//! ```
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting every allocation and reallocation
+/// (process-wide, all threads).
+pub struct Counting;
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Allocations so far in this process (with [`Counting`] installed).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Allocations per message since `before` (a value of [`allocations`]).
+pub fn per_message(before: u64, messages: u64) -> f64 {
+    (allocations() - before) as f64 / messages.max(1) as f64
+}
