@@ -31,7 +31,7 @@ impl Variant {
 }
 
 /// The raw client a backend is built on, with the settings ours uses.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum RawKind {
     /// async-nats with the server list.
     Nats { servers: Vec<String> },
@@ -56,7 +56,53 @@ pub struct Target {
     pub raw: Option<RawKind>,
 }
 
+/// What a child process needs to rebuild a [`Target`].
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TargetSpec {
+    backend: String,
+    mode: String,
+    config: Config,
+    raw: Option<RawKind>,
+}
+
+impl TargetSpec {
+    pub fn into_target(self) -> Result<Target, BoxError> {
+        let (backend, factory): (&'static str, BackendFactory) = match self.backend.as_str() {
+            "nats" => ("nats", pubsub_nats::factory()),
+            "redis" => ("redis", pubsub_redis::factory()),
+            "mqtt" => ("mqtt", pubsub_mqtt::factory()),
+            other => return Err(format!("no child process for backend {other:?}").into()),
+        };
+        let mode = match self.mode.as_str() {
+            "core" => "core",
+            "pubsub" => "pubsub",
+            "streams" => "streams",
+            "qos0" => "qos0",
+            "qos1" => "qos1",
+            other => return Err(format!("unknown mode {other:?}").into()),
+        };
+        Ok(Target {
+            groups: false,
+            backend,
+            mode,
+            factory,
+            config: self.config,
+            raw: self.raw,
+        })
+    }
+}
+
 impl Target {
+    /// What a child process needs to rebuild this target.
+    pub fn spec(&self) -> TargetSpec {
+        TargetSpec {
+            backend: self.backend.into(),
+            mode: self.mode.into(),
+            config: self.config.clone(),
+            raw: self.raw.clone(),
+        }
+    }
+
     pub fn name(&self) -> String {
         format!("{}/{}", self.backend, self.mode)
     }

@@ -74,8 +74,9 @@ enum Cmd {
         variant: String,
         #[arg(long)]
         topic: String,
-        #[arg(long = "server")]
-        servers: Vec<String>,
+        /// The target: backend and mode, config and raw client, as JSON.
+        #[arg(long)]
+        target: String,
     },
 }
 
@@ -85,8 +86,8 @@ fn main() {
         Some(Cmd::SlowSubscriber {
             variant,
             topic,
-            servers,
-        }) => slow_subscriber_child(variant, topic, servers),
+            target,
+        }) => slow_subscriber_child(variant, topic, target),
         None => run(&args),
     };
     if let Err(e) = result {
@@ -247,9 +248,8 @@ fn run(args: &Args) -> Result<(), BoxError> {
                 plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
             }
         }
-        // The slow-subscriber child speaks NATS only (see the note in BENCHMARKS.md).
-        let is_nats = matches!(t.raw, Some(RawKind::Nats { .. }));
-        if is_nats && wanted(args, "slow_rss") && args.slow > 0 {
+        // The slow subscriber is a child process: measured against raw clients.
+        if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
             plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
         }
     }
@@ -511,10 +511,12 @@ fn human_size(n: usize) -> String {
 }
 
 /// The child process of the slow-subscriber measurement: subscribe, never
-/// read, report peak RSS when the parent writes a line.
-fn slow_subscriber_child(variant: &str, topic: &str, servers: &[String]) -> Result<(), BoxError> {
-    let mut config = Config::default(); // the documented default buffer policy
-    config.nats.servers = servers.to_vec();
+/// read, report peak RSS when the parent writes a line. Ours uses the
+/// documented default buffer (10,000 messages, `drop_oldest`).
+fn slow_subscriber_child(variant: &str, topic: &str, target: &str) -> Result<(), BoxError> {
+    let spec: clients::TargetSpec = serde_json::from_str(target)?;
+    let mut t = spec.into_target()?;
+    t.config.buffer = pubsub_core::BufferConfig::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -529,41 +531,31 @@ fn slow_subscriber_child(variant: &str, topic: &str, servers: &[String]) -> Resu
             scenarios::peak_rss_kib().unwrap_or(0)
         );
     };
+    let kept = |s: pubsub_core::Stats| s.received - s.dropped;
     match variant {
-        "raw" => {
-            let client = rt.block_on(async {
-                let addrs: Vec<async_nats::ServerAddr> = servers
-                    .iter()
-                    .map(|s| s.parse())
-                    .collect::<Result<_, _>>()?;
-                let c = async_nats::ConnectOptions::new()
-                    .subscription_capacity(65_536)
-                    .connect(addrs)
-                    .await?;
-                Ok::<_, BoxError>(c)
-            })?;
-            let sub = rt.block_on(client.subscribe(topic.to_string()))?;
-            rt.block_on(client.flush())?;
+        "raw" | "async" => {
+            let v = if variant == "raw" {
+                Variant::Raw
+            } else {
+                Variant::Async
+            };
+            let mut conn = rt.block_on(clients::Conn::connect(&t, v))?;
+            rt.block_on(conn.subscribe(topic, None))?;
             println!("ready");
             wait_parent();
-            report(0);
-            drop(sub);
-        }
-        "async" => {
-            let ps = rt.block_on(pubsub_nats::connect(&config))?;
-            rt.block_on(ps.subscribe(topic))?;
-            println!("ready");
-            wait_parent();
-            let s = ps.stats();
-            report(s.received - s.dropped);
+            match &conn {
+                clients::Conn::Ours(ps) => report(kept(ps.stats())),
+                _ => report(0),
+            }
+            let _context = rt.enter();
+            drop(conn);
         }
         _ => {
-            let ps = pubsub_nats::connect_blocking(&config)?;
+            let ps = clients::connect_blocking(&t)?;
             ps.subscribe(topic)?;
             println!("ready");
             wait_parent();
-            let s = ps.stats();
-            report(s.received - s.dropped);
+            report(kept(ps.stats()));
         }
     }
     std::thread::sleep(Duration::from_millis(10));

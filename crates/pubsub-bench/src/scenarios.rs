@@ -325,15 +325,12 @@ pub async fn slow_subscriber(
     count: u64,
 ) -> Result<Sample, BoxError> {
     use std::io::{BufRead, BufReader, Write};
-    let servers = match &t.raw {
-        Some(crate::clients::RawKind::Nats { servers }) => servers.clone(),
-        _ => return Err("the slow-subscriber child speaks NATS only".into()),
-    };
     let topic = unique("slow");
     let exe = std::env::current_exe()?;
+    let spec = serde_json::to_string(&t.spec())?;
     let mut child = std::process::Command::new(exe)
         .args(["slow-subscriber", "--variant", v.label(), "--topic", &topic])
-        .args(servers.iter().flat_map(|s| ["--server", s.as_str()]))
+        .args(["--target", &spec])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -361,6 +358,7 @@ pub async fn slow_subscriber(
     line.clear();
     out.read_line(&mut line)?;
     let _ = child.wait();
+    t.cleanup(&topic).await;
     let mut s = Sample::new(t, "slow_rss", size, v);
     s.sent = count;
     for pair in line.split_whitespace().collect::<Vec<_>>().chunks(2) {
