@@ -176,6 +176,11 @@ pub(crate) async fn connect_options(
         .subscription_capacity(nats.subscription_capacity)
         .max_reconnects(nats.max_reconnects)
         .retain_servers_order()
+        // Every subject we publish to has passed our own check once (the
+        // core topic rules reject all whitespace, a superset of what
+        // async-nats looks for, then `check_subject`): async-nats need not
+        // scan it again on every publish. Subscriptions are still checked.
+        .skip_subject_validation(true)
         .reconnect_delay_callback(move |attempts| backoff(attempts, max_delay))
         .event_callback(event_hook(counters));
     if let Some(name) = &nats.name {
