@@ -1,9 +1,18 @@
 //! A global allocator that counts allocations, for tests that check the
 //! publish path allocates nothing of its own. A test binary installs it:
 //!
-//! ```ignore
+//! ```
+//! use pubsub_core::testkit::alloc::{allocations, Counting};
+//!
 //! #[global_allocator]
-//! static GLOBAL: pubsub_core::testkit::alloc::Counting = pubsub_core::testkit::alloc::Counting;
+//! static GLOBAL: Counting = Counting;
+//!
+//! fn main() {
+//!     let before = allocations();
+//!     let v = std::hint::black_box(vec![1u8; 64]);
+//!     assert!(allocations() > before);
+//!     drop(v);
+//! }
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
