@@ -26,8 +26,6 @@ pub use config::{RedisConfig, RedisMode};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{register, registered, BackendFactory};
 pub use inbox::{Inbox, Recv};
-#[doc(hidden)]
-pub use topic::{any_byte, any_pair};
 pub use topic::{validate_topic_name, Message, Topic, MAX_TOPIC_LEN};
 
 /// Re-exported so backend crates and users share one `async_trait`.

@@ -7,8 +7,8 @@ use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use pubsub_core::{
-    any_byte, any_pair, async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery,
-    Error, Inbox, Message, PubSubBackend, Result, TopicCache, TryPublish,
+    async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, Inbox, Message,
+    PubSubBackend, Result, TopicCache, TryPublish,
 };
 use tokio::task::JoinHandle;
 
@@ -138,20 +138,8 @@ impl NatsBackend {
 
 /// Checks a subject: dot-separated non-empty tokens; for publishing no
 /// wildcard, for subscribing wildcards only as whole tokens and `>` last.
-/// Allocates nothing: it runs on every publish.
+/// Runs once per topic when publishing (the subject cache keeps the result).
 pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
-    // Fast path for publishing: two vectorised passes over the bytes.
-    if publish {
-        let b = topic.as_bytes();
-        let plain = !b.is_empty()
-            && b[0] != b'.'
-            && b[b.len() - 1] != b'.'
-            && !any_byte(b, |c| c == b'*' || c == b'>')
-            && !any_pair(b, |x, y| (x == b'.') & (y == b'.'));
-        if plain {
-            return Ok(());
-        }
-    }
     let mut tokens = topic.split('.').peekable();
     while let Some(t) = tokens.next() {
         if t.is_empty() {
