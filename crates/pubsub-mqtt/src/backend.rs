@@ -616,12 +616,12 @@ impl PubSubBackend for MqttBackend {
     }
 }
 
-/// Counts a publish as done when it never reached the client's queue
-/// (refused, or cancelled while waiting for room).
 fn refused(topic: &str, e: ClientError) -> Error {
     Error::topic(topic, "the MQTT client refused the publish").with_source(e)
 }
 
+/// Counts a publish as done when it never reached the client's queue
+/// (refused, or cancelled while waiting for room).
 struct Accepted<'a> {
     shared: &'a Shared,
     queued: bool,

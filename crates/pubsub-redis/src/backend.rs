@@ -312,6 +312,11 @@ impl RedisBackend {
         })
     }
 
+    /// The shared name of `topic` for the publisher task.
+    fn topic(&self, topic: &str) -> Result<Arc<str>> {
+        self.topics.get_or_make(topic, |t| Ok(Arc::from(t)))
+    }
+
     /// The consumer name this handle uses in stream groups.
     pub fn consumer_name(&self) -> &str {
         &self.consumer
@@ -554,7 +559,7 @@ impl PubSubBackend for RedisBackend {
     }
 
     fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
-        let topic = match self.topics.get_or_make(topic, |t| Ok(Arc::from(t))) {
+        let topic = match self.topic(topic) {
             Ok(t) => t,
             Err(e) => return TryPublish::Done(Err(e)),
         };
@@ -570,7 +575,7 @@ impl PubSubBackend for RedisBackend {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         // Called when the queue is full (Redis slower than the application,
         // or away); core's `publish_timeout` bounds the wait.
-        let topic = self.topics.get_or_make(topic, |t| Ok(Arc::from(t)))?;
+        let topic = self.topic(topic)?;
         self.publish_tx
             .send(PubCmd::Publish { topic, payload })
             .await
@@ -748,14 +753,16 @@ async fn pump(
     shown: String,
 ) {
     // What is queued already goes into the buffer in one step (one lock and
-    // one wake-up per batch).
+    // one wake-up per batch). The batch's bytes count as queued until it is
+    // in the buffer, so the bound of the push callback still holds.
     let mut batch = Vec::with_capacity(PUMP_BATCH);
     while let Some(first) = rx.recv().await {
+        let mut held = 0;
         let mut next = Some(first);
         while let Some(info) = next {
             match info.kind {
                 PushKind::Message => {
-                    queued.fetch_sub(message_size(&info), Ordering::Relaxed);
+                    held += message_size(&info);
                     batch.extend(to_message(info, &active));
                 }
                 PushKind::Disconnection => lost_connection(&ctx, &shown),
@@ -768,6 +775,7 @@ async fn pump(
             };
         }
         ctx.inbox.deliver_batch(&mut batch).await;
+        queued.fetch_sub(held, Ordering::Relaxed);
     }
 }
 
