@@ -170,8 +170,10 @@ pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
     Ok(())
 }
 
-/// Most messages moved from the client to the buffer in one step.
+/// Most messages, and payload bytes, moved from the client to the buffer in
+/// one step: what waits outside the buffer under the `block` policy.
 const FORWARD_BATCH: usize = 64;
+const FORWARD_BATCH_BYTES: usize = 1 << 20;
 
 /// Most topics whose NATS subject is kept for reuse; a node publishing to
 /// more distinct topics than this allocates a subject per publish beyond it.
@@ -226,10 +228,14 @@ impl PubSubBackend for NatsBackend {
                 payload: m.payload,
             };
             while let Some(m) = sub.next().await {
+                let mut bytes = m.payload.len();
                 batch.push(message(m));
-                while batch.len() < FORWARD_BATCH {
+                while batch.len() < FORWARD_BATCH && bytes < FORWARD_BATCH_BYTES {
                     match sub.next().now_or_never() {
-                        Some(Some(m)) => batch.push(message(m)),
+                        Some(Some(m)) => {
+                            bytes += m.payload.len();
+                            batch.push(message(m));
+                        }
                         _ => break,
                     }
                 }

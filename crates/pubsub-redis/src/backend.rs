@@ -741,8 +741,9 @@ fn message_size(info: &PushInfo) -> usize {
     OVERHEAD + len(info.data.first()) + len(info.data.get(1))
 }
 
-/// Most messages moved from the queue to the buffer in one step.
+/// Most messages, and bytes, moved from the queue to the buffer in one step.
 const PUMP_BATCH: usize = 64;
+const PUMP_BATCH_BYTES: usize = 1 << 20;
 
 /// `block` policy only: from the queue into the inbox, waiting for room.
 async fn pump(
@@ -768,7 +769,7 @@ async fn pump(
                 PushKind::Disconnection => lost_connection(&ctx, &shown),
                 _ => {}
             }
-            next = if batch.len() < PUMP_BATCH {
+            next = if batch.len() < PUMP_BATCH && held < PUMP_BATCH_BYTES {
                 rx.try_recv().ok()
             } else {
                 None
