@@ -99,13 +99,18 @@ fn allocations_per_publish() {
             "redis {mode:?}: allocations per publish of a 128-byte payload (whole process): raw redis-rs pipelined {raw:.2}, ours async {ours_async:.2}, ours blocking {blocking:.2}"
         );
         // The commands are redis-rs's either way; ours adds none of its own
-        // per message (the topic name is shared, no future is boxed).
+        // per message (the topic name is shared, no future is boxed): one
+        // more per message would be +1.0. What ours does add is per
+        // pipeline: its publisher task sends what is queued, so on a busy
+        // machine its pipelines are shorter than the raw loop's 1,000
+        // commands, a few allocations each (+0.05 here at ~100 per pipeline).
+        const PER_PIPELINE: f64 = 0.5;
         assert!(
-            ours_async <= raw + 0.1,
+            ours_async <= raw + PER_PIPELINE,
             "{mode:?}: async adds allocations: {ours_async:.2} vs raw {raw:.2}"
         );
         assert!(
-            blocking <= raw + 0.1,
+            blocking <= raw + PER_PIPELINE,
             "{mode:?}: blocking adds allocations: {blocking:.2} vs raw {raw:.2}"
         );
     }
