@@ -2,11 +2,9 @@
 //! conformance harness.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
 use pubsub_core::testkit::brokers::{free_port, Mosquitto};
 use pubsub_core::testkit::conformance::Harness;
-use pubsub_mqtt::{BackendFactory, Config, Message, PubSub};
+use pubsub_mqtt::{BackendFactory, Config, Message};
 
 /// A config for the broker at `url` with `qos`.
 pub fn config_for(url: &str, qos: u8) -> Config {
@@ -57,23 +55,9 @@ pub fn start_broker() -> Mosquitto {
     tokio::task::block_in_place(Mosquitto::start)
 }
 
-/// Receive until `n` messages arrived or `within` passed.
-pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
-    let deadline = Instant::now() + within;
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match ps.recv_timeout(left).await {
-            Ok(Some(m)) => got.push(m),
-            Ok(None) => break,
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-    got
-}
+/// Receive until `n` messages arrived or `within` passed (not every test uses it).
+#[allow(unused_imports)]
+pub use pubsub_core::testkit::conformance::recv_n;
 
 /// A topic name no other test uses.
 pub fn unique(prefix: &str) -> String {

@@ -1,10 +1,8 @@
 //! Shared by the integration tests: configs for a test server, waiting helpers.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
-
 use pubsub_core::testkit::brokers::RedisServer;
-use pubsub_redis::{Config, Message, PubSub, RedisMode};
+use pubsub_redis::{Config, Message, RedisMode};
 
 /// A config for `server` in `mode`.
 pub fn config_for(server: &RedisServer, mode: RedisMode) -> Config {
@@ -34,23 +32,9 @@ pub fn unique(prefix: &str) -> String {
     format!("t.{prefix}.{nanos}.{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Receive until `n` messages arrived or `within` passed.
-pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
-    let deadline = Instant::now() + within;
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match ps.recv_timeout(left).await {
-            Ok(Some(m)) => got.push(m),
-            Ok(None) => break,
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-    got
-}
+/// Receive until `n` messages arrived or `within` passed (not every test uses it).
+#[allow(unused_imports)]
+pub use pubsub_core::testkit::conformance::recv_n;
 
 /// A 4-byte big-endian sequence number.
 pub fn seq(i: u32) -> Vec<u8> {
