@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{config_for, unique};
-use pubsub_core::testkit::alloc::{allocations, per_message, Counting};
+use pubsub_core::testkit::alloc::{
+    allocations, per_message, per_publish, per_publish_blocking, Counting,
+};
 use pubsub_core::testkit::brokers::Mosquitto;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -88,31 +90,13 @@ async fn allocations_per_publish() {
 
         let ps = pubsub_mqtt::connect(&config).await.unwrap();
         let topic = unique("alloc/async").replace('.', "/");
-        ps.publish(&topic, payload.clone()).await.unwrap();
-        ps.flush().await.unwrap();
-        let before = allocations();
-        for i in 0..N {
-            ps.publish(&topic, payload.clone()).await.unwrap();
-            if i % BATCH == BATCH - 1 {
-                ps.flush().await.unwrap();
-            }
-        }
-        let ours_async = per_message(before, N);
+        let ours_async = per_publish(&ps, &topic, || payload.clone(), N, BATCH).await;
         ps.close().await.unwrap();
 
         let blocking = tokio::task::block_in_place(|| {
             let ps = pubsub_mqtt::connect_blocking(&config).unwrap();
             let topic = unique("alloc/blocking").replace('.', "/");
-            ps.publish(&topic, payload.clone()).unwrap();
-            ps.flush().unwrap();
-            let before = allocations();
-            for i in 0..N {
-                ps.publish(&topic, payload.clone()).unwrap();
-                if i % BATCH == BATCH - 1 {
-                    ps.flush().unwrap();
-                }
-            }
-            let per = per_message(before, N);
+            let per = per_publish_blocking(&ps, &topic, || payload.clone(), N, BATCH);
             ps.close().unwrap();
             per
         });

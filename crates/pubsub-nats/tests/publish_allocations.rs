@@ -2,7 +2,9 @@
 //! and blocking APIs against the raw async-nats client on the same server.
 
 use bytes::Bytes;
-use pubsub_core::testkit::alloc::{allocations, per_message as per, Counting};
+use pubsub_core::testkit::alloc::{
+    allocations, per_message as per, per_publish, per_publish_blocking, Counting,
+};
 use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_nats::Config;
 
@@ -65,35 +67,13 @@ fn measure(server: &NatsServer, kind: Payload) -> (f64, f64, f64) {
         let raw_per = per_message(before);
 
         let ps = pubsub_nats::connect(&config).await.unwrap();
-        for _ in 0..1000 {
-            ps.publish("alloc.ours", kind.make(&shared)).await.unwrap();
-        }
-        ps.flush().await.unwrap();
-        let before = allocations();
-        for i in 0..N {
-            ps.publish("alloc.ours", kind.make(&shared)).await.unwrap();
-            if i % BATCH == BATCH - 1 {
-                ps.flush().await.unwrap();
-            }
-        }
-        let ours_per = per_message(before);
+        let ours_per = per_publish(&ps, "alloc.ours", || kind.make(&shared), N, BATCH).await;
         ps.close().await.unwrap();
         (raw_per, ours_per)
     });
 
     let ps = pubsub_nats::connect_blocking(&config).unwrap();
-    for _ in 0..1000 {
-        ps.publish("alloc.blocking", kind.make(&shared)).unwrap();
-    }
-    ps.flush().unwrap();
-    let before = allocations();
-    for i in 0..N {
-        ps.publish("alloc.blocking", kind.make(&shared)).unwrap();
-        if i % BATCH == BATCH - 1 {
-            ps.flush().unwrap();
-        }
-    }
-    let blocking = per_message(before);
+    let blocking = per_publish_blocking(&ps, "alloc.blocking", || kind.make(&shared), N, BATCH);
     ps.close().unwrap();
     (raw, ours_async, blocking)
 }

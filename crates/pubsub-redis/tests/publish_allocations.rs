@@ -6,7 +6,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{config_for, start, unique};
-use pubsub_core::testkit::alloc::{allocations, per_message, Counting};
+use pubsub_core::testkit::alloc::{
+    allocations, per_message, per_publish, per_publish_blocking, Counting,
+};
 use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_redis::RedisMode;
 
@@ -68,32 +70,13 @@ fn allocations_per_publish() {
         let (raw, ours_async) = rt.block_on(async {
             let raw = raw(&server, mode, &payload).await;
             let ps = pubsub_redis::connect(&config).await.unwrap();
-            let topic = unique("alloc-async");
-            ps.publish(&topic, payload.clone()).await.unwrap();
-            ps.flush().await.unwrap();
-            let before = allocations();
-            for i in 0..N {
-                ps.publish(&topic, payload.clone()).await.unwrap();
-                if i % BATCH == BATCH - 1 {
-                    ps.flush().await.unwrap();
-                }
-            }
-            let ours = per_message(before, N);
+            let ours = per_publish(&ps, &unique("alloc-async"), || payload.clone(), N, BATCH).await;
             ps.close().await.unwrap();
             (raw, ours)
         });
         let ps = pubsub_redis::connect_blocking(&config).unwrap();
         let topic = unique("alloc-blocking");
-        ps.publish(&topic, payload.clone()).unwrap();
-        ps.flush().unwrap();
-        let before = allocations();
-        for i in 0..N {
-            ps.publish(&topic, payload.clone()).unwrap();
-            if i % BATCH == BATCH - 1 {
-                ps.flush().unwrap();
-            }
-        }
-        let blocking = per_message(before, N);
+        let blocking = per_publish_blocking(&ps, &topic, || payload.clone(), N, BATCH);
         ps.close().unwrap();
         println!(
             "redis {mode:?}: allocations per publish of a 128-byte payload (whole process): raw redis-rs pipelined {raw:.2}, ours async {ours_async:.2}, ours blocking {blocking:.2}"

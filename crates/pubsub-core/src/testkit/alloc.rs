@@ -51,3 +51,51 @@ pub fn allocations() -> u64 {
 pub fn per_message(before: u64, messages: u64) -> f64 {
     (allocations() - before) as f64 / messages.max(1) as f64
 }
+
+/// Allocations per message of `n` publishes of `make()` to `topic` through
+/// our async API, flushed every `batch` messages (after `batch` of warm-up):
+/// with `batch` below the client's queue, every publish takes the fast path.
+pub async fn per_publish(
+    ps: &crate::PubSub,
+    topic: &str,
+    make: impl Fn() -> bytes::Bytes,
+    n: u64,
+    batch: u64,
+) -> f64 {
+    let batch = batch.max(1);
+    for _ in 0..batch {
+        ps.publish(topic, make()).await.expect("publish");
+    }
+    ps.flush().await.expect("flush");
+    let before = allocations();
+    for i in 0..n {
+        ps.publish(topic, make()).await.expect("publish");
+        if i % batch == batch - 1 {
+            ps.flush().await.expect("flush");
+        }
+    }
+    per_message(before, n)
+}
+
+/// [`per_publish`] through our blocking API.
+pub fn per_publish_blocking(
+    ps: &crate::blocking::PubSub,
+    topic: &str,
+    make: impl Fn() -> bytes::Bytes,
+    n: u64,
+    batch: u64,
+) -> f64 {
+    let batch = batch.max(1);
+    for _ in 0..batch {
+        ps.publish(topic, make()).expect("publish");
+    }
+    ps.flush().expect("flush");
+    let before = allocations();
+    for i in 0..n {
+        ps.publish(topic, make()).expect("publish");
+        if i % batch == batch - 1 {
+            ps.flush().expect("flush");
+        }
+    }
+    per_message(before, n)
+}
