@@ -163,6 +163,12 @@ impl Inbox {
         self.deliver_inner(msg, Some(on_taken)).await
     }
 
+    /// Most messages a backend should gather for one [`Inbox::deliver_batch`].
+    pub const BATCH: usize = 64;
+    /// Most payload bytes a backend should gather for one batch: under the
+    /// `block` policy, what waits outside the buffer's bound.
+    pub const BATCH_BYTES: usize = 1 << 20;
+
     /// Add the messages of `batch`, in order, emptying it: while they fit,
     /// under one lock and with one wake-up for all of them; the rest (when
     /// the buffer fills) one by one as with [`Inbox::deliver`]. For a

@@ -170,11 +170,6 @@ pub(crate) fn check_subject(topic: &str, publish: bool) -> Result<()> {
     Ok(())
 }
 
-/// Most messages, and payload bytes, moved from the client to the buffer in
-/// one step: what waits outside the buffer under the `block` policy.
-const FORWARD_BATCH: usize = 64;
-const FORWARD_BATCH_BYTES: usize = 1 << 20;
-
 /// Most topics whose NATS subject is kept for reuse; a node publishing to
 /// more distinct topics than this allocates a subject per publish beyond it.
 const SUBJECT_CACHE: usize = 4096;
@@ -222,7 +217,7 @@ impl PubSubBackend for NatsBackend {
         let task = tokio::spawn(async move {
             // What the client has received already goes into the buffer in
             // one step: one lock and one wake-up per batch, not per message.
-            let mut batch = Vec::with_capacity(FORWARD_BATCH);
+            let mut batch = Vec::with_capacity(Inbox::BATCH);
             let message = |m: async_nats::Message| Message {
                 topic: m.subject.into_string(),
                 payload: m.payload,
@@ -230,7 +225,7 @@ impl PubSubBackend for NatsBackend {
             while let Some(m) = sub.next().await {
                 let mut bytes = m.payload.len();
                 batch.push(message(m));
-                while batch.len() < FORWARD_BATCH && bytes < FORWARD_BATCH_BYTES {
+                while batch.len() < Inbox::BATCH && bytes < Inbox::BATCH_BYTES {
                     match sub.next().now_or_never() {
                         Some(Some(m)) => {
                             bytes += m.payload.len();

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use pubsub_core::{
-    BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Message,
+    BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Inbox, Message,
     OverflowPolicy, PubSubBackend, RedisMode, Result, TopicCache, TryPublish,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -741,10 +741,6 @@ fn message_size(info: &PushInfo) -> usize {
     OVERHEAD + len(info.data.first()) + len(info.data.get(1))
 }
 
-/// Most messages, and bytes, moved from the queue to the buffer in one step.
-const PUMP_BATCH: usize = 64;
-const PUMP_BATCH_BYTES: usize = 1 << 20;
-
 /// `block` policy only: from the queue into the inbox, waiting for room.
 async fn pump(
     mut rx: mpsc::UnboundedReceiver<PushInfo>,
@@ -756,7 +752,7 @@ async fn pump(
     // What is queued already goes into the buffer in one step (one lock and
     // one wake-up per batch). The batch's bytes count as queued until it is
     // in the buffer, so the bound of the push callback still holds.
-    let mut batch = Vec::with_capacity(PUMP_BATCH);
+    let mut batch = Vec::with_capacity(Inbox::BATCH);
     while let Some(first) = rx.recv().await {
         let mut held = 0;
         let mut next = Some(first);
@@ -769,7 +765,7 @@ async fn pump(
                 PushKind::Disconnection => lost_connection(&ctx, &shown),
                 _ => {}
             }
-            next = if batch.len() < PUMP_BATCH && held < PUMP_BATCH_BYTES {
+            next = if batch.len() < Inbox::BATCH && held < Inbox::BATCH_BYTES {
                 rx.try_recv().ok()
             } else {
                 None
