@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pubsub_core::testkit::brokers::{NatsCluster, NatsServer};
+use pubsub_core::testkit::conformance::{drain, probe_until_delivered};
 use pubsub_nats::{Config, ErrorKind};
 
 fn config(servers: Vec<String>) -> Config {
@@ -160,32 +161,12 @@ async fn cluster_failover() {
     let t0 = Instant::now();
     tokio::task::block_in_place(|| cluster.servers[victim].stop());
 
-    // Probe until a message makes it through both moved clients.
-    let mut i = 1u32;
-    let mut through = false;
-    while t0.elapsed() < Duration::from_secs(30) {
-        let _ = publ
-            .publish("faults.cluster", i.to_be_bytes().to_vec())
-            .await;
-        i += 1;
-        if sub
-            .recv_timeout(Duration::from_millis(200))
-            .await
-            .unwrap()
-            .is_some()
-        {
-            through = true;
-            break;
-        }
-    }
-    assert!(through, "no delivery within 30 s of the failover");
+    assert!(
+        probe_until_delivered(&publ, &sub, "faults.cluster", Duration::from_secs(30)).await,
+        "no delivery within 30 s of the failover"
+    );
     let recovered = t0.elapsed();
-    while sub
-        .recv_timeout(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .is_some()
-    {}
+    drain(&sub, Duration::from_millis(200)).await;
     for j in 0..500u32 {
         publ.publish("faults.cluster", (100_000 + j).to_be_bytes().to_vec())
             .await

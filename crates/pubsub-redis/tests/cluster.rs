@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{recv_n, seq, seq_of, start, unique};
 use pubsub_core::testkit::brokers::RedisCluster;
+use pubsub_core::testkit::conformance::probe_until_delivered;
 use pubsub_redis::{Config, RedisMode};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -129,22 +130,10 @@ async fn cluster_subscriptions_come_back_after_the_nodes_restart() {
         );
     });
     let t0 = std::time::Instant::now();
-    let mut through = false;
-    let mut i = 1;
-    while t0.elapsed() < Duration::from_secs(30) {
-        let _ = publ.publish(&topic, seq(i)).await;
-        i += 1;
-        if sub
-            .recv_timeout(Duration::from_millis(200))
-            .await
-            .unwrap()
-            .is_some()
-        {
-            through = true;
-            break;
-        }
-    }
-    assert!(through, "no message within 30 s of the cluster restart");
+    assert!(
+        probe_until_delivered(&publ, &sub, &topic, Duration::from_secs(30)).await,
+        "no message within 30 s of the cluster restart"
+    );
     assert!(sub.stats().reconnects >= 1, "{:?}", sub.stats());
     println!(
         "cluster pub/sub back after {:?}; subscriber {:?}",

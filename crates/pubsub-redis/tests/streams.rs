@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start, unique};
 use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_core::testkit::conformance::{drain, probe_until_delivered};
 use pubsub_redis::{Config, OverflowPolicy, PubSub, RedisMode};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -249,33 +250,12 @@ async fn a_group_comes_back_after_a_redis_restart() {
     // Persistence is off: the stream and the group are gone after this.
     start(|| server.restart());
     let t0 = Instant::now();
-    let mut i = 1;
-    let mut through = false;
-    while t0.elapsed() < WAIT {
-        let _ = publ.publish(&topic, seq(i)).await;
-        i += 1;
-        if sub
-            .recv_timeout(Duration::from_millis(200))
-            .await
-            .unwrap()
-            .is_some()
-        {
-            through = true;
-            break;
-        }
-    }
-    assert!(through, "nothing arrived after the restart");
+    assert!(
+        probe_until_delivered(&publ, &sub, &topic, WAIT).await,
+        "nothing arrived after the restart"
+    );
     // Everything published after the group was re-created arrives, once.
-    for _ in 0..10_000 {
-        if sub
-            .recv_timeout(Duration::from_millis(300))
-            .await
-            .unwrap()
-            .is_none()
-        {
-            break;
-        }
-    }
+    drain(&sub, Duration::from_millis(300)).await;
     for j in 0..100 {
         publ.publish(&topic, seq(1_000_000 + j)).await.unwrap();
     }

@@ -142,6 +142,42 @@ async fn connect_cfg(h: &dyn Harness, config: Config) -> PubSub {
         .unwrap_or_else(|e| panic!("connect [{}]: {e}", h.label()))
 }
 
+/// After a broker restart or failover: publish numbered probes (1, 2, ...)
+/// to `topic`, one every 200 ms, until one reaches `sub` through both
+/// reconnected clients, for at most `within`. Whether one arrived.
+pub async fn probe_until_delivered(
+    publ: &PubSub,
+    sub: &PubSub,
+    topic: &str,
+    within: Duration,
+) -> bool {
+    let t0 = Instant::now();
+    let mut i = 1u32;
+    while t0.elapsed() < within {
+        let _ = publ.publish(topic, seq(i)).await;
+        i += 1;
+        if sub
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("recv")
+            .is_some()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Take what `sub` still receives until nothing comes for `quiet` (at most
+/// 100,000 messages): the probes that arrived late.
+pub async fn drain(sub: &PubSub, quiet: Duration) {
+    for _ in 0..100_000 {
+        if sub.recv_timeout(quiet).await.expect("recv").is_none() {
+            return;
+        }
+    }
+}
+
 /// Receive until `n` messages arrived or `within` passed.
 pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
     let deadline = Instant::now() + within;
@@ -607,30 +643,12 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
         return Outcome::Skipped("in-process backend has no broker to restart".into());
     }
     let t0 = Instant::now();
-    // Probe until one message makes it through both reconnected clients.
-    let mut i = 1u32;
-    let mut through = false;
-    while t0.elapsed() < Duration::from_secs(30) {
-        let _ = publ.publish(&topic, seq(i)).await;
-        i += 1;
-        if sub
-            .recv_timeout(Duration::from_millis(200))
-            .await
-            .expect("recv")
-            .is_some()
-        {
-            through = true;
-            break;
-        }
-    }
-    assert!(through, "no message arrived within 30 s of the restart");
+    assert!(
+        probe_until_delivered(&publ, &sub, &topic, Duration::from_secs(30)).await,
+        "no message arrived within 30 s of the restart"
+    );
     let recovered = t0.elapsed();
-    while sub
-        .recv_timeout(Duration::from_millis(200))
-        .await
-        .expect("recv")
-        .is_some()
-    {}
+    drain(&sub, Duration::from_millis(200)).await;
     for j in 0..100u32 {
         publ.publish(&topic, seq(1_000_000 + j))
             .await
