@@ -50,12 +50,7 @@ pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
 /// `MSIGHT_MQTT_*` variables (and the other `MSIGHT_*` ones), with
 /// `backend = "mqtt"` and the given group.
 pub fn get_mqtt_config(group_id: Option<&str>) -> Result<Config> {
-    let mut config = Config::loader().no_default_file().load()?;
-    config.backend = backend::NAME.to_string();
-    if let Some(g) = group_id {
-        config.group_id = Some(g.to_string());
-    }
-    config.validate()?;
+    let config = Config::from_env_for(backend::NAME, group_id)?;
     config.mqtt.validate()?;
     Ok(config)
 }

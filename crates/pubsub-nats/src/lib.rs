@@ -51,13 +51,7 @@ pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
 /// `MSIGHT_NATS_*` variables (and the other `MSIGHT_*` ones), with
 /// `backend = "nats"` and the given group.
 pub fn get_nats_config(group_id: Option<&str>) -> Result<Config> {
-    let mut config = Config::loader().no_default_file().load()?;
-    config.backend = "nats".to_string();
-    if let Some(g) = group_id {
-        config.group_id = Some(g.to_string());
-    }
-    config.validate()?;
-    Ok(config)
+    Config::from_env_for("nats", group_id)
 }
 
 /// The workspace README's examples, compiled as doctests.

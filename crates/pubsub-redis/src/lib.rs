@@ -53,12 +53,7 @@ pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
 /// with `backend = "redis"` and the given group (which needs
 /// `redis.mode = "streams"`).
 pub fn get_redis_config(group_id: Option<&str>) -> Result<Config> {
-    let mut config = Config::loader().no_default_file().load()?;
-    config.backend = "redis".to_string();
-    if let Some(g) = group_id {
-        config.group_id = Some(g.to_string());
-    }
-    config.validate()?;
+    let config = Config::from_env_for("redis", group_id)?;
     config.redis.validate()?;
     Ok(config)
 }

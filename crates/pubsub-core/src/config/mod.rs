@@ -288,6 +288,20 @@ impl Config {
         Config::loader().load()
     }
 
+    /// The Python original's `get_nats_config(group_id)`, for any backend:
+    /// defaults, then the `MSIGHT_*` environment variables (not the
+    /// `MSIGHT_PUBSUB_CONFIG` file), with `backend` and the given group,
+    /// checked. Each backend crate's `get_<name>_config` calls this.
+    pub fn from_env_for(backend: &str, group_id: Option<&str>) -> Result<Config> {
+        let mut config = Config::loader().no_default_file().load()?;
+        config.backend = backend.to_string();
+        if let Some(g) = group_id {
+            config.group_id = Some(g.to_string());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     /// A loader to choose the file and the environment explicitly.
     pub fn loader() -> ConfigLoader {
         ConfigLoader::default()
