@@ -87,14 +87,18 @@ fn allocations_per_publish() {
             "allocations per publish of a 128-byte payload ({kind:?}; whole process, all threads): raw async-nats {raw:.2}, ours async {ours_async:.2}, ours blocking {blocking:.2}"
         );
         // Nothing beyond what the raw client does: the payload is handed
-        // over, never copied, and no future is boxed. (Our flush is a round
-        // trip through the server, a few allocations per 1,000 messages.)
+        // over, never copied, and no future is boxed. One allocation of our
+        // own per message would show as +1.00. What ours does add is per
+        // flush (a round trip through the server: ~15 allocations, so +0.01
+        // to +0.02 at one flush per 1,000 messages) and whatever background
+        // tasks allocate meanwhile, which the whole-process count includes.
+        const PER_FLUSH: f64 = 0.1;
         assert!(
-            ours_async <= raw + 0.02,
+            ours_async <= raw + PER_FLUSH,
             "{kind:?}: async adds allocations: {ours_async:.2} vs raw {raw:.2}"
         );
         assert!(
-            blocking <= raw + 0.02,
+            blocking <= raw + PER_FLUSH,
             "{kind:?}: blocking adds allocations: {blocking:.2} vs raw {raw:.2}"
         );
     }
