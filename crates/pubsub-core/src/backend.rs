@@ -220,8 +220,11 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
     async fn unsubscribe(&self, topic: &str) -> Result<()>;
 
     /// Hand `payload` to the client without waiting, if it can take it now.
-    /// This is the publish fast path: no future is boxed. The default says
-    /// [`TryPublish::WouldWait`], so [`PubSubBackend::publish`] is used.
+    /// This is the publish fast path: no future is boxed. The blocking API
+    /// calls it on the application's thread, outside the runtime, so it
+    /// must not need one (no `tokio::spawn`, no timer; a channel's
+    /// `try_send` is fine). The default says [`TryPublish::WouldWait`], so
+    /// [`PubSubBackend::publish`] is used.
     fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
         let _ = topic;
         TryPublish::WouldWait(payload)

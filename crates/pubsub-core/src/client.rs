@@ -247,19 +247,35 @@ impl PubSub {
     /// message, without waiting for the broker; [`PubSub::flush`] waits.
     pub async fn publish(&self, topic: impl TopicName, payload: impl Into<Bytes>) -> Result<()> {
         let name = topic.topic_name();
-        let payload = payload.into();
+        match self.publish_now(name, payload.into())? {
+            None => Ok(()),
+            Some(payload) => self.publish_waiting(name, payload).await,
+        }
+    }
+
+    /// The publish fast path, synchronous and needing no runtime (the
+    /// blocking API calls it on the application's thread): checks, then
+    /// [`PubSubBackend::try_publish`]. `Ok(None)`: published; `Ok(Some)`:
+    /// the client's queue is full, here is the payload back for
+    /// [`PubSub::publish_waiting`].
+    pub(crate) fn publish_now(&self, name: &str, payload: Bytes) -> Result<Option<Bytes>> {
         self.check_publish(name, &payload)?;
-        let payload = match self.inner.backend.try_publish(name, payload) {
+        match self.inner.backend.try_publish(name, payload) {
             TryPublish::Done(r) => {
                 r?;
                 self.inner.counters.add_published(1);
-                return Ok(());
+                Ok(None)
             }
-            TryPublish::WouldWait(payload) => payload,
-        };
+            TryPublish::WouldWait(payload) => Ok(Some(payload)),
+        }
+    }
+
+    /// The publish slow path, after [`PubSub::publish_now`] found the
+    /// client's queue full: waits for room, at most `publish_timeout`.
+    pub(crate) async fn publish_waiting(&self, name: &str, payload: Bytes) -> Result<()> {
         let mut accepted = std::pin::pin!(self.inner.backend.publish(name, payload));
         // The first poll needs no timer: it completes at once unless the
-        // client's queue is full. Only then is `publish_timeout` armed.
+        // client's queue is still full. Only then is `publish_timeout` armed.
         let first = std::future::poll_fn(|cx| Poll::Ready(accepted.as_mut().poll(cx))).await;
         match first {
             Poll::Ready(r) => r?,
