@@ -40,6 +40,8 @@ pub enum RawKind {
         url: String,
         streams: bool,
         maxlen: u64,
+        /// `COUNT` of each stream read, as our `redis.stream_read_count`.
+        read_count: usize,
     },
     /// rumqttc v5 at a QoS.
     Mqtt { host: String, port: u16, qos: u8 },
@@ -163,9 +165,10 @@ impl Conn {
                     url,
                     streams,
                     maxlen,
+                    read_count,
                 }),
             ) => Ok(Conn::Redis(Box::new(
-                crate::raw::RawRedis::connect(url, *streams, *maxlen).await?,
+                crate::raw::RawRedis::connect(url, *streams, *maxlen, *read_count).await?,
             ))),
             (Variant::Raw, Some(RawKind::Mqtt { host, port, qos })) => {
                 let id = crate::scenarios::unique("raw").replace('.', "-");

@@ -160,6 +160,7 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                             url: server.url(),
                             streams,
                             maxlen: config.redis.stream_maxlen,
+                            read_count: config.redis.stream_read_count,
                         }),
                         config,
                     });

@@ -24,6 +24,7 @@ pub struct RawRedis {
     conn: redis::aio::MultiplexedConnection,
     streams: bool,
     maxlen: u64,
+    read_count: usize,
     /// The pipeline being filled, its command count and payload bytes.
     pending: Mutex<(redis::Pipeline, usize, usize)>,
     sub: Option<RedisSub>,
@@ -42,7 +43,12 @@ enum RedisSub {
 }
 
 impl RawRedis {
-    pub async fn connect(url: &str, streams: bool, maxlen: u64) -> Result<RawRedis, BoxError> {
+    pub async fn connect(
+        url: &str,
+        streams: bool,
+        maxlen: u64,
+        read_count: usize,
+    ) -> Result<RawRedis, BoxError> {
         let client = redis::Client::open(url)?;
         // A pipeline of large payloads can take longer than the default
         // 500 ms response timeout on a busy machine.
@@ -55,6 +61,7 @@ impl RawRedis {
             conn,
             streams,
             maxlen,
+            read_count,
             pending: Mutex::new((redis::pipe(), 0, 0)),
             sub: None,
         })
@@ -159,6 +166,7 @@ impl RawRedis {
 
     pub async fn next(&mut self, timeout: Duration) -> Option<Bytes> {
         let deadline = Instant::now() + timeout;
+        let read_count = self.read_count;
         match self.sub.as_mut()? {
             RedisSub::PubSub(s) => tokio::time::timeout(timeout, s.get_mut().ok()?.next())
                 .await
@@ -189,7 +197,7 @@ impl RawRedis {
                     None => redis::cmd("XREAD"),
                 };
                 c.arg("COUNT")
-                    .arg(512)
+                    .arg(read_count)
                     .arg("BLOCK")
                     .arg(block)
                     .arg("STREAMS")
