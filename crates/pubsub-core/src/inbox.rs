@@ -191,19 +191,7 @@ impl Inbox {
                 pushed += 1;
             }
             self.shared.counters.add_received(pushed);
-            match pushed {
-                0 => {}
-                1 => self.wake_readers(st),
-                // Every reader waiting now may find a message.
-                _ => {
-                    let blocking = st.blocking_waiters > 0;
-                    drop(st);
-                    if blocking {
-                        self.shared.cond.notify_all();
-                    }
-                    self.shared.readable.notify_waiters();
-                }
-            }
+            self.wake_readers(st, pushed);
         }
         for msg in overflow.into_iter().chain(rest) {
             self.deliver(msg).await;
@@ -241,7 +229,7 @@ impl Inbox {
                             msg,
                             on_taken: on_taken.take(),
                         });
-                        self.wake_readers(st);
+                        self.wake_readers(st, 1);
                         return;
                     }
                     OverflowPolicy::Block => {
@@ -260,7 +248,7 @@ impl Inbox {
 
     fn push(&self, mut st: MutexGuard<'_, State>, msg: Message, on_taken: Option<OnTaken>) {
         self.push_quiet(&mut st, msg, on_taken);
-        self.wake_readers(st);
+        self.wake_readers(st, 1);
     }
 
     /// Push without waking a reader (the caller wakes them).
@@ -284,20 +272,33 @@ impl Inbox {
         st.queue.push_back(Entry { msg, on_taken });
     }
 
-    /// Unlock, then wake a reader. Woken with the lock still held, the
-    /// reader (on another thread) would find it taken and sleep on the
-    /// mutex: a futex wait and wake more per message, about one per round
-    /// trip in the latency benchmark. Neither wake-up can be lost after the
-    /// unlock: a reader checks the queue under the lock before it waits,
-    /// `Notify::notify_one` keeps a permit for a reader not yet waiting, and
-    /// a thread in `Condvar::wait` was counted in `blocking_waiters`.
-    fn wake_readers(&self, st: MutexGuard<'_, State>) {
+    /// Unlock, then wake a reader for one new message, every waiting
+    /// reader for more. Woken with the lock still held, a reader (on
+    /// another thread) would find it taken and sleep on the mutex: a futex
+    /// wait and wake more per message, about one per round trip in the
+    /// latency benchmark. No wake-up is lost after the unlock: a reader
+    /// checks the queue under the lock before it waits and makes its
+    /// `Notified` there (`notify_one` keeps a permit, `notify_waiters`
+    /// reaches a `Notified` made before it), and a thread in
+    /// `Condvar::wait` was counted in `blocking_waiters`.
+    fn wake_readers(&self, st: MutexGuard<'_, State>, pushed: u64) {
         let blocking = st.blocking_waiters > 0;
         drop(st);
-        if blocking {
-            self.shared.cond.notify_one();
+        match pushed {
+            0 => {}
+            1 => {
+                if blocking {
+                    self.shared.cond.notify_one();
+                }
+                self.shared.readable.notify_one();
+            }
+            _ => {
+                if blocking {
+                    self.shared.cond.notify_all();
+                }
+                self.shared.readable.notify_waiters();
+            }
         }
-        self.shared.readable.notify_one();
     }
 
     fn note_drop(&self, st: &mut State) {
