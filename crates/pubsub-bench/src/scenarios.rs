@@ -144,16 +144,15 @@ pub async fn end_to_end(
                 .map(|ps| {
                     let received = &received;
                     scope.spawn(move || {
-                        let mut last = None;
-                        let mut heard = Instant::now();
+                        let mut last: Option<Instant> = None;
+                        let waiting_since = Instant::now();
                         while received.load(Ordering::Relaxed) < count && start.elapsed() < LIMIT {
                             match ps.recv_timeout(LOOK) {
                                 Ok(Some(_)) => {
                                     received.fetch_add(1, Ordering::Relaxed);
-                                    heard = Instant::now();
-                                    last = Some(heard);
+                                    last = Some(Instant::now());
                                 }
-                                Ok(None) if heard.elapsed() < IDLE => {}
+                                Ok(None) if last.unwrap_or(waiting_since).elapsed() < IDLE => {}
                                 _ => break,
                             }
                         }
@@ -184,16 +183,15 @@ pub async fn end_to_end(
             c.subscribe(&topic, group.as_deref()).await?;
             let received = received.clone();
             tasks.push(tokio::spawn(async move {
-                let mut last = None;
-                let mut heard = Instant::now();
+                let mut last: Option<Instant> = None;
+                let waiting_since = Instant::now();
                 while received.load(Ordering::Relaxed) < count && start.elapsed() < LIMIT {
                     match c.next(LOOK).await {
                         Some(_) => {
                             received.fetch_add(1, Ordering::Relaxed);
-                            heard = Instant::now();
-                            last = Some(heard);
+                            last = Some(Instant::now());
                         }
-                        None if heard.elapsed() < IDLE => {}
+                        None if last.unwrap_or(waiting_since).elapsed() < IDLE => {}
                         None => break,
                     }
                 }
