@@ -70,9 +70,9 @@ pub struct TargetSpec {
 impl TargetSpec {
     pub fn into_target(self) -> Result<Target, BoxError> {
         let (backend, factory): (&'static str, BackendFactory) = match self.backend.as_str() {
-            "nats" => ("nats", pubsub_nats::factory()),
-            "redis" => ("redis", pubsub_redis::factory()),
-            "mqtt" => ("mqtt", pubsub_mqtt::factory()),
+            "nats" => ("nats", BackendFactory::of::<pubsub_nats::NatsBackend>()),
+            "redis" => ("redis", BackendFactory::of::<pubsub_redis::RedisBackend>()),
+            "mqtt" => ("mqtt", BackendFactory::of::<pubsub_mqtt::MqttBackend>()),
             other => return Err(format!("no child process for backend {other:?}").into()),
         };
         let mode = match self.mode.as_str() {

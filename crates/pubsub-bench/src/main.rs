@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use pubsub_core::memory::MemoryBackend;
 use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
-use pubsub_core::Config;
+use pubsub_core::{BackendFactory, Config, MemoryConfig};
+use pubsub_mqtt::{MqttBackend, MqttConfig};
+use pubsub_nats::{NatsBackend, NatsConfig};
+use pubsub_redis::{RedisBackend, RedisConfig, RedisMode};
 
 use clients::{BoxError, RawKind, Target, Variant};
 use scenarios::Sample;
@@ -111,13 +115,14 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
         match b.as_str() {
             "memory" => {
                 let mut config = Config::default();
-                config.memory.namespace = format!("bench-{}", std::process::id());
+                config.section_mut::<MemoryConfig>()?.namespace =
+                    format!("bench-{}", std::process::id());
                 bench_buffer(&mut config);
                 out.push(Target {
                     groups: true,
                     backend: "memory",
                     mode: "in-process",
-                    factory: pubsub_core::memory::factory(),
+                    factory: BackendFactory::of::<MemoryBackend>(),
                     config,
                     raw: None,
                 });
@@ -125,13 +130,13 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
             "nats" => {
                 let server = NatsServer::builder().max_payload(8 << 20).start();
                 let mut config = Config::default();
-                config.nats.servers = vec![server.url()];
+                config.section_mut::<NatsConfig>()?.servers = vec![server.url()];
                 bench_buffer(&mut config);
                 out.push(Target {
                     groups: true,
                     backend: "nats",
                     mode: "core",
-                    factory: pubsub_nats::factory(),
+                    factory: BackendFactory::of::<NatsBackend>(),
                     config,
                     raw: Some(RawKind::Nats {
                         servers: vec![server.url()],
@@ -143,24 +148,26 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 let server = RedisServer::start();
                 for (mode, streams) in [("pubsub", false), ("streams", true)] {
                     let mut config = Config::default();
-                    config.redis.port = server.port();
-                    config.redis.host = "127.0.0.1".into();
-                    config.redis.mode = if streams {
-                        pubsub_core::config::RedisMode::Streams
+                    let redis = config.section_mut::<RedisConfig>()?;
+                    redis.port = server.port();
+                    redis.host = "127.0.0.1".into();
+                    redis.mode = if streams {
+                        RedisMode::Streams
                     } else {
-                        pubsub_core::config::RedisMode::PubSub
+                        RedisMode::PubSub
                     };
+                    let (maxlen, read_count) = (redis.stream_maxlen, redis.stream_read_count);
                     bench_buffer(&mut config);
                     out.push(Target {
                         groups: streams,
                         backend: "redis",
                         mode,
-                        factory: pubsub_redis::factory(),
+                        factory: BackendFactory::of::<RedisBackend>(),
                         raw: Some(RawKind::Redis {
                             url: server.url(),
                             streams,
-                            maxlen: config.redis.stream_maxlen,
-                            read_count: config.redis.stream_read_count,
+                            maxlen,
+                            read_count,
                         }),
                         config,
                     });
@@ -172,15 +179,16 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 let server = Mosquitto::builder().config("set_tcp_nodelay true").start();
                 for qos in [0u8, 1] {
                     let mut config = Config::default();
-                    config.mqtt.host = "127.0.0.1".into();
-                    config.mqtt.port = server.port();
-                    config.mqtt.qos = qos;
+                    let mqtt = config.section_mut::<MqttConfig>()?;
+                    mqtt.host = "127.0.0.1".into();
+                    mqtt.port = server.port();
+                    mqtt.qos = qos;
                     bench_buffer(&mut config);
                     out.push(Target {
                         groups: true,
                         backend: "mqtt",
                         mode: if qos == 0 { "qos0" } else { "qos1" },
-                        factory: pubsub_mqtt::factory(),
+                        factory: BackendFactory::of::<MqttBackend>(),
                         raw: Some(RawKind::Mqtt {
                             host: "127.0.0.1".into(),
                             port: server.port(),

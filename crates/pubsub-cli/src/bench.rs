@@ -12,14 +12,14 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pubsub_core::{validate_topic_name, Config, Error, MemoryConfig, PubSub};
+use pubsub_core::{validate_topic_name, Config, Error, PubSub};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::CliError;
 use crate::output::say;
-use crate::settings::{parse_duration, run_id};
+use crate::settings::{isolate_memory_namespace, parse_duration, run_id};
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies};
 
 /// How long subscribers wait for more after the publishers are done.
@@ -93,9 +93,7 @@ impl Handles {
 
 async fn bench(args: &BenchArgs, mut config: Config) -> Result<(), CliError> {
     let run = run_id();
-    if config.memory.namespace == MemoryConfig::default().namespace {
-        config.memory.namespace = format!("pubsub-bench-{run}");
-    }
+    isolate_memory_namespace(&mut config, "pubsub-bench", &run)?;
     let topic = format!("{}.{run}", args.topic_prefix);
     let latency_topic = format!("{}.{run}.latency", args.topic_prefix);
     validate_topic_name(&latency_topic)?;

@@ -91,8 +91,8 @@ fn describe(c: &Capabilities) -> String {
         c.max_payload
             .map_or_else(|| "unknown".to_string(), |n| format!("{n} bytes")),
         match c.delivery {
-            Delivery::AtMostOnce => "at most once",
             Delivery::AtLeastOnce => "at least once",
+            _ => "at most once",
         }
     )
 }
@@ -128,13 +128,25 @@ fn round_trip(ps: &PubSub, timeout: Duration) -> Result<Duration, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pubsub_core::Secret;
+    use pubsub_core::{Secret, Section};
+
+    /// A backend section with a secret, as any backend crate has.
+    #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+    struct Broker {
+        user: Option<String>,
+        password: Option<Secret>,
+    }
+
+    impl Section for Broker {
+        const NAME: &'static str = "broker";
+    }
 
     #[test]
     fn config_prints_in_both_formats_without_secrets() {
-        let mut c = Config::default();
-        c.nats.password = Some(Secret::new("hunter2-marker"));
-        c.nats.user = Some("alice".into());
+        let c = Config::default().with_section(Broker {
+            user: Some("alice".into()),
+            password: Some(Secret::new("hunter2-marker")),
+        });
         for format in [ConfigFormat::Toml, ConfigFormat::Json] {
             let text = render_config(&c, format).unwrap();
             assert!(!text.contains("hunter2-marker"), "{text}");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use pubsub_core::{validate_topic_name, Config, Error, MemoryConfig, PubSub};
+use pubsub_core::{validate_topic_name, Config, Error, PubSub};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ use crate::frame::{
     checksum, frame_overhead, now_us, synthetic_payload, Frame, FrameResult, MAX_SENSOR_LEN,
 };
 use crate::output::say;
-use crate::settings::{parse_duration, run_id};
+use crate::settings::{isolate_memory_namespace, parse_duration, run_id};
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies, Pacer};
 
 /// The workers' group when neither `--group` nor `group_id` names one.
@@ -137,10 +137,7 @@ impl Pipeline {
 
 async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliError> {
     let run = run_id();
-    if config.memory.namespace == MemoryConfig::default().namespace {
-        // Runs never see each other's frames.
-        config.memory.namespace = format!("pubsub-demo-{run}");
-    }
+    isolate_memory_namespace(&mut config, "pubsub-demo", &run)?;
     let group = config
         .group_id
         .take()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
-use pubsub_core::Config;
+use pubsub_core::{Config, MemoryConfig};
 
 use crate::error::CliError;
 
@@ -69,9 +69,24 @@ impl Common {
         }
         config.validate()?;
         // An unknown backend is a configuration error, reported before any work.
-        pubsub_core::factory::lookup(&config.backend)?;
+        pubsub_core::registry::lookup(&config.backend)?;
         Ok(config)
     }
+}
+
+/// Give this run a `memory` namespace of its own (`<prefix>-<run>`) unless
+/// one was configured, so that runs in one process never see each other's
+/// messages.
+pub fn isolate_memory_namespace(
+    config: &mut Config,
+    prefix: &str,
+    run: &str,
+) -> Result<(), CliError> {
+    let memory = config.section_mut::<MemoryConfig>()?;
+    if memory.namespace == MemoryConfig::default().namespace {
+        memory.namespace = format!("{prefix}-{run}");
+    }
+    Ok(())
 }
 
 /// A duration on the command line: a number of seconds (`30`, `2.5`) or a

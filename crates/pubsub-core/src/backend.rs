@@ -11,9 +11,11 @@ use crate::error::Result;
 use crate::inbox::Inbox;
 
 /// What a backend promises about delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Delivery {
     /// A message may be lost (broker restart, slow consumer, no subscriber).
+    #[default]
     AtMostOnce,
     /// A message accepted by the broker is delivered at least once, also
     /// across restarts of the subscriber.
@@ -22,7 +24,11 @@ pub enum Delivery {
 
 /// What a backend supports. The conformance suite runs the cases a backend
 /// claims; the README shows the table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// New fields may be added: a backend starts from `Capabilities::default()`
+/// (nothing claimed, at most once) and sets what it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// Subscribers with a `group_id` share messages, each going to one member.
     pub groups: bool,
@@ -38,8 +44,10 @@ pub struct Capabilities {
     pub delivery: Delivery,
 }
 
-/// What the connected broker says about itself, for diagnostics (`pubsub check`).
+/// What the connected broker says about itself, for diagnostics (`pubsub
+/// check`). A backend starts from `BrokerInfo::default()` and sets what it knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BrokerInfo {
     /// Broker software and name, e.g. `"nats-server my-node"`.
     pub server: Option<String>,
@@ -92,6 +100,7 @@ impl Counters {
 
 /// A snapshot of [`Counters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages accepted by `publish`.
     pub published: u64,
@@ -164,6 +173,7 @@ impl<V> fmt::Debug for TopicCache<V> {
 
 /// What a backend is given when it connects.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BackendContext {
     /// Where to put received messages; it applies the overflow policy and counts.
     pub inbox: Inbox,
@@ -172,7 +182,8 @@ pub struct BackendContext {
 }
 
 /// The async, object-safe contract of a backend, named as in the Python
-/// original. Backends are created by a [`crate::BackendFactory`] and used
+/// original. Backends are created through [`Backend::connect`] (by the
+/// registry, [`crate::register`], or a [`crate::BackendFactory`]) and used
 /// through [`crate::PubSub`] or [`crate::blocking::PubSub`], which check
 /// topics, track subscriptions and the closed state, and count publishes;
 /// a backend only talks to its broker.
@@ -181,9 +192,6 @@ pub struct BackendContext {
 /// stream the user reads is that inbox.
 #[async_trait]
 pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
-    /// The backend's registered name (`"nats"`, ...).
-    fn name(&self) -> &'static str;
-
     /// What this backend supports, as connected (the max payload may come from the server).
     fn capabilities(&self) -> Capabilities;
 
@@ -240,4 +248,31 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Flush, stop all subscriptions, and disconnect. Called once.
     async fn close(&self) -> Result<()>;
+}
+
+/// A backend type: its name, its config section and how it connects. This
+/// is all the registry needs: [`crate::register::<B>()`](crate::register)
+/// makes `backend = "<NAME>"` work, and [`crate::BackendFactory::of`] gives
+/// the entry to connect with directly. A backend crate of its own needs no
+/// change in this crate; see the workspace README, "Writing a backend".
+#[async_trait]
+pub trait Backend: PubSubBackend + Sized {
+    /// The name in `backend = "..."` and `MSIGHT_PUBSUB_BACKEND`, lower case.
+    const NAME: &'static str;
+    /// The crate that provides it, named in the error for a backend that is
+    /// not registered (`env!("CARGO_PKG_NAME")`).
+    const CRATE: &'static str;
+    /// Its config section (`[NAME]` by convention).
+    type Config: crate::config::Section;
+
+    /// Connect with the common settings of `config` and the backend's own
+    /// `section` (read from `config` and checked with
+    /// [`Section::validate`](crate::config::Section::validate) already).
+    /// Received messages go into `ctx.inbox`. Bounded by
+    /// `config.connect_timeout` by the caller.
+    async fn connect(
+        config: &crate::Config,
+        section: Self::Config,
+        ctx: BackendContext,
+    ) -> Result<Self>;
 }

@@ -33,8 +33,8 @@ use crate::backend::{BrokerInfo, Capabilities, Stats};
 use crate::client::{recv_result, TopicName};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::factory::BackendFactory;
 use crate::inbox::Recv;
+use crate::registry::BackendFactory;
 use crate::Message;
 
 /// The background runtime shared by blocking handles.
@@ -123,6 +123,12 @@ impl PubSub {
         Ok(PubSub {
             inner: run(crate::PubSub::connect(config))?,
         })
+    }
+
+    /// Connect with backend `B`, whatever `config.backend` says (no
+    /// registration needed).
+    pub fn connect_to<B: crate::Backend>(config: &Config) -> Result<PubSub> {
+        PubSub::connect_with(&BackendFactory::of::<B>(), config)
     }
 
     /// Connect with the given backend, whatever `config.backend` says.

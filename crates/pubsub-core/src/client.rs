@@ -17,8 +17,8 @@ use crate::backend::{
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::factory::{self, BackendFactory};
 use crate::inbox::{Inbox, Recv};
+use crate::registry::{self, BackendFactory};
 use crate::topic::{validate_topic_name, Message, Topic};
 
 /// Anything that names a topic: a [`Topic`], `&str` or `String`.
@@ -57,6 +57,8 @@ pub type MessageStream = BoxStream<'static, Message>;
 
 struct Inner {
     backend: Box<dyn PubSubBackend>,
+    /// The backend's registered name.
+    name: &'static str,
     inbox: Inbox,
     counters: Arc<Counters>,
     capabilities: Capabilities,
@@ -105,13 +107,20 @@ impl PubSub {
     /// registry ([`crate::register`]). Fails within `config.connect_timeout`.
     pub async fn connect(config: &Config) -> Result<PubSub> {
         config.validate()?;
-        let factory = factory::lookup(&config.backend)?;
+        let factory = registry::lookup(&config.backend)?;
         PubSub::connect_with(&factory, config).await
+    }
+
+    /// Connect with backend `B`, whatever `config.backend` says (no
+    /// registration needed).
+    pub async fn connect_to<B: crate::Backend>(config: &Config) -> Result<PubSub> {
+        PubSub::connect_with(&BackendFactory::of::<B>(), config).await
     }
 
     /// Connect with the given backend, whatever `config.backend` says.
     pub async fn connect_with(factory: &BackendFactory, config: &Config) -> Result<PubSub> {
         config.validate()?;
+        registry::warn_unknown_sections(config, factory);
         let counters = Arc::new(Counters::default());
         let inbox = Inbox::new(&config.buffer, counters.clone());
         let ctx = BackendContext {
@@ -120,14 +129,14 @@ impl PubSub {
         };
         let timeout = config.connect_timeout;
         let backend =
-            match tokio::time::timeout(timeout, (factory.connect)(config.clone(), ctx)).await {
+            match tokio::time::timeout(timeout, factory.connect(config.clone(), ctx)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
                             "connecting to the {} backend took longer than connect_timeout ({})",
-                            factory.name,
+                            factory.name(),
                             humantime_serde::re::humantime::format_duration(timeout)
                         ),
                     ))
@@ -140,13 +149,14 @@ impl PubSub {
                 ErrorKind::InvalidConfig,
                 format!(
                     "group_id: the {} backend, as configured, has no groups; remove group_id or choose a mode with groups",
-                    factory.name
+                    factory.name()
                 ),
             ));
         }
         Ok(PubSub {
             inner: Arc::new(Inner {
                 backend,
+                name: factory.name(),
                 inbox,
                 counters,
                 capabilities,
@@ -195,7 +205,7 @@ impl PubSub {
                     ErrorKind::Unsupported,
                     format!(
                         "group {g:?}: the {} backend, as configured, has no groups",
-                        self.inner.backend.name()
+                        self.inner.name
                     ),
                 ));
             }
@@ -286,7 +296,7 @@ impl PubSub {
                         ErrorKind::Timeout,
                         format!(
                             "publish to {name:?}: the {} client did not accept the message within publish_timeout ({}); the broker may be unreachable",
-                            self.inner.backend.name(),
+                            self.inner.name,
                             humantime_serde::re::humantime::format_duration(self.inner.publish_timeout)
                         ),
                     ))
@@ -308,7 +318,7 @@ impl PubSub {
                     format!(
                         "payload of {} bytes for topic {name:?} is over the {} backend's limit of {max} bytes",
                         payload.len(),
-                        self.inner.backend.name()
+                        self.inner.name
                     ),
                 ));
             }
@@ -426,7 +436,7 @@ impl PubSub {
 
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
-        self.inner.backend.name()
+        self.inner.name
     }
 
     /// The configured group, if any.

@@ -6,26 +6,25 @@ pub mod blocking;
 mod client;
 pub mod config;
 mod error;
-pub mod factory;
 pub mod inbox;
 pub mod memory;
+pub mod registry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
 mod topic;
 
 pub use backend::{
-    BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats, TopicCache,
-    TryPublish,
+    Backend, BackendContext, BrokerInfo, Capabilities, Counters, Delivery, PubSubBackend, Stats,
+    TopicCache, TryPublish,
 };
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
-pub use config::MqttConfig;
-pub use config::{BufferConfig, Config, MemoryConfig, NatsConfig, OverflowPolicy, Secret};
-pub use config::{RedisConfig, RedisMode};
+pub use config::{BufferConfig, Config, OverflowPolicy, Secret, Section};
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use factory::{register, registered, BackendFactory};
 pub use inbox::{Inbox, Recv};
+pub use memory::MemoryConfig;
+pub use registry::{register, registered, BackendFactory};
 pub use topic::{validate_topic_name, Message, Topic, MAX_TOPIC_LEN};
 
 /// Re-exported so backend crates and users share one `async_trait`.

@@ -11,27 +11,45 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::FutureExt;
+use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendContext, BrokerInfo, Capabilities, Delivery, PubSubBackend};
-use crate::config::Config;
+use crate::backend::{Backend, BackendContext, BrokerInfo, Capabilities, PubSubBackend};
+use crate::config::{Config, Section};
 use crate::error::{Error, Result};
-use crate::factory::BackendFactory;
 use crate::inbox::Inbox;
 use crate::Message;
 
-/// The registry entry of the `memory` backend.
-pub fn factory() -> BackendFactory {
-    BackendFactory {
-        name: "memory",
-        crate_name: "pubsub-core",
-        connect: |config, ctx| {
-            async move {
-                let b: Box<dyn PubSubBackend> = Box::new(MemoryBackend::connect(&config, ctx)?);
-                Ok(b)
-            }
-            .boxed()
-        },
+/// The `[memory]` section: settings of the in-process backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Handles with the same namespace in one process see each other's messages.
+    pub namespace: String,
+    /// Largest payload accepted (default 8 MiB).
+    pub max_payload: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            namespace: "default".to_string(),
+            max_payload: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Section for MemoryConfig {
+    const NAME: &'static str = "memory";
+
+    fn validate(&self) -> Result<()> {
+        if self.namespace.is_empty() {
+            return Err(Error::config("memory.namespace", "must not be empty"));
+        }
+        if self.max_payload == 0 {
+            return Err(Error::config("memory.max_payload", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -116,20 +134,18 @@ impl std::fmt::Debug for MemoryBackend {
     }
 }
 
-impl MemoryBackend {
-    /// Join the namespace `config.memory.namespace`.
-    pub fn connect(config: &Config, ctx: BackendContext) -> Result<MemoryBackend> {
+#[async_trait]
+impl Backend for MemoryBackend {
+    const NAME: &'static str = "memory";
+    const CRATE: &'static str = env!("CARGO_PKG_NAME");
+    type Config = MemoryConfig;
+
+    /// Join the namespace `memory.namespace`.
+    async fn connect(_: &Config, m: MemoryConfig, ctx: BackendContext) -> Result<MemoryBackend> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let m = &config.memory;
-        if m.namespace.is_empty() {
-            return Err(Error::config("memory.namespace", "must not be empty"));
-        }
-        if m.max_payload == 0 {
-            return Err(Error::config("memory.max_payload", "must be at least 1"));
-        }
         Ok(MemoryBackend {
             broker: Broker::for_namespace(&m.namespace),
-            namespace: m.namespace.clone(),
+            namespace: m.namespace,
             handle: NEXT.fetch_add(1, Ordering::Relaxed),
             inbox: ctx.inbox,
             max_payload: m.max_payload,
@@ -137,7 +153,9 @@ impl MemoryBackend {
             closed: AtomicBool::new(false),
         })
     }
+}
 
+impl MemoryBackend {
     fn remove(&self, topic: &str) {
         let handle = self.handle;
         self.broker.update(topic, |old| Route {
@@ -174,18 +192,12 @@ impl MemoryBackend {
 
 #[async_trait]
 impl PubSubBackend for MemoryBackend {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             groups: true,
-            persistence: false,
             ordering: true,
-            wildcards: None,
             max_payload: Some(self.max_payload),
-            delivery: Delivery::AtMostOnce,
+            ..Capabilities::default()
         }
     }
 
@@ -194,8 +206,7 @@ impl PubSubBackend for MemoryBackend {
             server: Some(format!("in-process (namespace {:?})", self.namespace)),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
             max_payload: Some(self.max_payload),
-            tls: false,
-            address: None,
+            ..BrokerInfo::default()
         }
     }
 

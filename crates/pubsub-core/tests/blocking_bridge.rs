@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use pubsub_core::MemoryConfig;
 use pubsub_core::{blocking::PubSub, Config};
 
 fn config(ns: &str) -> Config {
     let mut c = Config::default();
-    c.memory.namespace = format!("bridge-{ns}");
+    c.section_mut::<MemoryConfig>().unwrap().namespace = format!("bridge-{ns}");
     c
 }
 

@@ -2,6 +2,7 @@
 //! itself without any broker.
 
 use pubsub_core::testkit::conformance::Harness;
+use pubsub_core::MemoryConfig;
 use pubsub_core::{BackendFactory, Config};
 
 struct Memory {
@@ -11,12 +12,12 @@ struct Memory {
 #[pubsub_core::async_trait]
 impl Harness for Memory {
     fn factory(&self) -> BackendFactory {
-        pubsub_core::memory::factory()
+        pubsub_core::BackendFactory::of::<pubsub_core::memory::MemoryBackend>()
     }
 
     fn config(&self) -> Config {
         let mut c = Config::default();
-        c.memory.namespace = self.namespace.clone();
+        c.section_mut::<MemoryConfig>().unwrap().namespace = self.namespace.clone();
         c
     }
 

@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pubsub_core::config::MQTT_PACKET_OVERHEAD;
 use pubsub_core::inbox::Inbox;
 use pubsub_core::{
-    BackendContext, BrokerInfo, Capabilities, Config, Counters, Delivery, Error, ErrorKind,
-    Message, PubSubBackend, Result, TryPublish,
+    Backend, BackendContext, BrokerInfo, Capabilities, Config, Counters, Delivery, Error,
+    ErrorKind, Message, PubSubBackend, Result, TryPublish,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, DisconnectReasonCode, Filter, Packet, PubAckReason, PubRecReason, SubscribeReasonCode,
@@ -44,14 +43,12 @@ use rumqttc::Outgoing;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use crate::config::{MqttConfig, MQTT_PACKET_OVERHEAD};
 use crate::error::{connection_error, first_connection_error, suback_error, unsuback_error};
 use crate::options::{check_filter, Settings};
 
 /// A connection that lasted this long resets the reconnect back-off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
-
-/// The backend's registered name.
-pub(crate) const NAME: &str = "mqtt";
 
 enum Ack {
     Sub(Vec<SubscribeReasonCode>),
@@ -207,7 +204,7 @@ impl Shared {
     }
 }
 
-/// The MQTT v5 backend. Made by [`crate::factory`] / [`crate::connect`].
+/// The MQTT v5 backend. Made by [`crate::connect`], [`crate::connect_blocking`] or the registry ([`crate::register`]).
 pub struct MqttBackend {
     client: AsyncClient,
     shared: Arc<Shared>,
@@ -243,12 +240,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl MqttBackend {
-    /// Connect with `config.mqtt` and wait for the broker's first CONNACK.
-    /// Received messages go to `ctx.inbox`.
-    pub async fn connect(config: &Config, ctx: BackendContext) -> Result<MqttBackend> {
+#[async_trait]
+impl Backend for MqttBackend {
+    const NAME: &'static str = "mqtt";
+    const CRATE: &'static str = env!("CARGO_PKG_NAME");
+    type Config = MqttConfig;
+
+    /// Connect with the `[mqtt]` section and wait for the broker's first
+    /// CONNACK. Received messages go to `ctx.inbox`.
+    async fn connect(
+        config: &Config,
+        mqtt: MqttConfig,
+        ctx: BackendContext,
+    ) -> Result<MqttBackend> {
         pubsub_core::tls::install_default_provider();
-        let settings = Settings::from_config(config)?;
+        let settings = Settings::from_config(config, &mqtt)?;
         let (client, eventloop) =
             AsyncClient::new(settings.options.clone(), settings.channel_capacity);
         let shared = Arc::new(Shared {
@@ -309,7 +315,9 @@ impl MqttBackend {
             broker_max_packet,
         })
     }
+}
 
+impl MqttBackend {
     /// Whether a message of `len` bytes for `topic` may be published now.
     fn admit(&self, topic: &str, len: usize) -> Result<()> {
         let packet = len + topic.len() + 16;
@@ -429,24 +437,20 @@ impl Drop for MqttBackend {
 
 #[async_trait]
 impl PubSubBackend for MqttBackend {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn capabilities(&self) -> Capabilities {
         let persistence = self.settings.persistent && self.settings.qos != QoS::AtMostOnce;
-        Capabilities {
-            groups: true,
-            persistence,
-            ordering: true,
-            wildcards: Some("+ #"),
-            max_payload: Some(self.max_packet_size.saturating_sub(MQTT_PACKET_OVERHEAD)),
-            delivery: if persistence {
-                Delivery::AtLeastOnce
-            } else {
-                Delivery::AtMostOnce
-            },
-        }
+        let mut c = Capabilities::default();
+        c.groups = true;
+        c.persistence = persistence;
+        c.ordering = true;
+        c.wildcards = Some("+ #");
+        c.max_payload = Some(self.max_packet_size.saturating_sub(MQTT_PACKET_OVERHEAD));
+        c.delivery = if persistence {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        };
+        c
     }
 
     fn broker_info(&self) -> BrokerInfo {
@@ -456,15 +460,14 @@ impl PubSubBackend for MqttBackend {
         } else {
             "mqtt"
         };
-        BrokerInfo {
-            server: Some("MQTT v5 broker".to_string()),
-            version: None,
-            max_payload: self
-                .broker_max_packet
-                .map(|n| n.saturating_sub(MQTT_PACKET_OVERHEAD)),
-            tls: self.settings.broker.tls,
-            address: Some(format!("{scheme}://{}", self.settings.address)),
-        }
+        let mut info = BrokerInfo::default();
+        info.server = Some("MQTT v5 broker".to_string());
+        info.max_payload = self
+            .broker_max_packet
+            .map(|n| n.saturating_sub(MQTT_PACKET_OVERHEAD));
+        info.tls = self.settings.broker.tls;
+        info.address = Some(format!("{scheme}://{}", self.settings.address));
+        info
     }
 
     fn check_publish_topic(&self, topic: &str) -> Result<()> {

@@ -2,55 +2,37 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod config;
 mod error;
 mod options;
 
-use futures::FutureExt;
-
 pub use backend::MqttBackend;
+pub use config::{MqttBroker, MqttConfig, MQTT_ENV, MQTT_MAX_PACKET_SIZE, MQTT_PACKET_OVERHEAD};
 pub use pubsub_core::{
-    self, blocking, config::MqttBroker, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
-    Delivery, Error, ErrorKind, Message, MessageStream, MqttConfig, OverflowPolicy, PubSub, Result,
-    Secret, Stats, Topic,
+    self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
+    Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
 };
 
-/// The registry entry of the `mqtt` backend.
-pub fn factory() -> BackendFactory {
-    BackendFactory {
-        name: backend::NAME,
-        crate_name: "pubsub-mqtt",
-        connect: |config, ctx| {
-            async move {
-                let b: Box<dyn pubsub_core::PubSubBackend> =
-                    Box::new(MqttBackend::connect(&config, ctx).await?);
-                Ok(b)
-            }
-            .boxed()
-        },
-    }
-}
-
-/// Register the `mqtt` backend, so that `PubSub::connect` with
-/// `backend = "mqtt"` (or `MSIGHT_PUBSUB_BACKEND=mqtt`) finds it.
+/// Register the `mqtt` backend, so that `backend = "mqtt"` (or
+/// `MSIGHT_PUBSUB_BACKEND=mqtt`) works with [`PubSub::connect`] and
+/// [`blocking::PubSub::connect`]. Calling it again does no harm.
 pub fn register() {
-    pubsub_core::register(factory());
+    pubsub_core::register::<MqttBackend>();
 }
 
-/// Connect to the MQTT broker of `config.mqtt`, whatever `config.backend` says.
+/// Connect to the MQTT broker (async), whatever `config.backend` says.
 pub async fn connect(config: &Config) -> Result<PubSub> {
-    PubSub::connect_with(&factory(), config).await
+    PubSub::connect_to::<MqttBackend>(config).await
 }
 
-/// [`connect`] for the blocking API: works from a plain `fn main()`.
+/// Connect to the MQTT broker (blocking), whatever `config.backend` says.
 pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
-    blocking::PubSub::connect_with(&factory(), config)
+    blocking::PubSub::connect_to::<MqttBackend>(config)
 }
 
 /// Like the NATS crate's `get_nats_config(group_id)`: defaults, then the
 /// `MSIGHT_MQTT_*` variables (and the other `MSIGHT_*` ones), with
-/// `backend = "mqtt"` and the given group.
+/// `backend = "mqtt"` and the given group, checked.
 pub fn get_mqtt_config(group_id: Option<&str>) -> Result<Config> {
-    let config = Config::from_env_for(backend::NAME, group_id)?;
-    config.mqtt.validate()?;
-    Ok(config)
+    Config::from_env_for::<MqttBackend>(group_id)
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubsub_core::config::{MqttBroker, MqttConfig};
+use crate::config::{MqttBroker, MqttConfig};
 use pubsub_core::tls::TlsFiles;
 use pubsub_core::{Config, Error, ErrorKind, Result};
 use rumqttc::v5::mqttbytes::QoS;
@@ -60,11 +60,10 @@ pub(crate) fn generated_client_id() -> String {
 }
 
 impl Settings {
-    /// Validate `config.mqtt` and build the client options (TLS files are
-    /// read here, so their errors come before any network traffic).
-    pub fn from_config(config: &Config) -> Result<Settings> {
-        let m: &MqttConfig = &config.mqtt;
-        m.validate()?;
+    /// Build the client options from the common settings and the (checked)
+    /// `[mqtt]` section (TLS files are read here, so their errors come
+    /// before any network traffic).
+    pub fn from_config(config: &Config, m: &MqttConfig) -> Result<Settings> {
         let broker = m.broker()?;
         let address = if broker.host.contains(':') {
             format!("[{}]:{}", broker.host, broker.port)
@@ -179,13 +178,16 @@ mod tests {
 
     #[test]
     fn options_from_config() {
-        let mut c = Config::default();
-        c.mqtt.url = Some("mqtt://127.0.0.1:1999".into());
-        c.mqtt.username = Some("u".into());
-        c.mqtt.password = Some(Secret::new("hunter2"));
-        c.mqtt.session_expiry = Some(Duration::from_secs(60));
-        c.mqtt.client_id = Some("fixed".into());
-        let s = Settings::from_config(&c).unwrap();
+        let c = Config::default();
+        let m = MqttConfig {
+            url: Some("mqtt://127.0.0.1:1999".into()),
+            username: Some("u".into()),
+            password: Some(Secret::new("hunter2")),
+            session_expiry: Some(Duration::from_secs(60)),
+            client_id: Some("fixed".into()),
+            ..MqttConfig::default()
+        };
+        let s = Settings::from_config(&c, &m).unwrap();
         assert_eq!(s.address, "127.0.0.1:1999");
         assert_eq!(s.options.broker_address(), ("127.0.0.1".to_string(), 1999));
         assert!(!s.options.clean_start());
@@ -193,20 +195,25 @@ mod tests {
         assert_eq!(s.options.client_id(), "fixed");
         assert_eq!(s.options.max_packet_size(), Some(16 * 1024 * 1024));
         assert!(s.persistent);
-        let c = Config::default();
-        let s = Settings::from_config(&c).unwrap();
+        let m = MqttConfig::default();
+        let s = Settings::from_config(&c, &m).unwrap();
         assert!(s.options.clean_start());
         assert!(s.client_id.starts_with("msight-"));
-        assert_ne!(s.client_id, Settings::from_config(&c).unwrap().client_id);
+        assert_ne!(
+            s.client_id,
+            Settings::from_config(&c, &m).unwrap().client_id
+        );
         assert_eq!(s.qos, QoS::AtLeastOnce);
     }
 
     #[test]
     fn missing_tls_files_are_tls_errors_naming_the_key() {
-        let mut c = Config::default();
-        c.mqtt.url = Some("mqtts://127.0.0.1:1".into());
-        c.mqtt.tls_ca_cert = Some("/nonexistent/ca.pem".into());
-        let e = Settings::from_config(&c).err().unwrap();
+        let m = MqttConfig {
+            url: Some("mqtts://127.0.0.1:1".into()),
+            tls_ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..MqttConfig::default()
+        };
+        let e = Settings::from_config(&Config::default(), &m).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Tls);
         assert!(e.to_string().contains("mqtt.tls_ca_cert"), "{e}");
     }

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, seq, seq_of, start_broker, unique};
+use pubsub_mqtt::MqttConfig;
 
 /// With clean sessions (the default), what is lost is one stretch of the
 /// publisher's sequence around the outage: everything before it and
@@ -14,14 +15,20 @@ use common::{config_for, seq, seq_of, start_broker, unique};
 async fn restart_under_load_loses_only_the_outage() {
     let mut broker = start_broker();
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.reconnect_delay_max = Duration::from_millis(200);
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_millis(200);
     let sub = pubsub_mqtt::connect(&config)
         .await
         .expect("connect subscriber");
     let topic = unique("outage");
     sub.subscribe(&topic).await.expect("subscribe");
     let mut pub_config = config.clone();
-    pub_config.mqtt.request_channel_capacity = 20_000;
+    pub_config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .request_channel_capacity = 20_000;
     let publ = pubsub_mqtt::connect(&pub_config)
         .await
         .expect("connect publisher");
@@ -105,7 +112,10 @@ async fn broker_gone_calls_stay_bounded() {
     let mut config = config_for(&broker.url(), 1);
     config.close_timeout = Duration::from_secs(2);
     config.publish_timeout = Duration::from_secs(1);
-    config.mqtt.request_channel_capacity = 5;
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .request_channel_capacity = 5;
     let ps = pubsub_mqtt::connect(&config).await.expect("connect");
     let topic = unique("gone");
     ps.subscribe(&topic).await.expect("subscribe");
@@ -167,11 +177,15 @@ async fn restart_under_load_with_sessions_loses_nothing() {
     let mut broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
     let topic = unique("sessions");
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.reconnect_delay_max = Duration::from_millis(200);
-    config.mqtt.session_expiry = Some(Duration::from_secs(300));
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_millis(200);
+    config.section_mut::<MqttConfig>().unwrap().session_expiry = Some(Duration::from_secs(300));
     config.buffer.capacity = TOTAL as usize * 2;
     let mut sub_config = config.clone();
-    sub_config.mqtt.client_id = Some(format!("sub-{}", std::process::id()));
+    sub_config.section_mut::<MqttConfig>().unwrap().client_id =
+        Some(format!("sub-{}", std::process::id()));
     let sub = pubsub_mqtt::connect(&sub_config)
         .await
         .expect("connect subscriber");
@@ -197,8 +211,12 @@ async fn restart_under_load_with_sessions_loses_nothing() {
     };
 
     let mut pub_config = config.clone();
-    pub_config.mqtt.client_id = Some(format!("pub-{}", std::process::id()));
-    pub_config.mqtt.request_channel_capacity = 20_000;
+    pub_config.section_mut::<MqttConfig>().unwrap().client_id =
+        Some(format!("pub-{}", std::process::id()));
+    pub_config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .request_channel_capacity = 20_000;
     pub_config.publish_timeout = Duration::from_secs(10);
     let next = Arc::new(AtomicU32::new(0));
     let failed = Arc::new(AtomicU32::new(0));

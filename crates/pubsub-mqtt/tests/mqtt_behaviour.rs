@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start_broker, unique};
 use pubsub_core::testkit::brokers::Mosquitto;
+use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{Config, ErrorKind, PubSub};
 
 /// The setup that stalled with rumqttc 0.25.1 (see shared/DESIGN.md): one
@@ -107,7 +108,10 @@ async fn one_handle_publishing_a_burst_to_itself_at_qos1_does_not_stall() {
     });
     let mut config = config_for(&broker.url(), 1);
     // A small request channel makes a stall, if there is one, certain.
-    config.mqtt.request_channel_capacity = 10;
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .request_channel_capacity = 10;
     let ps = pubsub_mqtt::connect(&config).await.expect("connect");
     let topic = unique("burst");
     ps.subscribe(&topic).await.expect("subscribe");
@@ -140,7 +144,7 @@ async fn one_handle_publishing_a_burst_to_itself_at_qos1_does_not_stall() {
 async fn one_mib_payload_round_trip_and_over_the_max_is_payload_too_large() {
     let broker = start_broker();
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.max_packet_size = 2 * 1024 * 1024;
+    config.section_mut::<MqttConfig>().unwrap().max_packet_size = 2 * 1024 * 1024;
     let ps = pubsub_mqtt::connect(&config).await.expect("connect");
     let topic = unique("big");
     ps.subscribe(&topic).await.expect("subscribe");
@@ -158,10 +162,7 @@ async fn one_mib_payload_round_trip_and_over_the_max_is_payload_too_large() {
     assert!(got[0].payload[..] == mib[..], "1 MiB payload changed");
     assert!(got[1].payload[..] == small_but_over_10k[..]);
     let max = ps.capabilities().max_payload.expect("a max payload");
-    assert_eq!(
-        max,
-        2 * 1024 * 1024 - pubsub_core::config::MQTT_PACKET_OVERHEAD
-    );
+    assert_eq!(max, 2 * 1024 * 1024 - pubsub_mqtt::MQTT_PACKET_OVERHEAD);
     let e = ps
         .publish(&topic, vec![0u8; 2 * 1024 * 1024])
         .await
@@ -184,8 +185,12 @@ async fn persistent_session_receives_what_was_published_while_away() {
     let broker = start_broker();
     let topic = unique("session");
     let mut sub_config = config_for(&broker.url(), 1);
-    sub_config.mqtt.client_id = Some(format!("persistent-{}", std::process::id()));
-    sub_config.mqtt.session_expiry = Some(Duration::from_secs(300));
+    sub_config.section_mut::<MqttConfig>().unwrap().client_id =
+        Some(format!("persistent-{}", std::process::id()));
+    sub_config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .session_expiry = Some(Duration::from_secs(300));
     let sub = pubsub_mqtt::connect(&sub_config).await.expect("connect");
     assert!(sub.capabilities().persistence);
     assert_eq!(
@@ -218,7 +223,7 @@ async fn persistent_session_receives_what_was_published_while_away() {
 
     // A clean-start subscriber with the same id gets nothing queued.
     let mut clean = sub_config.clone();
-    clean.mqtt.session_expiry = None;
+    clean.section_mut::<MqttConfig>().unwrap().session_expiry = None;
     let c = pubsub_mqtt::connect(&clean).await.expect("connect clean");
     c.subscribe(&topic).await.expect("subscribe");
     let publ = pubsub_mqtt::connect(&config_for(&broker.url(), 1))
@@ -247,9 +252,16 @@ async fn persistent_session_survives_a_persistent_broker_restart() {
     let mut broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
     let topic = unique("kept");
     let mut sub_config = config_for(&broker.url(), 1);
-    sub_config.mqtt.client_id = Some(format!("kept-{}", std::process::id()));
-    sub_config.mqtt.session_expiry = Some(Duration::from_secs(300));
-    sub_config.mqtt.reconnect_delay_max = Duration::from_millis(500);
+    sub_config.section_mut::<MqttConfig>().unwrap().client_id =
+        Some(format!("kept-{}", std::process::id()));
+    sub_config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .session_expiry = Some(Duration::from_secs(300));
+    sub_config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_millis(500);
     let sub = pubsub_mqtt::connect(&sub_config).await.expect("connect");
     sub.subscribe(&topic).await.expect("subscribe");
     tokio::task::block_in_place(|| broker.restart());
@@ -289,8 +301,14 @@ async fn reconnect_backs_off_and_resubscribes() {
     let mut broker = start_broker();
     let port = broker.port();
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.reconnect_delay_min = Duration::from_millis(100);
-    config.mqtt.reconnect_delay_max = Duration::from_millis(800);
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_min = Duration::from_millis(100);
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_millis(800);
     let sub = pubsub_mqtt::connect(&config).await.expect("connect");
     let topic = unique("backoff");
     let wild = format!("{topic}/+");
@@ -504,7 +522,7 @@ async fn connect_from_environment_variables() {
         ]))
         .load()
         .expect("config from env");
-    assert_eq!(config.mqtt.qos, 2);
+    assert_eq!(config.section::<MqttConfig>().unwrap().qos, 2);
     pubsub_mqtt::register();
     let ps = PubSub::connect(&config).await.expect("connect by name");
     assert_eq!(ps.backend_name(), "mqtt");
@@ -547,7 +565,7 @@ async fn retain_is_off_by_default_and_on_when_configured() {
         .expect("recv")
         .is_none());
     let mut retaining = config_for(&broker.url(), 1);
-    retaining.mqtt.retain = true;
+    retaining.section_mut::<MqttConfig>().unwrap().retain = true;
     let publ2 = pubsub_mqtt::connect(&retaining).await.expect("connect");
     let topic2 = unique("retain");
     publ2.publish(&topic2, "kept").await.expect("publish");
@@ -572,8 +590,11 @@ async fn retain_is_off_by_default_and_on_when_configured() {
 async fn same_client_id_twice_does_not_make_a_reconnect_storm() {
     let broker = start_broker();
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.client_id = Some("twice".into());
-    config.mqtt.reconnect_delay_max = Duration::from_secs(2);
+    config.section_mut::<MqttConfig>().unwrap().client_id = Some("twice".into());
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_secs(2);
     let a = pubsub_mqtt::connect(&config).await.expect("connect a");
     let b = pubsub_mqtt::connect(&config).await.expect("connect b");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -591,8 +612,14 @@ async fn same_client_id_twice_does_not_make_a_reconnect_storm() {
 async fn publish_with_the_broker_away_times_out_instead_of_hanging() {
     let mut broker = start_broker();
     let mut config = config_for(&broker.url(), 1);
-    config.mqtt.request_channel_capacity = 20;
-    config.mqtt.reconnect_delay_max = Duration::from_millis(300);
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .request_channel_capacity = 20;
+    config
+        .section_mut::<MqttConfig>()
+        .unwrap()
+        .reconnect_delay_max = Duration::from_millis(300);
     config.publish_timeout = Duration::from_secs(1);
     let ps = pubsub_mqtt::connect(&config).await.expect("connect");
     let topic = unique("away");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{config_for, unique};
 use pubsub_core::testkit::brokers::Mosquitto;
 use pubsub_core::testkit::certs::TestPki;
+use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{Config, ErrorKind, Secret};
 
 fn tls_broker(pki: &TestPki, mutual: bool) -> Mosquitto {
@@ -19,7 +20,7 @@ fn tls_broker(pki: &TestPki, mutual: bool) -> Mosquitto {
 fn tls_config(broker: &Mosquitto, pki: &TestPki) -> Config {
     let mut c = config_for(&broker.url(), 1);
     assert!(broker.url().starts_with("mqtts://"));
-    c.mqtt.tls_ca_cert = Some(pki.ca_cert.clone());
+    c.section_mut::<MqttConfig>().unwrap().tls_ca_cert = Some(pki.ca_cert.clone());
     c.connect_timeout = Duration::from_secs(5);
     c
 }
@@ -67,27 +68,29 @@ async fn tls_with_our_ca_and_wrong_ca() {
 
     // tls = true with host and port instead of an mqtts:// URL.
     let mut c2 = c.clone();
-    c2.mqtt.url = None;
-    c2.mqtt.host = "127.0.0.1".into();
-    c2.mqtt.port = broker.port();
-    c2.mqtt.tls = true;
+    let mqtt = c2.section_mut::<MqttConfig>().unwrap();
+    mqtt.url = None;
+    mqtt.host = "127.0.0.1".into();
+    mqtt.port = broker.port();
+    mqtt.tls = true;
     round_trip(&c2).await.expect("TLS by tls = true");
 
     let mut wrong = c.clone();
-    wrong.mqtt.tls_ca_cert = Some(pki.other_ca_cert.clone());
+    wrong.section_mut::<MqttConfig>().unwrap().tls_ca_cert = Some(pki.other_ca_cert.clone());
     let e = fails_with(&wrong, ErrorKind::Tls).await;
     println!("wrong CA: {e}");
 
     // Verification off accepts the certificate (tests only).
     let mut unverified = wrong.clone();
-    unverified.mqtt.tls_verify = false;
+    unverified.section_mut::<MqttConfig>().unwrap().tls_verify = false;
     round_trip(&unverified)
         .await
         .expect("TLS without verification");
 
     // A plain client at the TLS listener does not get in.
     let mut plain = c.clone();
-    plain.mqtt.url = Some(format!("mqtt://127.0.0.1:{}", broker.port()));
+    plain.section_mut::<MqttConfig>().unwrap().url =
+        Some(format!("mqtt://127.0.0.1:{}", broker.port()));
     let e = pubsub_mqtt::connect(&plain)
         .await
         .expect_err("plain at TLS");
@@ -105,13 +108,15 @@ async fn mutual_tls() {
     let pki = TestPki::generate();
     let broker = tls_broker(&pki, true);
     let mut c = tls_config(&broker, &pki);
-    c.mqtt.tls_cert = Some(pki.client_cert.clone());
-    c.mqtt.tls_key = Some(pki.client_key.clone());
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.tls_cert = Some(pki.client_cert.clone());
+    mqtt.tls_key = Some(pki.client_key.clone());
     round_trip(&c).await.expect("mutual TLS");
 
     let mut no_cert = c.clone();
-    no_cert.mqtt.tls_cert = None;
-    no_cert.mqtt.tls_key = None;
+    let mqtt = no_cert.section_mut::<MqttConfig>().unwrap();
+    mqtt.tls_cert = None;
+    mqtt.tls_key = None;
     let e = pubsub_mqtt::connect(&no_cert)
         .await
         .expect_err("no client certificate");
@@ -119,8 +124,9 @@ async fn mutual_tls() {
     println!("no client certificate: {e}");
 
     let mut other = c.clone();
-    other.mqtt.tls_cert = Some(pki.other_client_cert.clone());
-    other.mqtt.tls_key = Some(pki.other_client_key.clone());
+    let mqtt = other.section_mut::<MqttConfig>().unwrap();
+    mqtt.tls_cert = Some(pki.other_client_cert.clone());
+    mqtt.tls_key = Some(pki.other_client_key.clone());
     let e = pubsub_mqtt::connect(&other)
         .await
         .expect_err("client certificate of another CA");
@@ -129,7 +135,7 @@ async fn mutual_tls() {
 
     // A key that does not match the certificate is caught before connecting.
     let mut mismatched = c.clone();
-    mismatched.mqtt.tls_key = Some(pki.other_client_key.clone());
+    mismatched.section_mut::<MqttConfig>().unwrap().tls_key = Some(pki.other_client_key.clone());
     let e = fails_with(&mismatched, ErrorKind::Tls).await;
     assert!(e.to_string().contains("mqtt.tls_key"), "{e}");
 }
@@ -142,12 +148,13 @@ async fn password_file_right_and_wrong_password() {
             .start()
     });
     let mut c = config_for(&broker.url(), 1);
-    c.mqtt.username = Some("alice".into());
-    c.mqtt.password = Some(Secret::new("right-pass"));
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.username = Some("alice".into());
+    mqtt.password = Some(Secret::new("right-pass"));
     round_trip(&c).await.expect("right password");
 
     let mut wrong = c.clone();
-    wrong.mqtt.password = Some(Secret::new("hunter2-wrong"));
+    wrong.section_mut::<MqttConfig>().unwrap().password = Some(Secret::new("hunter2-wrong"));
     let e = fails_with(&wrong, ErrorKind::Auth).await;
     let shown = format!("{e} {e:?}");
     assert!(!shown.contains("hunter2-wrong"), "password leaked: {shown}");
@@ -155,8 +162,9 @@ async fn password_file_right_and_wrong_password() {
     println!("wrong password: {e}");
 
     let mut anonymous = c.clone();
-    anonymous.mqtt.username = None;
-    anonymous.mqtt.password = None;
+    let mqtt = anonymous.section_mut::<MqttConfig>().unwrap();
+    mqtt.username = None;
+    mqtt.password = None;
     let e = fails_with(&anonymous, ErrorKind::Auth).await;
     println!("anonymous: {e}");
 }

@@ -7,13 +7,14 @@ use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use pubsub_core::{
-    async_trait, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, Inbox, Message,
+    async_trait, Backend, BackendContext, BrokerInfo, Capabilities, Config, Error, Inbox, Message,
     PubSubBackend, Result, TopicCache, TryPublish,
 };
 use tokio::task::JoinHandle;
 
 use crate::error::{connect_error, op_error, publish_error, servers_shown};
 use crate::options;
+use crate::NatsConfig;
 
 /// A connection to NATS. Create it through [`crate::connect`],
 /// [`crate::connect_blocking`] or the registry ([`crate::register`]).
@@ -50,16 +51,26 @@ impl std::fmt::Debug for NatsBackend {
     }
 }
 
-impl NatsBackend {
-    /// Connect with `config.nats`; received messages go to `ctx.inbox`.
-    pub async fn connect(config: &Config, ctx: BackendContext) -> Result<NatsBackend> {
-        let servers = options::check(config)?;
+#[async_trait]
+impl Backend for NatsBackend {
+    const NAME: &'static str = "nats";
+    const CRATE: &'static str = env!("CARGO_PKG_NAME");
+    type Config = NatsConfig;
+
+    /// Connect with the `[nats]` section; received messages go to `ctx.inbox`.
+    async fn connect(
+        config: &Config,
+        nats: NatsConfig,
+        ctx: BackendContext,
+    ) -> Result<NatsBackend> {
+        let servers = options::servers(&nats)?;
         let opts =
-            options::connect_options(config, servers.url_credentials, ctx.counters.clone()).await?;
+            options::connect_options(config, &nats, servers.url_credentials, ctx.counters.clone())
+                .await?;
         let client = opts
             .connect(servers.addrs)
             .await
-            .map_err(|e| connect_error(&config.nats.servers, e))?;
+            .map_err(|e| connect_error(&nats.servers, e))?;
         let subject = Subject::from(client.new_inbox());
         let echoes = client
             .subscribe(subject.clone())
@@ -79,15 +90,17 @@ impl NatsBackend {
         );
         Ok(NatsBackend {
             client,
-            servers: servers_shown(&config.nats.servers),
-            tls: options::tls_wanted(&config.nats) || info.tls_required,
+            servers: servers_shown(&nats.servers),
+            tls: options::tls_wanted(&nats) || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
             subjects: TopicCache::new(SUBJECT_CACHE),
             probe,
         })
     }
+}
 
+impl NatsBackend {
     /// The async-nats client, for what this library does not cover.
     pub fn client(&self) -> &Client {
         &self.client
@@ -176,30 +189,24 @@ const SUBJECT_CACHE: usize = 4096;
 
 #[async_trait]
 impl PubSubBackend for NatsBackend {
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            groups: true,
-            persistence: false,
-            ordering: true,
-            wildcards: Some("* >"),
-            max_payload: Some(self.client.server_info().max_payload),
-            delivery: Delivery::AtMostOnce,
-        }
+        let mut c = Capabilities::default();
+        c.groups = true;
+        c.ordering = true;
+        c.wildcards = Some("* >");
+        c.max_payload = Some(self.client.server_info().max_payload);
+        c
     }
 
     fn broker_info(&self) -> BrokerInfo {
         let i = self.client.server_info();
-        BrokerInfo {
-            server: Some(format!("nats-server {}", i.server_name)),
-            version: Some(i.version),
-            max_payload: Some(i.max_payload),
-            tls: self.tls,
-            address: Some(self.servers.clone()),
-        }
+        let mut info = BrokerInfo::default();
+        info.server = Some(format!("nats-server {}", i.server_name));
+        info.version = Some(i.version);
+        info.max_payload = Some(i.max_payload);
+        info.tls = self.tls;
+        info.address = Some(self.servers.clone());
+        info
     }
 
     fn check_subscribe_topic(&self, topic: &str) -> Result<()> {

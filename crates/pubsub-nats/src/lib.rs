@@ -2,56 +2,39 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod config;
 mod error;
 mod options;
 
-use futures::FutureExt;
-
 pub use backend::NatsBackend;
+pub use config::{validate_server_url, NatsConfig, NATS_ENV};
 pub use pubsub_core::{
-    self, blocking, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery, Error,
-    ErrorKind, Message, MessageStream, NatsConfig, OverflowPolicy, PubSub, Result, Secret, Stats,
-    Topic,
+    self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
+    Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
 };
-
-/// The registry entry of the `nats` backend.
-pub fn factory() -> BackendFactory {
-    BackendFactory {
-        name: "nats",
-        crate_name: "pubsub-nats",
-        connect: |config, ctx| {
-            async move {
-                let b: Box<dyn pubsub_core::PubSubBackend> =
-                    Box::new(NatsBackend::connect(&config, ctx).await?);
-                Ok(b)
-            }
-            .boxed()
-        },
-    }
-}
 
 /// Register the `nats` backend, so that `backend = "nats"` (or
 /// `MSIGHT_PUBSUB_BACKEND=nats`) works with [`PubSub::connect`] and
 /// [`blocking::PubSub::connect`]. Calling it again does no harm.
 pub fn register() {
-    pubsub_core::register(factory());
+    pubsub_core::register::<NatsBackend>();
 }
 
 /// Connect to NATS (async), whatever `config.backend` says.
 pub async fn connect(config: &Config) -> Result<PubSub> {
-    PubSub::connect_with(&factory(), config).await
+    PubSub::connect_to::<NatsBackend>(config).await
 }
 
 /// Connect to NATS (blocking), whatever `config.backend` says.
 pub fn connect_blocking(config: &Config) -> Result<blocking::PubSub> {
-    blocking::PubSub::connect_with(&factory(), config)
+    blocking::PubSub::connect_to::<NatsBackend>(config)
 }
 
 /// The Python original's `get_nats_config(group_id)`: defaults, then the
 /// `MSIGHT_NATS_*` variables (and the other `MSIGHT_*` ones), with
-/// `backend = "nats"` and the given group.
+/// `backend = "nats"` and the given group, checked.
 pub fn get_nats_config(group_id: Option<&str>) -> Result<Config> {
-    Config::from_env_for("nats", group_id)
+    Config::from_env_for::<NatsBackend>(group_id)
 }
 
 /// The workspace README's examples, compiled as doctests.

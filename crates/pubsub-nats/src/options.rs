@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
-use pubsub_core::config::NatsConfig;
 use pubsub_core::tls::{self, TlsFiles};
 use pubsub_core::{Config, Counters, Error, Result};
+
+use crate::NatsConfig;
 
 /// The server list as the client gets it: credentials moved out of the
 /// URLs (async-nats ignores them there, and logs the URLs at debug level).
@@ -97,10 +98,10 @@ pub(crate) fn tls_wanted(nats: &NatsConfig) -> bool {
 /// checked before connecting, so mistakes fail with the key at fault.
 pub(crate) async fn connect_options(
     config: &Config,
+    nats: &NatsConfig,
     url_credentials: Option<(String, Option<String>)>,
     counters: Arc<Counters>,
 ) -> Result<ConnectOptions> {
-    let nats = &config.nats;
     let mut opts = ConnectOptions::new();
 
     if let Some((user, password)) = url_credentials {
@@ -240,12 +241,6 @@ fn event_hook(
         }
         std::future::ready(())
     }
-}
-
-/// Fail early on a server list the client cannot parse.
-pub(crate) fn check(config: &Config) -> Result<Servers> {
-    config.nats.validate()?;
-    servers(&config.nats)
 }
 
 #[cfg(test)]

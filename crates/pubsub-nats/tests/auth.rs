@@ -8,15 +8,14 @@ use std::time::{Duration, Instant};
 use data_encoding::BASE64URL_NOPAD;
 use nkeys::KeyPair;
 use pubsub_core::testkit::brokers::NatsServer;
+use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind, Secret};
 
 fn config(server: &NatsServer) -> Config {
-    let mut c = Config {
-        backend: "nats".into(),
-        connect_timeout: Duration::from_secs(5),
-        ..Config::default()
-    };
-    c.nats.servers = vec![server.url()];
+    let mut c = Config::default();
+    c.backend = "nats".into();
+    c.connect_timeout = Duration::from_secs(5);
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
     c
 }
 
@@ -57,13 +56,15 @@ fn start(extra: &str) -> NatsServer {
 async fn user_and_password() {
     let server = start("authorization { user: alice, password: \"right-pw-1\" }");
     let mut c = config(&server);
-    c.nats.user = Some("alice".into());
-    c.nats.password = Some(Secret::new("right-pw-1"));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user = Some("alice".into());
+    nats.password = Some(Secret::new("right-pw-1"));
     round_trip(&c).await.expect("right password");
-    c.nats.password = Some(Secret::new("wrong-pw-1"));
+    c.section_mut::<NatsConfig>().unwrap().password = Some(Secret::new("wrong-pw-1"));
     refused(&c, "wrong-pw-1").await;
-    c.nats.user = None;
-    c.nats.password = None;
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user = None;
+    nats.password = None;
     refused(&c, "right-pw-1").await;
 }
 
@@ -71,9 +72,9 @@ async fn user_and_password() {
 async fn token() {
     let server = start("authorization { token: \"right-token-2\" }");
     let mut c = config(&server);
-    c.nats.token = Some(Secret::new("right-token-2"));
+    c.section_mut::<NatsConfig>().unwrap().token = Some(Secret::new("right-token-2"));
     round_trip(&c).await.expect("right token");
-    c.nats.token = Some(Secret::new("wrong-token-2"));
+    c.section_mut::<NatsConfig>().unwrap().token = Some(Secret::new("wrong-token-2"));
     refused(&c, "wrong-token-2").await;
 }
 
@@ -85,14 +86,14 @@ async fn nkey() {
         user.public_key()
     ));
     let mut c = config(&server);
-    c.nats.nkeys_seed = Some(Secret::new(user.seed().unwrap()));
+    c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new(user.seed().unwrap()));
     round_trip(&c).await.expect("right nkey");
     let other = KeyPair::new_user();
     let other_seed = other.seed().unwrap();
-    c.nats.nkeys_seed = Some(Secret::new(other_seed.clone()));
+    c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new(other_seed.clone()));
     refused(&c, &other_seed).await;
     // Not a seed at all: a config error that does not echo the value.
-    c.nats.nkeys_seed = Some(Secret::new("SUnot-a-seed-marker"));
+    c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new("SUnot-a-seed-marker"));
     let e = pubsub_nats::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
     assert!(e.to_string().contains("nats.nkeys_seed"), "{e}");
@@ -185,20 +186,22 @@ async fn user_jwt_signed_with_nkey_seed() {
     let op = Operator::start();
     let (user, token) = Operator::user(&op.account);
     let mut c = config(&op.server);
-    c.nats.user_jwt = Some(Secret::new(token.clone()));
-    c.nats.nkeys_seed = Some(Secret::new(user.seed().unwrap()));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user_jwt = Some(Secret::new(token.clone()));
+    nats.nkeys_seed = Some(Secret::new(user.seed().unwrap()));
     round_trip(&c).await.expect("valid user JWT");
 
     // The right JWT with a seed that is not the user's: the signature fails.
     let impostor = KeyPair::new_user();
-    c.nats.nkeys_seed = Some(Secret::new(impostor.seed().unwrap()));
+    c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new(impostor.seed().unwrap()));
     refused(&c, &impostor.seed().unwrap()).await;
 
     // A user of an account the server does not know.
     let stranger = KeyPair::new_account();
     let (user2, token2) = Operator::user(&stranger);
-    c.nats.user_jwt = Some(Secret::new(token2.clone()));
-    c.nats.nkeys_seed = Some(Secret::new(user2.seed().unwrap()));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user_jwt = Some(Secret::new(token2.clone()));
+    nats.nkeys_seed = Some(Secret::new(user2.seed().unwrap()));
     refused(&c, &token2).await;
 }
 
@@ -210,19 +213,19 @@ async fn creds_file() {
     let good = dir.path().join("good.creds");
     std::fs::write(&good, creds(&token, &user.seed().unwrap())).unwrap();
     let mut c = config(&op.server);
-    c.nats.user_credentials = Some(good);
+    c.section_mut::<NatsConfig>().unwrap().user_credentials = Some(good);
     round_trip(&c).await.expect("valid .creds");
 
     let stranger = KeyPair::new_account();
     let (user2, token2) = Operator::user(&stranger);
     let bad = dir.path().join("bad.creds");
     std::fs::write(&bad, creds(&token2, &user2.seed().unwrap())).unwrap();
-    c.nats.user_credentials = Some(bad);
+    c.section_mut::<NatsConfig>().unwrap().user_credentials = Some(bad);
     refused(&c, &user2.seed().unwrap()).await;
 
     let garbage = dir.path().join("garbage.creds");
     std::fs::write(&garbage, "not a creds file: secret-garbage-marker").unwrap();
-    c.nats.user_credentials = Some(garbage);
+    c.section_mut::<NatsConfig>().unwrap().user_credentials = Some(garbage);
     let e = pubsub_nats::connect(&c).await.unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::InvalidConfig | ErrorKind::Auth),
@@ -233,7 +236,8 @@ async fn creds_file() {
         "{e}"
     );
 
-    c.nats.user_credentials = Some(dir.path().join("missing.creds"));
+    c.section_mut::<NatsConfig>().unwrap().user_credentials =
+        Some(dir.path().join("missing.creds"));
     let e = pubsub_nats::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
     assert!(
@@ -259,21 +263,23 @@ async fn secrets_never_reach_logs_errors_or_debug() {
 
     let server = start("authorization { user: alice, password: \"pw-marker-7c1e\" }");
     let mut c = config(&server);
-    c.nats.user = Some("alice".into());
-    c.nats.password = Some(Secret::new("pw-marker-7c1e"));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user = Some("alice".into());
+    nats.password = Some(Secret::new("pw-marker-7c1e"));
     record(&c, round_trip(&c).await);
-    c.nats.password = Some(Secret::new("pw-marker-wrong-41b2"));
+    c.section_mut::<NatsConfig>().unwrap().password = Some(Secret::new("pw-marker-wrong-41b2"));
     record(&c, round_trip(&c).await);
-    c.nats.servers = vec![format!(
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![format!(
         "nats://alice:pw-marker-7c1e@127.0.0.1:{}",
         server.port()
     )];
-    c.nats.user = None;
-    c.nats.password = None;
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user = None;
+    nats.password = None;
     let r = round_trip(&c).await;
     assert!(r.is_ok(), "credentials in the URL: {r:?}");
     record(&c, r);
-    c.nats.servers = vec![format!(
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![format!(
         "nats://alice:pw-marker-url-5d0c@127.0.0.1:{}",
         server.port()
     )];
@@ -289,9 +295,9 @@ async fn secrets_never_reach_logs_errors_or_debug() {
 
     let server = start("authorization { token: \"tok-marker-93ad\" }");
     let mut c = config(&server);
-    c.nats.token = Some(Secret::new("tok-marker-93ad"));
+    c.section_mut::<NatsConfig>().unwrap().token = Some(Secret::new("tok-marker-93ad"));
     record(&c, round_trip(&c).await);
-    c.nats.token = Some(Secret::new("tok-marker-wrong-18f0"));
+    c.section_mut::<NatsConfig>().unwrap().token = Some(Secret::new("tok-marker-wrong-18f0"));
     record(&c, round_trip(&c).await);
     markers.extend(["tok-marker-93ad", "tok-marker-wrong-18f0"].map(String::from));
 
@@ -299,17 +305,18 @@ async fn secrets_never_reach_logs_errors_or_debug() {
     let (user, token) = Operator::user(&op.account);
     let seed = user.seed().unwrap();
     let mut c = config(&op.server);
-    c.nats.user_jwt = Some(Secret::new(token.clone()));
-    c.nats.nkeys_seed = Some(Secret::new(seed.clone()));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.user_jwt = Some(Secret::new(token.clone()));
+    nats.nkeys_seed = Some(Secret::new(seed.clone()));
     record(&c, round_trip(&c).await);
     let impostor = KeyPair::new_user().seed().unwrap();
-    c.nats.nkeys_seed = Some(Secret::new(impostor.clone()));
+    c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new(impostor.clone()));
     record(&c, round_trip(&c).await);
     let dir = tempfile::tempdir().unwrap();
     let creds_path = dir.path().join("u.creds");
     std::fs::write(&creds_path, creds(&token, &seed)).unwrap();
     let mut c = config(&op.server);
-    c.nats.user_credentials = Some(creds_path);
+    c.section_mut::<NatsConfig>().unwrap().user_credentials = Some(creds_path);
     record(&c, round_trip(&c).await);
     // The JWT's signature part and the seeds are the secret parts.
     markers.extend([

@@ -3,6 +3,7 @@
 
 use pubsub_core::testkit::brokers::{free_port, NatsServer};
 use pubsub_core::testkit::conformance::Harness;
+use pubsub_nats::NatsConfig;
 use pubsub_nats::{BackendFactory, Config};
 
 struct Nats {
@@ -10,18 +11,16 @@ struct Nats {
 }
 
 fn config_for(url: String) -> Config {
-    let mut c = Config {
-        backend: "nats".into(),
-        ..Config::default()
-    };
-    c.nats.servers = vec![url];
+    let mut c = Config::default();
+    c.backend = "nats".into();
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![url];
     c
 }
 
 #[pubsub_nats::pubsub_core::async_trait]
 impl Harness for Nats {
     fn factory(&self) -> BackendFactory {
-        pubsub_nats::factory()
+        pubsub_core::BackendFactory::of::<pubsub_nats::NatsBackend>()
     }
 
     fn config(&self) -> Config {

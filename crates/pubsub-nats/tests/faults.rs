@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use pubsub_core::testkit::brokers::{NatsCluster, NatsServer};
 use pubsub_core::testkit::conformance::{drain, probe_until_delivered};
+use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind};
 
 fn config(servers: Vec<String>) -> Config {
     let mut c = Config::default();
-    c.nats.servers = servers;
-    c.nats.reconnect_delay_max = Duration::from_millis(250);
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.servers = servers;
+    nats.reconnect_delay_max = Duration::from_millis(250);
     c
 }
 
@@ -243,7 +245,7 @@ async fn broker_gone_calls_stay_bounded() {
     drop(dropped);
     let blocking = pubsub_nats::connect_blocking(&{
         let mut c = c.clone();
-        c.nats.servers = vec!["nats://127.0.0.1:1".into()];
+        c.section_mut::<NatsConfig>().unwrap().servers = vec!["nats://127.0.0.1:1".into()];
         c
     });
     assert!(blocking.is_err());
@@ -285,8 +287,9 @@ async fn tls_client_at_plain_server() {
     let server = tokio::task::block_in_place(NatsServer::start);
     let pki = pubsub_core::testkit::certs::TestPki::generate();
     let mut c = config(vec![server.url()]);
-    c.nats.tls = true;
-    c.nats.tls_ca_cert = Some(pki.ca_cert.clone());
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.tls = true;
+    nats.tls_ca_cert = Some(pki.ca_cert.clone());
     c.connect_timeout = Duration::from_secs(2);
     let t0 = Instant::now();
     let e = pubsub_nats::connect(&c).await.unwrap_err();

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pubsub_core::testkit::brokers::{free_port, NatsServer};
+use pubsub_core::Section;
+use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind, OverflowPolicy};
 
 fn start() -> NatsServer {
@@ -22,7 +24,7 @@ fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
 async fn first_servers_down_still_connects() {
     let live = start();
     let mut c = Config::default();
-    c.nats.servers = vec![
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![
         format!("nats://127.0.0.1:{}", free_port()),
         format!("nats://127.0.0.1:{}", free_port()),
         live.url(),
@@ -54,7 +56,10 @@ async fn python_style_environment_connects() {
         ("MSIGHT_NATS_USE_TLS", "no".into()),
     ]);
     let c = Config::loader().env(vars).no_default_file().load().unwrap();
-    assert_eq!(c.nats.servers, [a.url(), b.url()]);
+    assert_eq!(
+        c.section::<NatsConfig>().unwrap().servers,
+        [a.url(), b.url()]
+    );
     pubsub_nats::register();
     let ps = pubsub_nats::PubSub::connect(&c)
         .await
@@ -90,7 +95,7 @@ async fn python_style_environment_connects() {
             .no_default_file()
             .load()
             .and_then(|c| {
-                c.nats.validate()?;
+                c.section::<NatsConfig>()?.validate()?;
                 Ok(c)
             });
         let e = r.expect_err(&value);
@@ -103,7 +108,7 @@ async fn python_style_environment_connects() {
 async fn payload_limit_comes_from_the_server() {
     let s = tokio::task::block_in_place(|| NatsServer::builder().max_payload(4096).start());
     let mut c = Config::default();
-    c.nats.servers = vec![s.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![s.url()];
     let ps = pubsub_nats::connect(&c).await.unwrap();
     assert_eq!(ps.capabilities().max_payload, Some(4096));
     ps.subscribe("limit.x").await.unwrap();
@@ -126,7 +131,7 @@ async fn payload_limit_comes_from_the_server() {
 async fn subjects_nats_cannot_publish_to_are_refused() {
     let s = start();
     let mut c = Config::default();
-    c.nats.servers = vec![s.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![s.url()];
     let ps = pubsub_nats::connect(&c).await.unwrap();
     for bad in ["", " ", "a b", "a.*", "a.>", ">", "a..b", ".a", "a."] {
         let e = ps.publish(bad, "x").await.unwrap_err();
@@ -155,7 +160,7 @@ async fn subjects_nats_cannot_publish_to_are_refused() {
 async fn slow_consumer_overflow_is_bounded_and_counted() {
     let s = start();
     let mut c = Config::default();
-    c.nats.servers = vec![s.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![s.url()];
     c.buffer.capacity = 100;
     c.buffer.overflow = OverflowPolicy::DropOldest;
     let sub = pubsub_nats::connect(&c).await.unwrap();
@@ -191,7 +196,7 @@ async fn slow_consumer_overflow_is_bounded_and_counted() {
 async fn block_policy_loses_nothing_and_keeps_order() {
     let s = start();
     let mut c = Config::default();
-    c.nats.servers = vec![s.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![s.url()];
     c.buffer.capacity = 50;
     c.buffer.overflow = OverflowPolicy::Block;
     let sub = pubsub_nats::connect(&c).await.unwrap();
@@ -225,7 +230,7 @@ async fn block_policy_loses_nothing_and_keeps_order() {
 async fn broker_info_describes_the_server() {
     let s = start();
     let mut c = Config::default();
-    c.nats.servers = vec![s.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![s.url()];
     let ps = pubsub_nats::connect(&c).await.unwrap();
     let info = ps.broker_info();
     assert!(info.server.unwrap().starts_with("nats-server"));

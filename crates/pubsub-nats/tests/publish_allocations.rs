@@ -7,6 +7,7 @@ use pubsub_core::testkit::alloc::{
 };
 use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_nats::Config;
+use pubsub_nats::NatsConfig;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -49,7 +50,7 @@ fn measure(server: &NatsServer, kind: Payload) -> (f64, f64, f64) {
         .build()
         .unwrap();
     let mut config = Config::default();
-    config.nats.servers = vec![server.url()];
+    config.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
 
     let (raw, ours_async) = rt.block_on(async {
         let raw = async_nats::connect(server.url()).await.unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_core::testkit::python::PythonPeer;
 use pubsub_nats::Config;
+use pubsub_nats::NatsConfig;
 
 const PEER: &str = r#"
 import asyncio, sys, nats
@@ -46,7 +47,7 @@ fn to_hex(b: &[u8]) -> String {
 async fn rust_to_python_and_back() {
     let server = tokio::task::block_in_place(NatsServer::start);
     let mut c = Config::default();
-    c.nats.servers = vec![server.url()];
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
     let ps = pubsub_nats::connect(&c).await.unwrap();
     let data = payload();
 

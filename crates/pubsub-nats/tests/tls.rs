@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_core::testkit::certs::TestPki;
+use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind};
 
 fn server(pki: &TestPki, mutual: bool) -> NatsServer {
@@ -13,14 +14,13 @@ fn server(pki: &TestPki, mutual: bool) -> NatsServer {
 }
 
 fn tls_config(server: &NatsServer, pki: &TestPki) -> Config {
-    let mut c = Config {
-        backend: "nats".into(),
-        connect_timeout: Duration::from_secs(5),
-        ..Config::default()
-    };
-    c.nats.servers = vec![server.url()];
-    c.nats.tls = true;
-    c.nats.tls_ca_cert = Some(pki.ca_cert.clone());
+    let mut c = Config::default();
+    c.backend = "nats".into();
+    c.connect_timeout = Duration::from_secs(5);
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.servers = vec![server.url()];
+    nats.tls = true;
+    nats.tls_ca_cert = Some(pki.ca_cert.clone());
     c
 }
 
@@ -56,8 +56,9 @@ async fn server_verified_with_our_ca() {
     round_trip(&c).await.expect("TLS with the right CA");
     // The same with the `tls://` scheme instead of `tls = true`.
     let mut c2 = c.clone();
-    c2.nats.tls = false;
-    c2.nats.servers = vec![format!("tls://127.0.0.1:{}", s.port())];
+    let nats = c2.section_mut::<NatsConfig>().unwrap();
+    nats.tls = false;
+    nats.servers = vec![format!("tls://127.0.0.1:{}", s.port())];
     round_trip(&c2).await.expect("tls:// URL");
 }
 
@@ -66,10 +67,10 @@ async fn wrong_ca_is_a_tls_error() {
     let pki = TestPki::generate();
     let s = server(&pki, false);
     let mut c = tls_config(&s, &pki);
-    c.nats.tls_ca_cert = Some(pki.other_ca_cert.clone());
+    c.section_mut::<NatsConfig>().unwrap().tls_ca_cert = Some(pki.other_ca_cert.clone());
     fails_with(&c, ErrorKind::Tls, "nats").await;
     // Verification off accepts the same server (tests only).
-    c.nats.tls_verify = false;
+    c.section_mut::<NatsConfig>().unwrap().tls_verify = false;
     round_trip(&c).await.expect("verification off");
 }
 
@@ -78,8 +79,9 @@ async fn plain_client_at_a_tls_server_gets_a_clear_error() {
     let pki = TestPki::generate();
     let s = server(&pki, false);
     let mut c = tls_config(&s, &pki);
-    c.nats.tls = false;
-    c.nats.tls_ca_cert = None;
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.tls = false;
+    nats.tls_ca_cert = None;
     // The server demands TLS; the client upgrades but cannot verify the test CA.
     let e = pubsub_nats::connect(&c).await.expect_err("no trusted CA");
     assert!(
@@ -93,12 +95,13 @@ async fn mutual_tls() {
     let pki = TestPki::generate();
     let s = server(&pki, true);
     let mut c = tls_config(&s, &pki);
-    c.nats.tls_cert = Some(pki.client_cert.clone());
-    c.nats.tls_key = Some(pki.client_key.clone());
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.tls_cert = Some(pki.client_cert.clone());
+    nats.tls_key = Some(pki.client_key.clone());
     round_trip(&c).await.expect("client certificate accepted");
 
     let mut no_cert = tls_config(&s, &pki);
-    no_cert.nats.tls_cert = None;
+    no_cert.section_mut::<NatsConfig>().unwrap().tls_cert = None;
     let e = pubsub_nats::connect(&no_cert)
         .await
         .expect_err("server demands a client certificate");
@@ -108,8 +111,9 @@ async fn mutual_tls() {
     );
 
     let mut untrusted = c.clone();
-    untrusted.nats.tls_cert = Some(pki.other_client_cert.clone());
-    untrusted.nats.tls_key = Some(pki.other_client_key.clone());
+    let nats = untrusted.section_mut::<NatsConfig>().unwrap();
+    nats.tls_cert = Some(pki.other_client_cert.clone());
+    nats.tls_key = Some(pki.other_client_key.clone());
     let e = pubsub_nats::connect(&untrusted)
         .await
         .expect_err("client cert from another CA");
@@ -126,21 +130,24 @@ async fn bad_files_name_the_key() {
     let base = tls_config(&s, &pki);
 
     let mut c = base.clone();
-    c.nats.tls_ca_cert = Some(pki.dir().join("nope.pem"));
+    c.section_mut::<NatsConfig>().unwrap().tls_ca_cert = Some(pki.dir().join("nope.pem"));
     fails_with(&c, ErrorKind::Tls, "nats.tls_ca_cert").await;
     fails_with(&c, ErrorKind::Tls, "does not exist").await;
 
     let mut c = base.clone();
-    c.nats.tls_ca_cert = Some(pki.write_file("notpem.pem", "hello, not a certificate"));
+    c.section_mut::<NatsConfig>().unwrap().tls_ca_cert =
+        Some(pki.write_file("notpem.pem", "hello, not a certificate"));
     fails_with(&c, ErrorKind::Tls, "nats.tls_ca_cert").await;
 
     let mut c = base.clone();
-    c.nats.tls_cert = Some(pki.client_cert.clone());
-    c.nats.tls_key = Some(pki.other_client_key.clone());
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.tls_cert = Some(pki.client_cert.clone());
+    nats.tls_key = Some(pki.other_client_key.clone());
     fails_with(&c, ErrorKind::Tls, "does not match").await;
 
     let mut c = base.clone();
-    c.nats.tls_cert = Some(pki.client_cert.clone());
-    c.nats.tls_key = Some(pki.write_file("notkey.pem", "-----BEGIN NOTHING-----\n"));
+    let nats = c.section_mut::<NatsConfig>().unwrap();
+    nats.tls_cert = Some(pki.client_cert.clone());
+    nats.tls_key = Some(pki.write_file("notkey.pem", "-----BEGIN NOTHING-----\n"));
     fails_with(&c, ErrorKind::Tls, "nats.tls_key").await;
 }

@@ -8,12 +8,13 @@
 
 use std::time::Duration;
 
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{OverflowPolicy, RedisMode};
 
 #[tokio::main]
 async fn main() -> pubsub_redis::Result<()> {
     let mut config = pubsub_redis::Config::load()?;
-    config.redis.mode = RedisMode::Streams;
+    config.section_mut::<RedisConfig>().unwrap().mode = RedisMode::Streams;
     config.group_id.get_or_insert_with(|| "demo-workers".into());
     config.buffer.overflow = OverflowPolicy::Block;
     let ps = pubsub_redis::connect(&config).await?;

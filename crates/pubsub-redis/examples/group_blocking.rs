@@ -4,11 +4,12 @@
 //! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example group_blocking
 //! ```
 
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{OverflowPolicy, RedisMode};
 
 fn main() -> pubsub_redis::Result<()> {
     let mut config = pubsub_redis::Config::load()?;
-    config.redis.mode = RedisMode::Streams;
+    config.section_mut::<RedisConfig>().unwrap().mode = RedisMode::Streams;
     config.group_id.get_or_insert_with(|| "demo-workers".into());
     config.buffer.overflow = OverflowPolicy::Block;
     let ps = pubsub_redis::connect_blocking(&config)?;

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use pubsub_core::{
-    BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Inbox, Message,
-    OverflowPolicy, PubSubBackend, RedisMode, Result, TopicCache, TryPublish,
+    Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Inbox,
+    Message, OverflowPolicy, PubSubBackend, Result, TopicCache, TryPublish,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -31,6 +31,7 @@ use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, Stream
 use redis::{Cmd, PushInfo, PushKind, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::{RedisConfig, RedisMode};
 use crate::error::{is_connection_error, kind_of, redis_error};
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
@@ -245,10 +246,19 @@ fn unique_consumer() -> String {
     )
 }
 
-impl RedisBackend {
-    /// Connect as `config.redis` says.
-    pub async fn connect(config: &Config, ctx: BackendContext) -> Result<RedisBackend> {
-        let opts = Arc::new(Options::new(config)?);
+#[async_trait]
+impl Backend for RedisBackend {
+    const NAME: &'static str = "redis";
+    const CRATE: &'static str = env!("CARGO_PKG_NAME");
+    type Config = RedisConfig;
+
+    /// Connect as the `[redis]` section says.
+    async fn connect(
+        config: &Config,
+        redis: RedisConfig,
+        ctx: BackendContext,
+    ) -> Result<RedisBackend> {
+        let opts = Arc::new(Options::new(config, redis)?);
         if config.group_id.is_some() && opts.redis.mode == RedisMode::PubSub {
             return Err(pubsub_mode_has_no_groups(config.group_id.as_deref()));
         }
@@ -311,7 +321,9 @@ impl RedisBackend {
             info,
         })
     }
+}
 
+impl RedisBackend {
     /// The shared name of `topic` for the publisher task.
     fn topic(&self, topic: &str) -> Result<Arc<str>> {
         self.topics.get_or_make(topic, |t| Ok(Arc::from(t)))
@@ -456,16 +468,16 @@ async fn broker_info(conn: &mut Conn, opts: &Options) -> BrokerInfo {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .map(|v| v.trim().to_string())
     };
-    BrokerInfo {
-        server: Some(match field("redis_mode") {
-            Some(mode) => format!("redis-server ({mode})"),
-            None => "redis-server".to_string(),
-        }),
-        version: field("redis_version"),
-        max_payload: Some(opts.redis.max_payload),
-        tls: opts.redis.tls && opts.redis.unix_socket_path.is_none(),
-        address: Some(opts.shown.clone()),
-    }
+    let mut info = BrokerInfo::default();
+    info.server = Some(match field("redis_mode") {
+        Some(mode) => format!("redis-server ({mode})"),
+        None => "redis-server".to_string(),
+    });
+    info.version = field("redis_version");
+    info.max_payload = Some(opts.redis.max_payload);
+    info.tls = opts.redis.tls && opts.redis.unix_socket_path.is_none();
+    info.address = Some(opts.shown.clone());
+    info
 }
 
 fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
@@ -481,28 +493,23 @@ fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
 
 #[async_trait]
 impl PubSubBackend for RedisBackend {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
     fn broker_info(&self) -> BrokerInfo {
         self.info.clone()
     }
 
     fn capabilities(&self) -> Capabilities {
         let streams = self.opts.redis.mode == RedisMode::Streams;
-        Capabilities {
-            groups: streams,
-            persistence: streams,
-            ordering: true,
-            wildcards: None,
-            max_payload: Some(self.opts.redis.max_payload),
-            delivery: if streams {
-                Delivery::AtLeastOnce
-            } else {
-                Delivery::AtMostOnce
-            },
-        }
+        let mut c = Capabilities::default();
+        c.groups = streams;
+        c.persistence = streams;
+        c.ordering = true;
+        c.max_payload = Some(self.opts.redis.max_payload);
+        c.delivery = if streams {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        };
+        c
     }
 
     async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubsub_core::config::{parse_node, redact_url};
+use pubsub_core::config::redact_url;
 use pubsub_core::tls::TlsFiles;
-use pubsub_core::{Config, Error, ErrorKind, RedisConfig, Result};
+use pubsub_core::{Config, Error, ErrorKind, Result};
+
+use crate::config::{parse_node, RedisConfig};
 use redis::aio::AsyncPushSender;
 use redis::cluster::ClusterClientBuilder;
 use redis::{
@@ -45,10 +47,8 @@ impl std::fmt::Debug for Options {
 }
 
 impl Options {
-    /// Check the section (and the TLS files) and build the options.
-    pub fn new(config: &Config) -> Result<Options> {
-        let r = &config.redis;
-        r.validate()?;
+    /// Check the TLS files and build the options from the (checked) section.
+    pub fn new(config: &Config, r: RedisConfig) -> Result<Options> {
         if r.unix_socket_path.is_some() && r.tls {
             tracing::warn!(
                 "redis.unix_socket_path is set: it takes precedence over TCP, and TLS settings are not used on it"
@@ -59,13 +59,13 @@ impl Options {
             pubsub_core::tls::install_default_provider();
         }
         let certs = if r.tls && r.unix_socket_path.is_none() {
-            Some(Arc::new(tls_certificates(r)?))
+            Some(Arc::new(tls_certificates(&r)?))
         } else {
             None
         };
         Ok(Options {
-            shown: shown_address(r),
-            redis: r.clone(),
+            shown: shown_address(&r),
+            redis: r,
             connect_timeout: config.connect_timeout,
             close_timeout: config.close_timeout,
             certs,
@@ -269,16 +269,19 @@ mod tests {
     #[test]
     fn tls_file_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.redis.tls = true;
-        c.redis.tls_ca_cert = Some(dir.path().join("missing-ca.pem"));
-        let e = Options::new(&c).unwrap_err();
+        let c = Config::default();
+        let mut r = RedisConfig {
+            tls: true,
+            tls_ca_cert: Some(dir.path().join("missing-ca.pem")),
+            ..RedisConfig::default()
+        };
+        let e = Options::new(&c, r.clone()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Tls);
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
-        c.redis.tls_ca_cert = Some(not_pem);
-        let e = Options::new(&c).unwrap_err();
+        r.tls_ca_cert = Some(not_pem);
+        let e = Options::new(&c, r).unwrap_err();
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
     }
 }

@@ -10,19 +10,19 @@ use std::time::Duration;
 use common::{recv_n, seq, seq_of, start, unique};
 use pubsub_core::testkit::brokers::RedisCluster;
 use pubsub_core::testkit::conformance::probe_until_delivered;
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, RedisMode};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn cluster_config(cluster: &RedisCluster, mode: RedisMode) -> Config {
-    let mut c = Config {
-        backend: "redis".into(),
-        ..Config::default()
-    };
-    c.redis.cluster = true;
-    c.redis.cluster_nodes = cluster.nodes();
-    c.redis.mode = mode;
-    c.redis.stream_block = Duration::from_millis(100);
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.cluster = true;
+    redis.cluster_nodes = cluster.nodes();
+    redis.mode = mode;
+    redis.stream_block = Duration::from_millis(100);
     c
 }
 

@@ -16,7 +16,7 @@ struct Redis {
 #[pubsub_redis::pubsub_core::async_trait]
 impl Harness for Redis {
     fn factory(&self) -> BackendFactory {
-        pubsub_redis::factory()
+        pubsub_core::BackendFactory::of::<pubsub_redis::RedisBackend>()
     }
 
     fn config(&self) -> Config {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{config_for, config_port, recv_n, start, unique};
 use pubsub_core::testkit::brokers::{free_port, RedisServer};
 use pubsub_core::testkit::certs::TestPki;
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, ErrorKind, PubSub, RedisMode, Secret};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,7 +24,12 @@ async fn round_trip(c: &Config) {
     publ.publish(&topic, &b"\x00hello\xff"[..]).await.unwrap();
     publ.flush().await.unwrap();
     let got = recv_n(&sub, 1, WAIT).await;
-    assert_eq!(got.len(), 1, "message through {:?}", c.redis.mode);
+    assert_eq!(
+        got.len(),
+        1,
+        "message through {:?}",
+        c.section::<RedisConfig>().unwrap().mode
+    );
     assert_eq!(&got[0].payload[..], b"\x00hello\xff");
     publ.close().await.unwrap();
     sub.close().await.unwrap();
@@ -31,10 +37,11 @@ async fn round_trip(c: &Config) {
 
 fn tls_config(server: &RedisServer, pki: &TestPki, mode: RedisMode) -> Config {
     let mut c = config_for(server, mode);
-    c.redis.tls = true;
-    c.redis.tls_ca_cert = Some(pki.ca_cert.clone());
-    c.redis.tls_cert = Some(pki.client_cert.clone());
-    c.redis.tls_key = Some(pki.client_key.clone());
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.tls = true;
+    redis.tls_ca_cert = Some(pki.ca_cert.clone());
+    redis.tls_cert = Some(pki.client_cert.clone());
+    redis.tls_key = Some(pki.client_key.clone());
     c
 }
 
@@ -58,8 +65,9 @@ async fn mutual_tls_with_generated_certificates() {
     assert!(info.address.unwrap().starts_with("rediss://127.0.0.1:"));
     // tls_verify = false: no CA at all, the test CA is in no trust store.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
-    c.redis.tls_ca_cert = None;
-    c.redis.tls_verify = false;
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.tls_ca_cert = None;
+    redis.tls_verify = false;
     round_trip(&c).await;
 }
 
@@ -74,24 +82,24 @@ async fn tls_failures_are_tls_errors_that_name_the_key() {
     });
     // A CA that did not sign the server certificate.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
-    c.redis.tls_ca_cert = Some(pki.other_ca_cert.clone());
+    c.section_mut::<RedisConfig>().unwrap().tls_ca_cert = Some(pki.other_ca_cert.clone());
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
     // A missing CA file.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
-    c.redis.tls_ca_cert = Some(pki.dir().join("nope.pem"));
+    c.section_mut::<RedisConfig>().unwrap().tls_ca_cert = Some(pki.dir().join("nope.pem"));
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls);
     assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
     // A key that does not belong to the certificate.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
-    c.redis.tls_key = Some(pki.other_client_key.clone());
+    c.section_mut::<RedisConfig>().unwrap().tls_key = Some(pki.other_client_key.clone());
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls);
     assert!(e.to_string().contains("redis.tls_key"), "{e}");
     // A certificate without its key is a config error naming the key.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
-    c.redis.tls_key = None;
+    c.section_mut::<RedisConfig>().unwrap().tls_key = None;
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     assert!(e.to_string().contains("redis.tls_key"), "{e}");
     // Plain TCP to a TLS port fails in time.
@@ -109,7 +117,7 @@ async fn unix_socket_takes_precedence_over_tcp() {
     for mode in [RedisMode::PubSub, RedisMode::Streams] {
         // Nothing listens on the TCP port: only the socket can work.
         let mut c = config_port(free_port(), mode);
-        c.redis.unix_socket_path = Some(path.clone());
+        c.section_mut::<RedisConfig>().unwrap().unix_socket_path = Some(path.clone());
         round_trip(&c).await;
     }
 }
@@ -125,13 +133,14 @@ async fn acl_user_and_password() {
     });
     for mode in [RedisMode::PubSub, RedisMode::Streams] {
         let mut c = config_for(&server, mode);
-        c.redis.username = Some("alice".into());
-        c.redis.password = Some(Secret::new("alice-secret"));
+        let redis = c.section_mut::<RedisConfig>().unwrap();
+        redis.username = Some("alice".into());
+        redis.password = Some(Secret::new("alice-secret"));
         round_trip(&c).await;
     }
     // Password only: the `default` user.
     let mut c = config_for(&server, RedisMode::PubSub);
-    c.redis.password = Some(Secret::new("default-secret"));
+    c.section_mut::<RedisConfig>().unwrap().password = Some(Secret::new("default-secret"));
     round_trip(&c).await;
 }
 
@@ -145,8 +154,9 @@ async fn wrong_or_missing_password_is_an_auth_error_at_once() {
             .start()
     });
     let mut c = config_for(&server, RedisMode::PubSub);
-    c.redis.username = Some("alice".into());
-    c.redis.password = Some(Secret::new("wrong-password-marker"));
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.username = Some("alice".into());
+    redis.password = Some(Secret::new("wrong-password-marker"));
     let t0 = Instant::now();
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     let took = t0.elapsed();
@@ -192,7 +202,7 @@ async fn config_from_the_python_environment_variables_through_the_registry() {
         .env(env.into_iter().collect::<std::collections::HashMap<_, _>>())
         .load()
         .unwrap();
-    assert_eq!(c.redis.db, 2);
+    assert_eq!(c.section::<RedisConfig>().unwrap().db, 2);
     let ps = PubSub::connect(&c).await.unwrap();
     assert_eq!(ps.backend_name(), "redis");
     assert!(ps.capabilities().groups);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::config_for;
 use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{PubSub, RedisMode, Stats};
 
 const TOTAL: u32 = 10_000;
@@ -120,7 +121,7 @@ async fn streams_restart_under_load_loses_nothing() {
     });
     let mut c = config_for(&server, RedisMode::Streams);
     c.buffer.capacity = TOTAL as usize + 1;
-    c.redis.stream_claim_idle = Duration::from_secs(2);
+    c.section_mut::<RedisConfig>().unwrap().stream_claim_idle = Duration::from_secs(2);
     let plain = pubsub_redis::connect(&c).await.unwrap();
     plain.subscribe(TOPIC).await.unwrap();
     let member = pubsub_redis::connect(&c).await.unwrap();

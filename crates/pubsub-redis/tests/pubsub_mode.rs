@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start, unique};
 use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{ErrorKind, PubSub, RedisMode};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -241,7 +242,7 @@ async fn block_policy_in_pubsub_mode_stays_bounded_and_counts_drops() {
     c.buffer.capacity = 10;
     c.buffer.max_bytes = 1000;
     c.buffer.overflow = pubsub_redis::OverflowPolicy::Block;
-    c.redis.max_payload = 1000; // the queue in front of the buffer: 1000 bytes
+    c.section_mut::<RedisConfig>().unwrap().max_payload = 1000; // the queue in front of the buffer: 1000 bytes
     let sub = pubsub_redis::connect(&c).await.unwrap();
     let publ = pubsub_redis::connect(&config_for(&server, RedisMode::PubSub))
         .await

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use common::{config_for, recv_n, seq, seq_of, start, unique};
 use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_core::testkit::conformance::{drain, probe_until_delivered};
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, OverflowPolicy, PubSub, RedisMode};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn streams(server: &RedisServer) -> Config {
     let mut c = config_for(server, RedisMode::Streams);
-    c.redis.stream_block = Duration::from_millis(100);
+    c.section_mut::<RedisConfig>().unwrap().stream_block = Duration::from_millis(100);
     c
 }
 
@@ -116,7 +117,7 @@ async fn a_dead_members_pending_messages_go_to_another_member() {
     let topic = unique("claim");
     let mut c = streams(&server);
     c.group_id = Some("g".into());
-    c.redis.stream_claim_idle = Duration::from_millis(500);
+    c.section_mut::<RedisConfig>().unwrap().stream_claim_idle = Duration::from_millis(500);
     // The doomed member reads everything into its buffer but its
     // application never takes anything.
     let doomed = connect(&c).await;
@@ -164,7 +165,7 @@ async fn a_restarted_subscriber_continues_where_it_stopped() {
     let topic = unique("resume");
     let mut c = streams(&server);
     c.group_id = Some("g".into());
-    c.redis.stream_consumer = Some("node-1".into());
+    c.section_mut::<RedisConfig>().unwrap().stream_consumer = Some("node-1".into());
     let publ = connect(&streams(&server)).await;
 
     let first = connect(&c).await;
@@ -207,7 +208,7 @@ async fn block_policy_reads_no_more_than_the_buffer_holds() {
     let mut c = streams(&server);
     c.buffer.capacity = 10;
     c.buffer.overflow = OverflowPolicy::Block;
-    c.redis.stream_read_count = 5;
+    c.section_mut::<RedisConfig>().unwrap().stream_read_count = 5;
     let sub = connect(&c).await;
     sub.subscribe(&topic).await.unwrap();
     let publ = connect(&streams(&server)).await;
@@ -225,7 +226,7 @@ async fn streams_are_trimmed_to_about_maxlen() {
     let server = start(RedisServer::start);
     let topic = unique("trim");
     let mut c = streams(&server);
-    c.redis.stream_maxlen = 1000;
+    c.section_mut::<RedisConfig>().unwrap().stream_maxlen = 1000;
     let publ = connect(&c).await;
     for i in 0..5000 {
         publ.publish(&topic, seq(i)).await.unwrap();
@@ -272,7 +273,7 @@ async fn a_restarted_subscriber_with_a_generated_name_loses_nothing() {
     let topic = unique("resume2");
     let mut c = streams(&server);
     c.group_id = Some("g".into());
-    c.redis.stream_claim_idle = Duration::from_millis(500);
+    c.section_mut::<RedisConfig>().unwrap().stream_claim_idle = Duration::from_millis(500);
     let publ = connect(&streams(&server)).await;
     let first = connect(&c).await;
     first.subscribe(&topic).await.unwrap();
@@ -327,7 +328,7 @@ async fn a_slow_member_does_not_claim_its_own_buffered_messages_again() {
     let topic = unique("selfclaim");
     let mut c = streams(&server);
     c.group_id = Some("g".into());
-    c.redis.stream_claim_idle = Duration::from_millis(200);
+    c.section_mut::<RedisConfig>().unwrap().stream_claim_idle = Duration::from_millis(200);
     let sub = connect(&c).await;
     sub.subscribe(&topic).await.unwrap();
     let publ = connect(&streams(&server)).await;
@@ -354,7 +355,7 @@ async fn an_entry_read_but_lost_with_the_connection_still_arrives() {
     let server = start(RedisServer::start);
     let topic = unique("lostreply");
     let mut c = streams(&server);
-    c.redis.stream_consumer = Some("c1".into());
+    c.section_mut::<RedisConfig>().unwrap().stream_consumer = Some("c1".into());
     let sub = connect(&c).await;
     sub.subscribe_in(&topic, Some("g"))
         .await

@@ -14,7 +14,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::testkit::certs::TestPki;
+use pubsub_core::MemoryConfig;
 use pubsub_core::{blocking, Config, ErrorKind, PubSub, Result, Secret};
+use pubsub_mqtt::MqttConfig;
+use pubsub_nats::NatsConfig;
+use pubsub_redis::RedisConfig;
 
 type Run = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
 
@@ -102,12 +106,10 @@ fn file_case(
 }
 
 fn nats_config(url: &str) -> Config {
-    let mut c = Config {
-        backend: "nats".into(),
-        connect_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
-    c.nats.servers = vec![url.to_string()];
+    let mut c = Config::default();
+    c.backend = "nats".into();
+    c.connect_timeout = Duration::from_secs(3);
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![url.to_string()];
     c
 }
 
@@ -129,8 +131,9 @@ fn nats_case(
 
 fn memory_config(max_payload: usize) -> Config {
     let mut c = Config::default();
-    c.memory.namespace = "bad-input".into();
-    c.memory.max_payload = max_payload;
+    let memory = c.section_mut::<MemoryConfig>().unwrap();
+    memory.namespace = "bad-input".into();
+    memory.max_payload = max_payload;
     c
 }
 
@@ -190,14 +193,13 @@ fn config_case(
 }
 
 fn redis_config(port: u16) -> Config {
-    let mut c = Config {
-        backend: "redis".into(),
-        connect_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = port;
-    c.redis.max_payload = 4096;
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    c.connect_timeout = Duration::from_secs(3);
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = port;
+    redis.max_payload = 4096;
     c
 }
 
@@ -206,13 +208,12 @@ fn redis_config(port: u16) -> Config {
 const MQTT_PACKET: usize = 4096;
 
 fn mqtt_config(url: &str) -> Config {
-    let mut c = Config {
-        backend: "mqtt".into(),
-        connect_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
-    c.mqtt.url = Some(url.to_string());
-    c.mqtt.max_packet_size = MQTT_PACKET;
+    let mut c = Config::default();
+    c.backend = "mqtt".into();
+    c.connect_timeout = Duration::from_secs(3);
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.url = Some(url.to_string());
+    mqtt.max_packet_size = MQTT_PACKET;
     c
 }
 
@@ -453,42 +454,42 @@ async fn bad_input_table() {
             "nats.servers = [\"http://h:4222\"]",
             InvalidConfig,
             "unknown URL scheme \"http\"",
-            |c| c.nats.servers = vec!["http://h:4222".into()],
+            |c| c.section_mut::<NatsConfig>().unwrap().servers = vec!["http://h:4222".into()],
         ),
         nats_case(
             &url,
             "nats.servers = [\"nats://h:99999\"]",
             InvalidConfig,
             "is not a number from 1 to 65535",
-            |c| c.nats.servers = vec!["nats://h:99999".into()],
+            |c| c.section_mut::<NatsConfig>().unwrap().servers = vec!["nats://h:99999".into()],
         ),
         nats_case(
             &url,
             "nats.servers = [\"nats://h:port\"]",
             InvalidConfig,
             "nats.servers[0]",
-            |c| c.nats.servers = vec!["nats://h:port".into()],
+            |c| c.section_mut::<NatsConfig>().unwrap().servers = vec!["nats://h:port".into()],
         ),
         nats_case(
             &url,
             "nats.servers = [\"nats://:4222\"]",
             InvalidConfig,
             "expected a URL",
-            |c| c.nats.servers = vec!["nats://:4222".into()],
+            |c| c.section_mut::<NatsConfig>().unwrap().servers = vec!["nats://:4222".into()],
         ),
         nats_case(
             &url,
             "nats.servers = [\"nats://a b:1\"]",
             InvalidConfig,
             "nats.servers[0]",
-            |c| c.nats.servers = vec!["nats://a b:1".into()],
+            |c| c.section_mut::<NatsConfig>().unwrap().servers = vec!["nats://a b:1".into()],
         ),
         nats_case(
             &url,
             "nats.servers = []",
             InvalidConfig,
             "at least one server",
-            |c| c.nats.servers.clear(),
+            |c| c.section_mut::<NatsConfig>().unwrap().servers.clear(),
         ),
         // Numbers, booleans, durations.
         env_case(
@@ -596,8 +597,9 @@ async fn bad_input_table() {
             {
                 let p = d.join("nope.pem");
                 move |c| {
-                    c.nats.tls = true;
-                    c.nats.tls_ca_cert = Some(p.clone());
+                    let nats = c.section_mut::<NatsConfig>().unwrap();
+                    nats.tls = true;
+                    nats.tls_ca_cert = Some(p.clone());
                 }
             },
         ),
@@ -609,8 +611,9 @@ async fn bad_input_table() {
             {
                 let p = write(d, "notpem.pem", "just text");
                 move |c| {
-                    c.nats.tls = true;
-                    c.nats.tls_ca_cert = Some(p.clone());
+                    let nats = c.section_mut::<NatsConfig>().unwrap();
+                    nats.tls = true;
+                    nats.tls_ca_cert = Some(p.clone());
                 }
             },
         ),
@@ -626,10 +629,11 @@ async fn bad_input_table() {
                     pki.other_client_key.clone(),
                 );
                 move |c| {
-                    c.nats.tls = true;
-                    c.nats.tls_ca_cert = Some(ca.clone());
-                    c.nats.tls_cert = Some(cert.clone());
-                    c.nats.tls_key = Some(key.clone());
+                    let nats = c.section_mut::<NatsConfig>().unwrap();
+                    nats.tls = true;
+                    nats.tls_ca_cert = Some(ca.clone());
+                    nats.tls_cert = Some(cert.clone());
+                    nats.tls_key = Some(key.clone());
                 }
             },
         ),
@@ -641,8 +645,9 @@ async fn bad_input_table() {
             {
                 let cert = pki.client_cert.clone();
                 move |c| {
-                    c.nats.tls = true;
-                    c.nats.tls_cert = Some(cert.clone());
+                    let nats = c.section_mut::<NatsConfig>().unwrap();
+                    nats.tls = true;
+                    nats.tls_cert = Some(cert.clone());
                 }
             },
         ),
@@ -654,10 +659,11 @@ async fn bad_input_table() {
             {
                 let (ca, cert) = (pki.ca_cert.clone(), pki.client_cert.clone());
                 move |c| {
-                    c.nats.tls = true;
-                    c.nats.tls_ca_cert = Some(ca.clone());
-                    c.nats.tls_cert = Some(cert.clone());
-                    c.nats.tls_key = Some(cert.clone());
+                    let nats = c.section_mut::<NatsConfig>().unwrap();
+                    nats.tls = true;
+                    nats.tls_ca_cert = Some(ca.clone());
+                    nats.tls_cert = Some(cert.clone());
+                    nats.tls_key = Some(cert.clone());
                 }
             },
         ),
@@ -667,14 +673,14 @@ async fn bad_input_table() {
             "nats.password without nats.user",
             InvalidConfig,
             "needs a user",
-            |c| c.nats.password = Some(Secret::new("p")),
+            |c| c.section_mut::<NatsConfig>().unwrap().password = Some(Secret::new("p")),
         ),
         nats_case(
             &url,
             "nats.user_jwt without nats.nkeys_seed",
             InvalidConfig,
             "needs the NKey seed",
-            |c| c.nats.user_jwt = Some(Secret::new("j")),
+            |c| c.section_mut::<NatsConfig>().unwrap().user_jwt = Some(Secret::new("j")),
         ),
         nats_case(
             &url,
@@ -682,8 +688,9 @@ async fn bad_input_table() {
             InvalidConfig,
             "choose one authentication method",
             |c| {
-                c.nats.token = Some(Secret::new("t"));
-                c.nats.user = Some("u".into());
+                let nats = c.section_mut::<NatsConfig>().unwrap();
+                nats.token = Some(Secret::new("t"));
+                nats.user = Some("u".into());
             },
         ),
         nats_case(
@@ -691,7 +698,7 @@ async fn bad_input_table() {
             "nats.nkeys_seed that is not a seed",
             InvalidConfig,
             "is not a valid NKey seed",
-            |c| c.nats.nkeys_seed = Some(Secret::new("SUXXXX")),
+            |c| c.section_mut::<NatsConfig>().unwrap().nkeys_seed = Some(Secret::new("SUXXXX")),
         ),
         nats_case(
             &url,
@@ -700,7 +707,7 @@ async fn bad_input_table() {
             "nats.user_credentials",
             {
                 let p = d.join("none.creds");
-                move |c| c.nats.user_credentials = Some(p.clone())
+                move |c| c.section_mut::<NatsConfig>().unwrap().user_credentials = Some(p.clone())
             },
         ),
         nats_case(
@@ -709,8 +716,9 @@ async fn bad_input_table() {
             InvalidConfig,
             "another authentication method",
             |c| {
-                c.nats.servers = vec!["nats://u:p@127.0.0.1:1".into()];
-                c.nats.token = Some(Secret::new("t"));
+                let nats = c.section_mut::<NatsConfig>().unwrap();
+                nats.servers = vec!["nats://u:p@127.0.0.1:1".into()];
+                nats.token = Some(Secret::new("t"));
             },
         ),
         // Topics.
@@ -846,7 +854,7 @@ async fn bad_input_table() {
             move || {
                 let c = nats_config(&url);
                 async move {
-                    let ps = PubSub::connect_with(&pubsub_nats::factory(), &c).await?;
+                    let ps = PubSub::connect_with(&pubsub_core::BackendFactory::of::<pubsub_nats::NatsBackend>(), &c).await?;
                     ps.close().await?;
                     ps.publish("x", "y").await
                 }
@@ -877,7 +885,7 @@ async fn bad_input_table() {
             "memory.namespace",
             || async {
                 let mut c = memory_config(1024);
-                c.memory.namespace.clear();
+                c.section_mut::<MemoryConfig>().unwrap().namespace.clear();
                 PubSub::connect(&c).await.map(|_| ())
             },
         ),
@@ -999,7 +1007,7 @@ async fn bad_input_table() {
             "redis streams payload exactly redis.max_payload",
             {
                 let mut c = redis_config(rport);
-                c.redis.mode = pubsub_redis::RedisMode::Streams;
+                c.section_mut::<RedisConfig>().unwrap().mode = pubsub_redis::RedisMode::Streams;
                 c
             },
             "p",
@@ -1011,7 +1019,7 @@ async fn bad_input_table() {
             "redis streams payload one byte over redis.max_payload",
             {
                 let mut c = redis_config(rport);
-                c.redis.mode = pubsub_redis::RedisMode::Streams;
+                c.section_mut::<RedisConfig>().unwrap().mode = pubsub_redis::RedisMode::Streams;
                 c
             },
             "p",
@@ -1045,7 +1053,7 @@ async fn bad_input_table() {
             "mqtt.qos = 3",
             InvalidConfig,
             "mqtt.qos: expected 0, 1 or 2, got 3",
-            |c| c.mqtt.qos = 3,
+            |c| c.section_mut::<MqttConfig>().unwrap().qos = 3,
         ),
         env_case(
             &[
@@ -1073,7 +1081,7 @@ async fn bad_input_table() {
             "mqtt.url = \"ws://127.0.0.1:1\"",
             InvalidConfig,
             "mqtt.url: unknown URL scheme \"ws\"",
-            |c| c.mqtt.url = Some("ws://127.0.0.1:1".into()),
+            |c| c.section_mut::<MqttConfig>().unwrap().url = Some("ws://127.0.0.1:1".into()),
         ),
         publish_case(
             "publish to \"a/+\" (mqtt)",
@@ -1109,7 +1117,7 @@ async fn bad_input_table() {
             "mqtt payload exactly the limit (max_packet_size 4096 - 1040)",
             mqtt_config(&murl),
             "p",
-            MQTT_PACKET - pubsub_core::config::MQTT_PACKET_OVERHEAD,
+            MQTT_PACKET - pubsub_mqtt::MQTT_PACKET_OVERHEAD,
             PayloadTooLarge,
             "",
         )),
@@ -1117,7 +1125,7 @@ async fn bad_input_table() {
             "mqtt payload one byte over the limit",
             mqtt_config(&murl),
             "p",
-            MQTT_PACKET - pubsub_core::config::MQTT_PACKET_OVERHEAD + 1,
+            MQTT_PACKET - pubsub_mqtt::MQTT_PACKET_OVERHEAD + 1,
             PayloadTooLarge,
             "limit of 3056 bytes",
         ),
@@ -1144,11 +1152,13 @@ async fn bad_input_table() {
         &pki,
         d,
         |c, ca, client| {
-            c.redis.tls = true;
-            c.redis.tls_ca_cert = Some(ca);
+            let redis = c.section_mut::<RedisConfig>().unwrap();
+            redis.tls = true;
+            redis.tls_ca_cert = Some(ca);
             if let Some((cert, key)) = client {
-                c.redis.tls_cert = Some(cert);
-                c.redis.tls_key = Some(key);
+                let redis = c.section_mut::<RedisConfig>().unwrap();
+                redis.tls_cert = Some(cert);
+                redis.tls_key = Some(key);
             }
         },
     ));
@@ -1158,10 +1168,11 @@ async fn bad_input_table() {
         &pki,
         d,
         |c, ca, client| {
-            c.mqtt.tls_ca_cert = Some(ca);
+            c.section_mut::<MqttConfig>().unwrap().tls_ca_cert = Some(ca);
             if let Some((cert, key)) = client {
-                c.mqtt.tls_cert = Some(cert);
-                c.mqtt.tls_key = Some(key);
+                let mqtt = c.section_mut::<MqttConfig>().unwrap();
+                mqtt.tls_cert = Some(cert);
+                mqtt.tls_key = Some(key);
             }
         },
     ));

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
+use pubsub_core::MemoryConfig;
 use pubsub_core::{blocking, BackendFactory, Config, PubSub};
+use pubsub_mqtt::MqttConfig;
+use pubsub_nats::NatsConfig;
+use pubsub_redis::RedisConfig;
 
 const THREADS: u32 = 8;
 const EACH: u32 = 5_000;
@@ -60,42 +64,70 @@ async fn eight_threads_one_handle(factory: BackendFactory, mut config: Config, t
 #[tokio::test(flavor = "multi_thread")]
 async fn memory() {
     let mut c = Config::default();
-    c.memory.namespace = "concurrency".into();
-    eight_threads_one_handle(pubsub_core::memory::factory(), c, "conc.memory").await;
+    c.section_mut::<MemoryConfig>().unwrap().namespace = "concurrency".into();
+    eight_threads_one_handle(
+        pubsub_core::BackendFactory::of::<pubsub_core::memory::MemoryBackend>(),
+        c,
+        "conc.memory",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats() {
     let server = tokio::task::block_in_place(NatsServer::start);
     let mut c = Config::default();
-    c.nats.servers = vec![server.url()];
-    eight_threads_one_handle(pubsub_nats::factory(), c, "conc.nats").await;
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
+    eight_threads_one_handle(
+        pubsub_core::BackendFactory::of::<pubsub_nats::NatsBackend>(),
+        c,
+        "conc.nats",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_pubsub_mode() {
     let server = tokio::task::block_in_place(RedisServer::start);
     let mut c = Config::default();
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = server.port();
-    eight_threads_one_handle(pubsub_redis::factory(), c, "conc.redis.pubsub").await;
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = server.port();
+    eight_threads_one_handle(
+        pubsub_core::BackendFactory::of::<pubsub_redis::RedisBackend>(),
+        c,
+        "conc.redis.pubsub",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_streams_mode() {
     let server = tokio::task::block_in_place(RedisServer::start);
     let mut c = Config::default();
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = server.port();
-    c.redis.mode = pubsub_redis::RedisMode::Streams;
-    eight_threads_one_handle(pubsub_redis::factory(), c, "conc.redis.streams").await;
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = server.port();
+    redis.mode = pubsub_redis::RedisMode::Streams;
+    eight_threads_one_handle(
+        pubsub_core::BackendFactory::of::<pubsub_redis::RedisBackend>(),
+        c,
+        "conc.redis.streams",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mqtt_qos1() {
     let broker = tokio::task::block_in_place(Mosquitto::start);
     let mut c = Config::default();
-    c.mqtt.url = Some(broker.url());
-    c.mqtt.qos = 1;
-    eight_threads_one_handle(pubsub_mqtt::factory(), c, "conc/mqtt/qos1").await;
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.url = Some(broker.url());
+    mqtt.qos = 1;
+    eight_threads_one_handle(
+        pubsub_core::BackendFactory::of::<pubsub_mqtt::MqttBackend>(),
+        c,
+        "conc/mqtt/qos1",
+    )
+    .await;
 }

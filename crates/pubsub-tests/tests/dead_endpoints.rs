@@ -10,42 +10,48 @@ use std::time::{Duration, Instant};
 use pubsub_core::testkit::brokers::{free_port, Mosquitto, RedisServer};
 use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::{blocking, BackendFactory, Config, Error, ErrorKind, PubSub};
+use pubsub_mqtt::MqttConfig;
+use pubsub_redis::RedisConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a failing connect may take beyond `connect_timeout`.
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn redis(port: u16) -> (BackendFactory, Config) {
-    let mut c = Config {
-        backend: "redis".into(),
-        connect_timeout: CONNECT_TIMEOUT,
-        ..Config::default()
-    };
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = port;
-    (pubsub_redis::factory(), c)
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    c.connect_timeout = CONNECT_TIMEOUT;
+    let section = c.section_mut::<RedisConfig>().unwrap();
+    section.host = "127.0.0.1".into();
+    section.port = port;
+    (
+        pubsub_core::BackendFactory::of::<pubsub_redis::RedisBackend>(),
+        c,
+    )
 }
 
 fn redis_tls(port: u16, pki: &TestPki) -> (BackendFactory, Config) {
     let (f, mut c) = redis(port);
-    c.redis.tls = true;
-    c.redis.tls_ca_cert = Some(pki.ca_cert.clone());
+    let section = c.section_mut::<RedisConfig>().unwrap();
+    section.tls = true;
+    section.tls_ca_cert = Some(pki.ca_cert.clone());
     (f, c)
 }
 
 fn mqtt(url: String) -> (BackendFactory, Config) {
-    let mut c = Config {
-        backend: "mqtt".into(),
-        connect_timeout: CONNECT_TIMEOUT,
-        ..Config::default()
-    };
-    c.mqtt.url = Some(url);
-    (pubsub_mqtt::factory(), c)
+    let mut c = Config::default();
+    c.backend = "mqtt".into();
+    c.connect_timeout = CONNECT_TIMEOUT;
+    c.section_mut::<MqttConfig>().unwrap().url = Some(url);
+    (
+        pubsub_core::BackendFactory::of::<pubsub_mqtt::MqttBackend>(),
+        c,
+    )
 }
 
 fn mqtt_tls(port: u16, pki: &TestPki) -> (BackendFactory, Config) {
     let (f, mut c) = mqtt(format!("mqtts://127.0.0.1:{port}"));
-    c.mqtt.tls_ca_cert = Some(pki.ca_cert.clone());
+    c.section_mut::<MqttConfig>().unwrap().tls_ca_cert = Some(pki.ca_cert.clone());
     (f, c)
 }
 

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use pubsub_core::testkit::brokers::{Mosquitto, RedisServer};
 use pubsub_core::testkit::logs;
 use pubsub_core::{blocking, Config, ErrorKind, PubSub, Result, Secret};
+use pubsub_mqtt::MqttConfig;
+use pubsub_redis::RedisConfig;
 
 const REDIS_ALICE: &str = "redis-alice-marker-5e81";
 const REDIS_DEFAULT: &str = "redis-default-marker-0b4d";
@@ -121,24 +123,22 @@ async fn refused(shown: &mut Shown, config: &Config, kind: ErrorKind) {
 }
 
 fn redis_config(server: &RedisServer) -> Config {
-    let mut c = Config {
-        backend: "redis".into(),
-        connect_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = server.port();
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    c.connect_timeout = Duration::from_secs(3);
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = server.port();
     c
 }
 
 fn mqtt_config(broker: &Mosquitto) -> Config {
-    let mut c = Config {
-        backend: "mqtt".into(),
-        connect_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
-    c.mqtt.url = Some(broker.url());
-    c.mqtt.reconnect_delay_max = Duration::from_millis(300);
+    let mut c = Config::default();
+    c.backend = "mqtt".into();
+    c.connect_timeout = Duration::from_secs(3);
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.url = Some(broker.url());
+    mqtt.reconnect_delay_max = Duration::from_millis(300);
     c
 }
 
@@ -158,21 +158,22 @@ async fn redis_cases(shown: &mut Shown) {
         pubsub_redis::RedisMode::Streams,
     ] {
         let mut c = redis_config(&server);
-        c.redis.mode = mode;
-        c.redis.username = Some("alice".into());
-        c.redis.password = Some(Secret::new(REDIS_ALICE));
+        let redis = c.section_mut::<RedisConfig>().unwrap();
+        redis.mode = mode;
+        redis.username = Some("alice".into());
+        redis.password = Some(Secret::new(REDIS_ALICE));
         round_trip(shown, &c, "secrets.redis")
             .await
             .expect("ACL user with the right password");
-        c.redis.password = Some(Secret::new(REDIS_WRONG));
+        c.section_mut::<RedisConfig>().unwrap().password = Some(Secret::new(REDIS_WRONG));
         refused(shown, &c, ErrorKind::Auth).await;
     }
     let mut c = redis_config(&server);
-    c.redis.password = Some(Secret::new(REDIS_DEFAULT));
+    c.section_mut::<RedisConfig>().unwrap().password = Some(Secret::new(REDIS_DEFAULT));
     round_trip(shown, &c, "secrets.redis.default")
         .await
         .expect("default user with the right password");
-    c.redis.password = Some(Secret::new(REDIS_WRONG));
+    c.section_mut::<RedisConfig>().unwrap().password = Some(Secret::new(REDIS_WRONG));
     refused(shown, &c, ErrorKind::Auth).await;
 
     // From the Python original's environment variables.
@@ -194,8 +195,9 @@ async fn redis_cases(shown: &mut Shown) {
         format!("redis://alice:{REDIS_NODE}@127.0.0.1:bad"),
     ] {
         let mut c = redis_config(&server);
-        c.redis.cluster = true;
-        c.redis.cluster_nodes = vec![node];
+        let redis = c.section_mut::<RedisConfig>().unwrap();
+        redis.cluster = true;
+        redis.cluster_nodes = vec![node];
         shown.config(&c);
         let r = PubSub::connect(&c).await.map(|_| ());
         shown.result(&r);
@@ -225,8 +227,9 @@ async fn redis_cases(shown: &mut Shown) {
 
     // A connection lost and found again logs, without the password.
     let mut c = redis_config(&server);
-    c.redis.username = Some("alice".into());
-    c.redis.password = Some(Secret::new(REDIS_ALICE));
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.username = Some("alice".into());
+    redis.password = Some(Secret::new(REDIS_ALICE));
     let ps = PubSub::connect(&c).await.expect("connect");
     ps.subscribe("secrets.redis.restart")
         .await
@@ -257,13 +260,14 @@ async fn mqtt_cases(shown: &mut Shown) {
 
     for qos in [0, 1] {
         let mut c = mqtt_config(&broker);
-        c.mqtt.qos = qos;
-        c.mqtt.username = Some("alice".into());
-        c.mqtt.password = Some(Secret::new(MQTT_RIGHT));
+        let mqtt = c.section_mut::<MqttConfig>().unwrap();
+        mqtt.qos = qos;
+        mqtt.username = Some("alice".into());
+        mqtt.password = Some(Secret::new(MQTT_RIGHT));
         round_trip(shown, &c, "secrets/mqtt")
             .await
             .expect("the right password");
-        c.mqtt.password = Some(Secret::new(MQTT_WRONG));
+        c.section_mut::<MqttConfig>().unwrap().password = Some(Secret::new(MQTT_WRONG));
         refused(shown, &c, ErrorKind::Auth).await;
     }
 
@@ -285,7 +289,7 @@ async fn mqtt_cases(shown: &mut Shown) {
         format!("http://alice:{MQTT_URL}@127.0.0.1:{port}"),
     ] {
         let mut c = mqtt_config(&broker);
-        c.mqtt.url = Some(url.clone());
+        c.section_mut::<MqttConfig>().unwrap().url = Some(url.clone());
         shown.config(&c);
         let r = PubSub::connect(&c).await.map(|_| ());
         shown.result(&r);
@@ -307,8 +311,9 @@ async fn mqtt_cases(shown: &mut Shown) {
 
     // A connection lost and found again logs, without the password.
     let mut c = mqtt_config(&broker);
-    c.mqtt.username = Some("alice".into());
-    c.mqtt.password = Some(Secret::new(MQTT_RIGHT));
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.username = Some("alice".into());
+    mqtt.password = Some(Secret::new(MQTT_RIGHT));
     let ps = PubSub::connect(&c).await.expect("connect");
     ps.subscribe("secrets/mqtt/restart")
         .await

@@ -12,9 +12,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pubsub_core::config::RedisMode;
 use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::{Config, OverflowPolicy, PubSub};
+use pubsub_mqtt::MqttConfig;
+use pubsub_nats::NatsConfig;
+use pubsub_redis::RedisConfig;
+use pubsub_redis::RedisMode;
 
 const TOTAL: u32 = 200_000;
 const SIZE: usize = 1024;
@@ -69,22 +72,24 @@ fn config(backend: &str, address: &str) -> Config {
     match backend {
         "nats" => {
             c.backend = "nats".into();
-            c.nats.servers = vec![address.to_string()];
+            c.section_mut::<NatsConfig>().unwrap().servers = vec![address.to_string()];
         }
         "mqtt" => {
             c.backend = "mqtt".into();
-            c.mqtt.url = Some(format!("mqtt://127.0.0.1:{address}"));
-            c.mqtt.qos = 1;
+            let mqtt = c.section_mut::<MqttConfig>().unwrap();
+            mqtt.url = Some(format!("mqtt://127.0.0.1:{address}"));
+            mqtt.qos = 1;
         }
         redis => {
             c.backend = "redis".into();
-            c.redis.host = "127.0.0.1".into();
-            c.redis.port = address.parse().unwrap();
+            let section = c.section_mut::<RedisConfig>().unwrap();
+            section.host = "127.0.0.1".into();
+            section.port = address.parse().unwrap();
             if redis == "redis-streams" {
-                c.redis.mode = RedisMode::Streams;
+                section.mode = RedisMode::Streams;
                 // Keep every entry: a stream trimmed under a lagging reader
                 // would lose entries in Redis, which is not what this tests.
-                c.redis.stream_maxlen = 0;
+                section.stream_maxlen = 0;
             }
         }
     }

@@ -10,6 +10,9 @@ use std::time::Duration;
 use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::{Config, PubSub};
+use pubsub_mqtt::MqttConfig;
+use pubsub_nats::NatsConfig;
+use pubsub_redis::RedisConfig;
 
 async fn round_trip(ps: &PubSub, topic: &str) {
     ps.subscribe(topic).await.unwrap();
@@ -38,25 +41,28 @@ async fn nats_redis_and_mqtt_over_tls_in_one_process() {
     });
 
     let mut n = Config::default();
-    n.nats.servers = vec![nats.url()];
-    n.nats.tls = true;
-    n.nats.tls_ca_cert = Some(pki.ca_cert.clone());
-    n.nats.tls_cert = Some(pki.client_cert.clone());
-    n.nats.tls_key = Some(pki.client_key.clone());
+    let section = n.section_mut::<NatsConfig>().unwrap();
+    section.servers = vec![nats.url()];
+    section.tls = true;
+    section.tls_ca_cert = Some(pki.ca_cert.clone());
+    section.tls_cert = Some(pki.client_cert.clone());
+    section.tls_key = Some(pki.client_key.clone());
 
     let mut r = Config::default();
-    r.redis.host = "127.0.0.1".into();
-    r.redis.port = redis.port();
-    r.redis.tls = true;
-    r.redis.tls_ca_cert = Some(pki.ca_cert.clone());
-    r.redis.tls_cert = Some(pki.client_cert.clone());
-    r.redis.tls_key = Some(pki.client_key.clone());
+    let section = r.section_mut::<RedisConfig>().unwrap();
+    section.host = "127.0.0.1".into();
+    section.port = redis.port();
+    section.tls = true;
+    section.tls_ca_cert = Some(pki.ca_cert.clone());
+    section.tls_cert = Some(pki.client_cert.clone());
+    section.tls_key = Some(pki.client_key.clone());
 
     let mut m = Config::default();
-    m.mqtt.url = Some(mqtt.url());
-    m.mqtt.tls_ca_cert = Some(pki.ca_cert.clone());
-    m.mqtt.tls_cert = Some(pki.client_cert.clone());
-    m.mqtt.tls_key = Some(pki.client_key.clone());
+    let section = m.section_mut::<MqttConfig>().unwrap();
+    section.url = Some(mqtt.url());
+    section.tls_ca_cert = Some(pki.ca_cert.clone());
+    section.tls_cert = Some(pki.client_cert.clone());
+    section.tls_key = Some(pki.client_key.clone());
 
     // Connect all three concurrently, then use them side by side.
     let (n, r, m) = tokio::join!(

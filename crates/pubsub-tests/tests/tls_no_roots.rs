@@ -3,6 +3,8 @@
 //! `SSL_CERT_FILE` / `SSL_CERT_DIR` at empty places.
 
 use pubsub_core::{Config, ErrorKind};
+use pubsub_nats::NatsConfig;
+use pubsub_redis::RedisConfig;
 
 #[tokio::test]
 async fn tls_without_any_ca_is_a_clear_error() {
@@ -12,11 +14,9 @@ async fn tls_without_any_ca_is_a_clear_error() {
     // This binary has a single test: no other thread reads the environment.
     std::env::set_var("SSL_CERT_FILE", &empty);
     std::env::set_var("SSL_CERT_DIR", dir.path());
-    let mut c = Config {
-        backend: "nats".into(),
-        ..Config::default()
-    };
-    c.nats.servers = vec!["tls://127.0.0.1:1".into()];
+    let mut c = Config::default();
+    c.backend = "nats".into();
+    c.section_mut::<NatsConfig>().unwrap().servers = vec!["tls://127.0.0.1:1".into()];
     let e = pubsub_nats::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
     let msg = e.to_string();
@@ -25,13 +25,12 @@ async fn tls_without_any_ca_is_a_clear_error() {
         "{msg}"
     );
 
-    let mut c = Config {
-        backend: "redis".into(),
-        ..Config::default()
-    };
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = 1;
-    c.redis.tls = true;
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = 1;
+    redis.tls = true;
     let e = pubsub_redis::connect(&c).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
     let msg = e.to_string();

@@ -50,34 +50,50 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
     }
 }
 
-/// Helpers that read one variable into one config field.
-pub(crate) struct Env<'a>(pub &'a dyn EnvSource);
+/// Reads one variable into one config field; a section's
+/// [`Section::apply_env`](super::Section::apply_env) is a list of these.
+/// A variable that is unset (or empty) leaves the field as it is; a
+/// malformed one is an [`ErrorKind::InvalidConfig`](crate::ErrorKind)
+/// error that names the variable and shows the expected form.
+#[derive(Clone, Copy)]
+pub struct Env<'a>(pub &'a dyn EnvSource);
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Env")
+    }
+}
 
 impl Env<'_> {
+    /// The text of `name`, as it is.
     pub fn string(&self, name: &str, field: &mut Option<String>) {
         if let Some(v) = self.0.var(name) {
             *field = Some(v);
         }
     }
 
+    /// The text of `name`, trimmed, for a field that always has a value.
     pub fn string_req(&self, name: &str, field: &mut String) {
         if let Some(v) = self.0.var(name) {
             *field = v.trim().to_string();
         }
     }
 
+    /// `name` as a [`Secret`].
     pub fn secret(&self, name: &str, field: &mut Option<Secret>) {
         if let Some(v) = self.0.var(name) {
             *field = Some(Secret::new(v));
         }
     }
 
+    /// `name` as a file path.
     pub fn path(&self, name: &str, field: &mut Option<PathBuf>) {
         if let Some(v) = self.0.var(name) {
             *field = Some(PathBuf::from(v.trim()));
         }
     }
 
+    /// `name` by [`parse_bool`].
     pub fn bool(&self, name: &str, field: &mut bool) -> Result<()> {
         if let Some(v) = self.0.var(name) {
             *field = parse_bool(name, &v)?;
@@ -85,6 +101,7 @@ impl Env<'_> {
         Ok(())
     }
 
+    /// `name` by [`parse_number`].
     pub fn number<T>(&self, name: &str, field: &mut T) -> Result<()>
     where
         T: FromStr + TryFrom<u64>,
@@ -95,6 +112,7 @@ impl Env<'_> {
         Ok(())
     }
 
+    /// `name` by [`parse_duration`].
     pub fn duration(&self, name: &str, field: &mut Duration) -> Result<()> {
         if let Some(v) = self.0.var(name) {
             *field = parse_duration(name, &v)?;
@@ -102,6 +120,7 @@ impl Env<'_> {
         Ok(())
     }
 
+    /// `name` by [`parse_list`]; `example` shows the expected form in errors.
     pub fn list(&self, name: &str, example: &[&str], field: &mut Vec<String>) -> Result<()> {
         if let Some(v) = self.0.var(name) {
             *field = parse_list(name, &v, example)?;
@@ -109,6 +128,7 @@ impl Env<'_> {
         Ok(())
     }
 
+    /// `name` by the field type's [`FromStr`].
     pub fn parse<T: FromStr>(&self, name: &str, field: &mut T) -> Result<()>
     where
         T::Err: std::fmt::Display,

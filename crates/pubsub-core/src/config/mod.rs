@@ -1,153 +1,49 @@
 //! Configuration: one document with the chosen `backend`, the `group_id`,
-//! common settings, and one section per backend.
+//! the common settings, and one section per backend.
 //!
 //! Sources, weakest first: defaults, an optional file (TOML, YAML or JSON,
 //! chosen by extension), then environment variables (the `MSIGHT_*` names of
 //! the Python original, plus `MSIGHT_PUBSUB_*` for settings it did not have).
 //!
+//! Core owns the common settings; each backend crate owns its section
+//! (`[nats]` is `pubsub_nats::NatsConfig`), a type that implements
+//! [`Section`], read with [`Config::section`]. One file serves every node
+//! of a deployment: the table of a backend this program does not link is
+//! kept and ignored.
+//!
 //! ```
-//! use pubsub_core::Config;
+//! use pubsub_core::{Config, MemoryConfig};
 //! let config = Config::loader()
-//!     .env([("MSIGHT_PUBSUB_BACKEND", "nats"), ("MSIGHT_NATS_SERVERS", "['nats://a:4222', 'nats://b:4222']")])
+//!     .env([("MSIGHT_PUBSUB_BACKEND", "nats"), ("MSIGHT_PUBSUB_GROUP_ID", "cameras")])
 //!     .load()?;
 //! assert_eq!(config.backend, "nats");
-//! assert_eq!(config.nats.servers.len(), 2);
+//! assert_eq!(config.group_id.as_deref(), Some("cameras"));
+//! assert_eq!(config.section::<MemoryConfig>()?.namespace, "default");
 //! # Ok::<(), pubsub_core::Error>(())
 //! ```
 
 pub mod env;
-mod mqtt;
-mod nats;
-mod redis;
+mod secret;
+mod section;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use env::{EnvSource, ProcessEnv};
-pub use mqtt::{MqttBroker, MqttConfig, MQTT_ENV, MQTT_MAX_PACKET_SIZE, MQTT_PACKET_OVERHEAD};
-pub use nats::{validate_server_url, NatsConfig, NATS_ENV};
-pub use redis::{parse_node, RedisConfig, RedisMode, REDIS_ENV};
+pub use env::{Env, EnvSource, ProcessEnv};
+pub use secret::{
+    redact_url, redact_userinfo, serialize_redacted_url, serialize_redacted_urls, Secret,
+};
+pub(crate) use section::Sections;
+pub use section::{Section, SectionType};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use env::Env;
-
-/// A secret string (password, token, seed, JWT). Its `Debug`, `Display` and
-/// `Serialize` output is `"<redacted>"`; [`Secret::expose`] gives the value.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value itself; pass it to the client library, never to a log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
-
-/// `url` with the password of any `user:password@` part replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, url),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{user}:***@{host}")
-            } else {
-                format!("***@{host}")
-            }
-        }
-        None => authority.to_string(),
-    };
-    match scheme {
-        Some(s) => format!("{s}://{authority}{tail}"),
-        None => format!("{authority}{tail}"),
-    }
-}
-
-/// Serialise an optional URL with its password replaced by `***`.
-pub fn serialize_redacted_url<S: serde::Serializer>(
-    url: &Option<String>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match url {
-        Some(u) => s.serialize_some(&redact_url(u)),
-        None => s.serialize_none(),
-    }
-}
-
-/// `text` (for example a malformed list of addresses, echoed in an error)
-/// with the credentials of every `user:password@` or `token@` part replaced
-/// by `***`. The credentials of a part start after its `scheme://`, or else
-/// after the last quote, bracket, comma or whitespace before its `@`.
-pub fn redact_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        let before = &rest[..at];
-        let start = match before.rfind("://") {
-            Some(i) => i + 3,
-            // Past the whole separator: it may be a multi-byte whitespace.
-            None => before
-                .char_indices()
-                .rev()
-                .find(|(_, c)| matches!(c, '\'' | '"' | '[' | ',') || c.is_whitespace())
-                .map(|(i, c)| i + c.len_utf8())
-                .unwrap_or(0),
-        };
-        let userinfo = &before[start..];
-        out.push_str(&before[..start]);
-        match userinfo.split_once(':') {
-            Some((user, _)) => {
-                out.push_str(user);
-                out.push_str(":***");
-            }
-            None => out.push_str("***"),
-        }
-        out.push('@');
-        rest = &rest[at + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Serialise a list of URLs with passwords replaced by `***`.
-pub fn serialize_redacted_urls<S: serde::Serializer>(
-    urls: &[String],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_seq(urls.iter().map(|u| redact_url(u)))
-}
+use section::AnySection;
 
 /// What happens when messages arrive faster than the application takes them
 /// and the receive buffer is full.
@@ -200,71 +96,167 @@ impl Default for BufferConfig {
     }
 }
 
-/// Settings of the in-process `memory` backend.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MemoryConfig {
-    /// Handles with the same namespace in one process see each other's messages.
-    pub namespace: String,
-    /// Largest payload accepted (default 8 MiB).
-    pub max_payload: usize,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig {
-            namespace: "default".to_string(),
-            max_payload: 8 * 1024 * 1024,
-        }
-    }
-}
-
-/// The whole configuration document.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The whole configuration document: the common settings as fields, the
+/// backend sections through [`Config::section`].
+#[derive(Clone)]
 pub struct Config {
-    /// Backend name: `memory` (default), `nats`, `redis`, `mqtt`.
+    /// Backend name: `memory` (default), `nats`, `redis`, `mqtt`, or any
+    /// registered one.
     pub backend: String,
     /// Group of this node: subscribers of one group share the messages.
     pub group_id: Option<String>,
     /// Limit for connecting (default 5 s).
-    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Limit for the calls that wait for the broker: `subscribe`,
     /// `unsubscribe`, `flush` and `close` (default 10 s).
-    #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// Limit for one `publish` to be accepted by the client (default 5 s).
     /// Publishing normally returns at once; it waits only when the client's
     /// queue is full, e.g. while the broker is unreachable.
-    #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// The receive buffer.
     pub buffer: BufferConfig,
-    /// `[memory]` section.
-    pub memory: MemoryConfig,
-    /// `[nats]` section.
-    pub nats: NatsConfig,
-    /// `[redis]` section.
-    pub redis: RedisConfig,
-    /// `[mqtt]` section.
-    pub mqtt: MqttConfig,
+    sections: Sections,
 }
 
-impl Default for Config {
+/// The common keys of a document, as a file writes them.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Common {
+    backend: String,
+    group_id: Option<String>,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    close_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    publish_timeout: Duration,
+    buffer: BufferConfig,
+}
+
+/// Top-level keys that are common settings, not backend sections.
+const COMMON_KEYS: &[&str] = &[
+    "backend",
+    "group_id",
+    "connect_timeout",
+    "close_timeout",
+    "publish_timeout",
+    "buffer",
+];
+
+impl Default for Common {
     fn default() -> Self {
-        Config {
+        Common {
             backend: "memory".to_string(),
             group_id: None,
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             buffer: BufferConfig::default(),
-            memory: MemoryConfig::default(),
-            nats: NatsConfig::default(),
-            redis: RedisConfig::default(),
-            mqtt: MqttConfig::default(),
         }
+    }
+}
+
+impl Config {
+    fn from_common(c: Common, sections: Sections) -> Config {
+        Config {
+            backend: c.backend,
+            group_id: c.group_id,
+            connect_timeout: c.connect_timeout,
+            close_timeout: c.close_timeout,
+            publish_timeout: c.publish_timeout,
+            buffer: c.buffer,
+            sections,
+        }
+    }
+
+    /// A document (the tables of a file, or what `Deserialize` was given):
+    /// the common keys are read strictly, every other table is a section.
+    fn from_document(
+        doc: BTreeMap<String, config::Value>,
+        origin: Option<String>,
+    ) -> Result<Config> {
+        let mut sections = Sections {
+            origin,
+            ..Sections::default()
+        };
+        let mut common = config::Map::new();
+        for (key, value) in doc {
+            let is_table = matches!(value.kind, config::ValueKind::Table(_));
+            if COMMON_KEYS.contains(&key.as_str()) || !is_table {
+                common.insert(key, value);
+            } else {
+                sections.raw.insert(key, value);
+            }
+        }
+        let common: Common = config::Value::new(None, config::ValueKind::Table(common))
+            .try_deserialize()
+            .map_err(|e| sections.document_error(e))?;
+        Ok(Config::from_common(common, sections))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_common(Common::default(), Sections::default())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("backend", &self.backend)
+            .field("group_id", &self.group_id)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("buffer", &self.buffer)
+            .field("sections", &self.sections)
+            .finish()
+    }
+}
+
+/// The document as it is written out: common settings, then the section of
+/// every registered backend and every section set in code, by name.
+/// Secrets are redacted (each section's `Serialize` does it). Tables of
+/// backends this program does not link are left out: only their section
+/// type knows which of their values are secret.
+impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            backend: &'a str,
+            group_id: &'a Option<String>,
+            #[serde(with = "humantime_serde")]
+            connect_timeout: Duration,
+            #[serde(with = "humantime_serde")]
+            close_timeout: Duration,
+            #[serde(with = "humantime_serde")]
+            publish_timeout: Duration,
+            buffer: &'a BufferConfig,
+            #[serde(flatten)]
+            sections: BTreeMap<&'static str, Box<dyn AnySection>>,
+        }
+        let sections = self.shown_sections().map_err(serde::ser::Error::custom)?;
+        View {
+            backend: &self.backend,
+            group_id: &self.group_id,
+            connect_timeout: self.connect_timeout,
+            close_timeout: self.close_timeout,
+            publish_timeout: self.publish_timeout,
+            buffer: &self.buffer,
+            sections,
+        }
+        .serialize(s)
+    }
+}
+
+/// Read as a file is: the common keys strictly, every other table a
+/// section, read by its type when asked for. No environment is applied.
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let doc = BTreeMap::<String, config::Value>::deserialize(d)?;
+        Config::from_document(doc, None).map_err(serde::de::Error::custom)
     }
 }
 
@@ -288,17 +280,19 @@ impl Config {
         Config::loader().load()
     }
 
-    /// The Python original's `get_nats_config(group_id)`, for any backend:
-    /// defaults, then the `MSIGHT_*` environment variables (not the
-    /// `MSIGHT_PUBSUB_CONFIG` file), with `backend` and the given group,
-    /// checked. Each backend crate's `get_<name>_config` calls this.
-    pub fn from_env_for(backend: &str, group_id: Option<&str>) -> Result<Config> {
+    /// The Python original's `get_nats_config(group_id)`, for any backend
+    /// `B`: defaults, then the `MSIGHT_*` environment variables (not the
+    /// `MSIGHT_PUBSUB_CONFIG` file), with `backend = B::NAME` and the given
+    /// group; the common settings and `B`'s section checked. Each backend
+    /// crate's `get_<name>_config` is this.
+    pub fn from_env_for<B: Backend>(group_id: Option<&str>) -> Result<Config> {
         let mut config = Config::loader().no_default_file().load()?;
-        config.backend = backend.to_string();
+        config.backend = B::NAME.to_string();
         if let Some(g) = group_id {
             config.group_id = Some(g.to_string());
         }
         config.validate()?;
+        config.section_mut::<B::Config>()?.validate()?;
         Ok(config)
     }
 
@@ -312,9 +306,68 @@ impl Config {
         Config::loader().file(path).no_env().load()
     }
 
-    /// Override fields from environment variables: the common
-    /// `MSIGHT_PUBSUB_*` ones ([`PUBSUB_ENV`]) and each backend section's.
-    pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+    /// Section `T` (`[nats]` for `pubsub_nats::NatsConfig`): as set in code,
+    /// else its table of the document, then the environment the document
+    /// was loaded with, over its defaults. Not validated: the backend does
+    /// that when it connects ([`Section::validate`]).
+    ///
+    /// Fails when the table has a key `T` does not know or a value of the
+    /// wrong type (naming the key and the file), or when one of its
+    /// environment variables is malformed (naming the variable).
+    pub fn section<T: Section>(&self) -> Result<T> {
+        self.sections.read::<T>()
+    }
+
+    /// Section `T`, to change in code (read first as by
+    /// [`Config::section`]). What is set here is final: the environment is
+    /// not applied over it again.
+    ///
+    /// ```
+    /// use pubsub_core::{Config, MemoryConfig};
+    /// let mut config = Config::default();
+    /// config.section_mut::<MemoryConfig>()?.namespace = "test".into();
+    /// assert_eq!(config.section::<MemoryConfig>()?.namespace, "test");
+    /// # Ok::<(), pubsub_core::Error>(())
+    /// ```
+    pub fn section_mut<T: Section>(&mut self) -> Result<&mut T> {
+        self.sections.get_mut::<T>()
+    }
+
+    /// Replace section `T` with `section` (final, as with [`Config::section_mut`]).
+    pub fn set_section<T: Section>(&mut self, section: T) {
+        self.sections.typed.insert(T::NAME, Box::new(section));
+    }
+
+    /// [`Config::set_section`], by value: `Config::default().with_section(nats)`.
+    pub fn with_section<T: Section>(mut self, section: T) -> Config {
+        self.set_section(section);
+        self
+    }
+
+    /// The names of the document's sections and of those set in code, sorted.
+    pub fn section_names(&self) -> Vec<String> {
+        self.sections.names().map(str::to_string).collect()
+    }
+
+    /// The sections written out by `Serialize`: every registered backend's
+    /// and every one set in code.
+    fn shown_sections(&self) -> Result<BTreeMap<&'static str, Box<dyn AnySection>>> {
+        let mut shown: BTreeMap<&'static str, Box<dyn AnySection>> = self
+            .sections
+            .typed
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for ty in crate::registry::section_types() {
+            if !shown.contains_key(ty.name()) {
+                shown.insert(ty.name(), ty.read(&self.sections)?);
+            }
+        }
+        Ok(shown)
+    }
+
+    /// Override the common settings from the `MSIGHT_PUBSUB_*` variables ([`PUBSUB_ENV`]).
+    fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
         let env = Env(source);
         env.string_req("MSIGHT_PUBSUB_BACKEND", &mut self.backend);
         env.string("MSIGHT_PUBSUB_GROUP_ID", &mut self.group_id);
@@ -324,9 +377,6 @@ impl Config {
         env.number("MSIGHT_PUBSUB_BUFFER_CAPACITY", &mut self.buffer.capacity)?;
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
-        self.nats.apply_env(source)?;
-        self.redis.apply_env(source)?;
-        self.mqtt.apply_env(source)?;
         Ok(())
     }
 
@@ -368,7 +418,7 @@ impl Config {
 pub struct ConfigLoader {
     file: Option<PathBuf>,
     no_file_from_env: bool,
-    env: Option<Box<dyn EnvSource>>,
+    env: Option<section::SharedEnv>,
     no_env: bool,
 }
 
@@ -396,8 +446,8 @@ impl ConfigLoader {
     }
 
     /// Read variables from `source` instead of the process environment.
-    pub fn env(mut self, source: impl EnvSource + 'static) -> Self {
-        self.env = Some(Box::new(source));
+    pub fn env(mut self, source: impl EnvSource + Send + Sync + 'static) -> Self {
+        self.env = Some(Arc::new(source));
         self
     }
 
@@ -407,26 +457,33 @@ impl ConfigLoader {
         self
     }
 
-    /// Load and validate.
+    /// Load and validate the common settings, and read the section of every
+    /// registered backend (so that its mistakes show now). Sections of
+    /// backends registered later are read when asked for, from the same
+    /// file and environment.
     pub fn load(self) -> Result<Config> {
-        let process = ProcessEnv;
-        let source: &dyn EnvSource = match &self.env {
-            Some(s) => s.as_ref(),
-            None => &process,
+        let source: Option<section::SharedEnv> = match (self.no_env, self.env) {
+            (true, _) => None,
+            (false, Some(s)) => Some(s),
+            (false, None) => Some(Arc::new(ProcessEnv)),
         };
-        let file = match (&self.file, self.no_env || self.no_file_from_env) {
-            (Some(f), _) => Some(f.clone()),
-            (None, false) => source.var("MSIGHT_PUBSUB_CONFIG").map(PathBuf::from),
-            (None, true) => None,
+        let file = match (&self.file, &source, self.no_file_from_env) {
+            (Some(f), _, _) => Some(f.clone()),
+            (None, Some(env), false) => env.var("MSIGHT_PUBSUB_CONFIG").map(PathBuf::from),
+            _ => None,
         };
         let mut config = match &file {
             Some(path) => read_file(path)?,
             None => Config::default(),
         };
-        if !self.no_env {
-            config.apply_env(source)?;
+        if let Some(env) = &source {
+            config.apply_env(env.as_ref())?;
         }
+        config.sections.env = source;
         config.validate()?;
+        for ty in crate::registry::section_types() {
+            config.sections.resolve(&ty)?;
+        }
         Ok(config)
     }
 }
@@ -456,19 +513,41 @@ fn read_file(path: &Path) -> Result<Config> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config("config file", format!("cannot read {shown}: {e}")))?;
-    let built = config::Config::builder()
+    let doc = config::Config::builder()
         .add_source(config::File::from_str(&text, format))
         .build()
+        .and_then(|built| built.try_deserialize::<BTreeMap<String, config::Value>>())
         .map_err(|e| Error::config("config file", format!("{shown}: {e}")))?;
-    built
-        .try_deserialize::<Config>()
-        .map_err(|e| Error::config("config file", format!("{shown}: {e}")))
+    Config::from_document(doc, Some(shown.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::{ErrorKind, MemoryConfig};
+
+    /// A section as an outside backend crate would write it.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Kafka {
+        brokers: Vec<String>,
+        user: Option<String>,
+        password: Option<Secret>,
+    }
+
+    impl Section for Kafka {
+        const NAME: &'static str = "kafka";
+        const ENV: &'static [(&'static str, &'static str)] = &[
+            ("MSIGHT_KAFKA_BROKERS", "kafka.brokers"),
+            ("MSIGHT_KAFKA_PASSWORD", "kafka.password"),
+        ];
+        fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+            let env = Env(source);
+            env.list("MSIGHT_KAFKA_BROKERS", &["h:9092"], &mut self.brokers)?;
+            env.secret("MSIGHT_KAFKA_PASSWORD", &mut self.password);
+            Ok(())
+        }
+    }
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
         let p = dir.path().join(name);
@@ -482,35 +561,112 @@ mod tests {
         let f = write(
             &dir,
             "c.toml",
-            "backend = \"nats\"\ngroup_id = \"g1\"\nconnect_timeout = \"2s\"\n[nats]\nservers = [\"nats://f:4222\"]\nuser = \"u\"\npassword = \"p\"\n[buffer]\noverflow = \"drop_newest\"\n",
+            "backend = \"kafka\"\ngroup_id = \"g1\"\nconnect_timeout = \"2s\"\n[kafka]\nbrokers = [\"f:9092\"]\nuser = \"u\"\npassword = \"p\"\n[buffer]\noverflow = \"drop_newest\"\n",
         );
         let c = Config::loader().file(&f).no_env().load().unwrap();
-        assert_eq!(c.backend, "nats");
+        assert_eq!(c.backend, "kafka");
         assert_eq!(c.group_id.as_deref(), Some("g1"));
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert_eq!(c.nats.servers, ["nats://f:4222"]);
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["f:9092"]);
         assert_eq!(c.buffer.overflow, OverflowPolicy::DropNewest);
         assert_eq!(c.buffer.capacity, 10_000);
 
         let c = Config::loader()
             .file(&f)
             .env([
-                ("MSIGHT_NATS_SERVERS", "nats://e:1,nats://e:2"),
+                ("MSIGHT_KAFKA_BROKERS", "e:1,e:2"),
                 ("MSIGHT_PUBSUB_GROUP_ID", "g2"),
                 ("MSIGHT_PUBSUB_OVERFLOW", "block"),
             ])
             .load()
             .unwrap();
-        assert_eq!(c.nats.servers, ["nats://e:1", "nats://e:2"]);
+        let kafka = c.section::<Kafka>().unwrap();
+        assert_eq!(kafka.brokers, ["e:1", "e:2"]);
         assert_eq!(c.group_id.as_deref(), Some("g2"));
         assert_eq!(c.buffer.overflow, OverflowPolicy::Block);
-        assert_eq!(c.nats.user.as_deref(), Some("u"));
+        assert_eq!(kafka.user.as_deref(), Some("u"));
+        assert_eq!(kafka.password.unwrap().expose(), "p");
+    }
+
+    #[test]
+    fn sections_set_in_code_win_over_file_and_env() {
+        let mut c = Config::loader()
+            .env([("MSIGHT_KAFKA_BROKERS", "env:1")])
+            .load()
+            .unwrap();
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["env:1"]);
+        c.section_mut::<Kafka>().unwrap().brokers = vec!["code:1".into()];
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["code:1"]);
+        let c = c.with_section(Kafka {
+            brokers: vec!["code:2".into()],
+            ..Kafka::default()
+        });
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["code:2"]);
+        assert_eq!(c.section_names(), ["kafka", "memory"]);
+    }
+
+    #[test]
+    fn tables_of_unlinked_backends_are_kept_and_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            &dir,
+            "all.toml",
+            "backend = \"memory\"\n[kafka]\nbrokers = [\"k:1\"]\n[zookeeper]\nanything = { nested = 1 }\npassword = \"zk-secret-marker\"\n",
+        );
+        let c = Config::from_file(&f).unwrap();
+        assert_eq!(c.section_names(), ["kafka", "memory", "zookeeper"]);
+        // Read when asked for, whenever its type shows up.
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["k:1"]);
+        // Unread tables are never shown: only their type knows their secrets.
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("zk-secret-marker"), "{shown}");
+        assert!(shown.contains("zookeeper"), "{shown}");
+    }
+
+    #[test]
+    fn registered_sections_are_checked_strictly_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        // `memory` is always registered.
+        let f = write(
+            &dir,
+            "m.toml",
+            "[memory]\nnamespace = \"x\"\nnamspace = \"y\"\n",
+        );
+        let e = Config::from_file(&f).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("m.toml") && msg.contains("namspace") && msg.contains("memory"),
+            "{msg}"
+        );
+        // An unregistered section is as strict when it is read.
+        let f = write(&dir, "k.toml", "[kafka]\nbroker = [\"k:1\"]\n");
+        let c = Config::from_file(&f).unwrap();
+        let msg = c.section::<Kafka>().unwrap_err().to_string();
+        assert!(
+            msg.contains("k.toml") && msg.contains("broker") && msg.contains("kafka"),
+            "{msg}"
+        );
+        let f = write(&dir, "t.toml", "[kafka]\nbrokers = 3\n");
+        let msg = Config::from_file(&f)
+            .unwrap()
+            .section::<Kafka>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("t.toml") && msg.contains("kafka.brokers"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn file_from_msight_pubsub_config_in_yaml_and_json() {
         let dir = tempfile::tempdir().unwrap();
-        let y = write(&dir, "c.yaml", "backend: nats\nnats:\n  tls: true\n");
+        let y = write(
+            &dir,
+            "c.yaml",
+            "backend: kafka\nkafka:\n  brokers: [\"y:1\"]\n",
+        );
         let c = Config::loader()
             .env(std::collections::HashMap::from([(
                 "MSIGHT_PUBSUB_CONFIG".to_string(),
@@ -518,7 +674,7 @@ mod tests {
             )]))
             .load()
             .unwrap();
-        assert!(c.nats.tls);
+        assert_eq!(c.section::<Kafka>().unwrap().brokers, ["y:1"]);
         let j = write(&dir, "c.json", r#"{"buffer": {"capacity": 5}}"#);
         assert_eq!(Config::from_file(&j).unwrap().buffer.capacity, 5);
     }
@@ -534,11 +690,14 @@ mod tests {
 
         let wrong_type = write(&dir, "t.toml", "[buffer]\ncapacity = \"many\"\n");
         let msg = Config::from_file(&wrong_type).unwrap_err().to_string();
-        assert!(msg.contains("t.toml") && msg.contains("capacity"), "{msg}");
+        assert!(
+            msg.contains("t.toml") && msg.contains("buffer.capacity"),
+            "{msg}"
+        );
 
-        let unknown = write(&dir, "u.toml", "[nats]\nserver = [\"nats://a:1\"]\n");
+        let unknown = write(&dir, "u.toml", "bakend = \"nats\"\n");
         let msg = Config::from_file(&unknown).unwrap_err().to_string();
-        assert!(msg.contains("server"), "{msg}");
+        assert!(msg.contains("u.toml") && msg.contains("bakend"), "{msg}");
 
         let msg = Config::from_file(dir.path().join("missing.toml"))
             .unwrap_err()
@@ -561,11 +720,16 @@ mod tests {
             ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "soon"),
             ("MSIGHT_PUBSUB_BUFFER_CAPACITY", "lots"),
             ("MSIGHT_PUBSUB_OVERFLOW", "explode"),
-            ("MSIGHT_NATS_SERVERS", "['a'"),
         ] {
             let e = Config::loader().env([(var, value)]).load().unwrap_err();
             assert!(e.to_string().contains(var), "{e}");
         }
+        let c = Config::loader()
+            .env([("MSIGHT_KAFKA_BROKERS", "['a'")])
+            .load()
+            .unwrap();
+        let e = c.section::<Kafka>().unwrap_err();
+        assert!(e.to_string().contains("MSIGHT_KAFKA_BROKERS"), "{e}");
         let e = Config::loader()
             .env([("MSIGHT_PUBSUB_BUFFER_CAPACITY", "0")])
             .load()
@@ -579,31 +743,24 @@ mod tests {
     }
 
     #[test]
-    fn redact_userinfo_handles_multibyte_separators() {
-        // U+00A0 (no-break space) is whitespace of two bytes.
-        assert_eq!(redact_userinfo("a\u{a0}u:pw@h"), "a\u{a0}u:***@h");
-        assert_eq!(redact_userinfo("K <x\u{a0}tok@h:1"), "K <x\u{a0}***@h:1");
-        assert_eq!(
-            redact_userinfo("['u:p@h:1', 't@g:2']"),
-            "['u:***@h:1', '***@g:2']"
-        );
-    }
-
-    #[test]
     fn secrets_are_redacted_everywhere() {
         let mut c = Config::default();
-        c.nats.user = Some("alice".into());
-        c.nats.password = Some(Secret::new("hunter2-marker"));
-        c.nats.token = Some(Secret::new("token-marker"));
+        let kafka = c.section_mut::<Kafka>().unwrap();
+        kafka.user = Some("alice".into());
+        kafka.password = Some(Secret::new("hunter2-marker"));
         let dbg = format!("{c:?}");
         let json = serde_json::to_string(&c).unwrap();
         for out in [&dbg, &json] {
-            assert!(
-                !out.contains("hunter2-marker") && !out.contains("token-marker"),
-                "{out}"
-            );
-            assert!(out.contains("<redacted>"));
+            assert!(!out.contains("hunter2-marker"), "{out}");
+            assert!(out.contains("<redacted>") && out.contains("alice"), "{out}");
         }
+        let c = Config::loader()
+            .env([("MSIGHT_KAFKA_PASSWORD", "env-secret-marker")])
+            .load()
+            .unwrap();
+        let c = c.clone().with_section(c.section::<Kafka>().unwrap());
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("env-secret-marker"), "{shown}");
         assert_eq!(
             redact_url("nats://bob:pw@h:4222/x"),
             "nats://bob:***@h:4222/x"
@@ -613,18 +770,23 @@ mod tests {
     }
 
     #[test]
-    fn redact_userinfo_in_free_text() {
-        for (text, want) in [
-            (
-                "['nats://u:pw1@a:1', 'nats://tok2@b:2']",
-                "['nats://u:***@a:1', 'nats://***@b:2']",
-            ),
-            ("u:pw3@h:1,,x", "u:***@h:1,,x"),
-            ("got \"redis://:pw4@h:1\"", "got \"redis://:***@h:1\""),
-            ("no credentials here", "no credentials here"),
-            ("a:b@c@d", "a:***@***@d"),
-        ] {
-            assert_eq!(redact_userinfo(text), want, "{text}");
-        }
+    fn serialized_config_reads_back() {
+        let mut c = Config {
+            backend: "kafka".into(),
+            group_id: Some("g".into()),
+            connect_timeout: Duration::from_millis(1500),
+            ..Config::default()
+        };
+        c.section_mut::<Kafka>().unwrap().brokers = vec!["k:1".into()];
+        c.section_mut::<MemoryConfig>().unwrap().namespace = "ns".into();
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.backend, "kafka");
+        assert_eq!(back.group_id.as_deref(), Some("g"));
+        assert_eq!(back.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(back.section::<Kafka>().unwrap().brokers, ["k:1"]);
+        assert_eq!(back.section::<MemoryConfig>().unwrap().namespace, "ns");
+        let e = serde_json::from_str::<Config>(r#"{"bakend": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("bakend"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ pub trait Harness: Send + Sync {
     fn dead_config(&self) -> Option<Config>;
     /// Extra label printed with results, e.g. `"qos=1"`.
     fn label(&self) -> String {
-        self.factory().name.to_string()
+        self.factory().name().to_string()
     }
 }
 

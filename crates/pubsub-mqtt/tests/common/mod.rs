@@ -4,16 +4,16 @@
 
 use pubsub_core::testkit::brokers::{free_port, Mosquitto};
 use pubsub_core::testkit::conformance::Harness;
+use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{BackendFactory, Config, Message};
 
 /// A config for the broker at `url` with `qos`.
 pub fn config_for(url: &str, qos: u8) -> Config {
-    let mut c = Config {
-        backend: "mqtt".into(),
-        ..Config::default()
-    };
-    c.mqtt.url = Some(url.to_string());
-    c.mqtt.qos = qos;
+    let mut c = Config::default();
+    c.backend = "mqtt".into();
+    let mqtt = c.section_mut::<MqttConfig>().unwrap();
+    mqtt.url = Some(url.to_string());
+    mqtt.qos = qos;
     c
 }
 
@@ -26,7 +26,7 @@ pub struct MqttHarness {
 #[pubsub_mqtt::pubsub_core::async_trait]
 impl Harness for MqttHarness {
     fn factory(&self) -> BackendFactory {
-        pubsub_mqtt::factory()
+        pubsub_core::BackendFactory::of::<pubsub_mqtt::MqttBackend>()
     }
 
     fn config(&self) -> Config {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use pubsub_core::testkit::brokers::RedisServer;
+use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, Message, RedisMode};
 
 /// A config for `server` in `mode`.
@@ -11,13 +12,12 @@ pub fn config_for(server: &RedisServer, mode: RedisMode) -> Config {
 
 /// A config for `127.0.0.1:port` in `mode`.
 pub fn config_port(port: u16, mode: RedisMode) -> Config {
-    let mut c = Config {
-        backend: "redis".into(),
-        ..Config::default()
-    };
-    c.redis.host = "127.0.0.1".into();
-    c.redis.port = port;
-    c.redis.mode = mode;
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.host = "127.0.0.1".into();
+    redis.port = port;
+    redis.mode = mode;
     c
 }
 

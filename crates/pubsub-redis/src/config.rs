@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::env::{Env, EnvSource};
-use super::{redact_url, Secret};
-use crate::error::{Error, Result};
+use pubsub_core::config::{redact_url, serialize_redacted_urls, Env, EnvSource, Secret, Section};
+use pubsub_core::{Error, Result};
 
 /// How messages travel through Redis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +47,7 @@ impl std::str::FromStr for RedisMode {
 /// `MSIGHT_REDIS_MESSAGE_BROKER_*` variables of the Python original.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// Host name or address of the Redis server (default `localhost`).
     pub host: String,
@@ -73,7 +73,7 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Cluster seed nodes as `"host:port"`; empty means `host:port` above.
     /// Shown redacted, in case one carries credentials (which are refused).
-    #[serde(serialize_with = "super::serialize_redacted_urls")]
+    #[serde(serialize_with = "serialize_redacted_urls")]
     pub cluster_nodes: Vec<String>,
     /// Path of a Unix socket; when set it takes precedence over TCP (as in the Python original).
     pub unix_socket_path: Option<PathBuf>,
@@ -220,9 +220,12 @@ fn var(suffix: &str) -> String {
     format!("{P}{suffix}")
 }
 
-impl RedisConfig {
+impl Section for RedisConfig {
+    const NAME: &'static str = "redis";
+    const ENV: &'static [(&'static str, &'static str)] = REDIS_ENV;
+
     /// Override fields from the `MSIGHT_REDIS_MESSAGE_BROKER_*` variables (see [`REDIS_ENV`]).
-    pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+    fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
         let env = Env(source);
         env.string_req(&var("HOST"), &mut self.host);
         env.number(&var("PORT"), &mut self.port)?;
@@ -260,7 +263,7 @@ impl RedisConfig {
     }
 
     /// Checks that need no network; errors name the key at fault.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         if self.unix_socket_path.is_none() && !self.cluster {
             if self.host.trim().is_empty() {
                 return Err(Error::config("redis.host", "must not be empty"));
@@ -357,7 +360,9 @@ impl RedisConfig {
         }
         Ok(())
     }
+}
 
+impl RedisConfig {
     /// The cluster seed nodes: `cluster_nodes`, or `host:port` when it is empty.
     pub fn cluster_seeds(&self) -> Vec<String> {
         if self.cluster_nodes.is_empty() {

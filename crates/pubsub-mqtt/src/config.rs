@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::env::{parse_duration, parse_number, Env, EnvSource};
-use super::{redact_url, Secret};
-use crate::error::{Error, Result};
-use crate::topic::MAX_TOPIC_LEN;
+use pubsub_core::config::env::{parse_duration, parse_number};
+use pubsub_core::config::{redact_url, serialize_redacted_url, Env, EnvSource, Secret, Section};
+use pubsub_core::{Error, Result, MAX_TOPIC_LEN};
 
 /// Bytes of an MQTT PUBLISH packet that are not payload, at most: fixed
 /// header (5), topic length (2) and topic ([`MAX_TOPIC_LEN`]), packet id (2),
@@ -33,6 +32,7 @@ pub const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
 /// (1,000 by default) and drops the rest.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MqttConfig {
     /// Broker host name or IP address (default `localhost`); ignored when `url` is set.
     pub host: String,
@@ -41,7 +41,7 @@ pub struct MqttConfig {
     /// Broker URL, `mqtt://host:port` or `mqtts://host:port` (TLS). Overrides
     /// `host` and `port`; the port defaults to 1883 (`mqtt`) or 8883 (`mqtts`).
     /// Credentials in it are refused; it is shown redacted.
-    #[serde(serialize_with = "super::serialize_redacted_url")]
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: Option<String>,
     /// MQTT client identifier. When not given, a unique one is generated per
     /// connection (`msight-<random>`). Needed with `session_expiry`, so that
@@ -181,11 +181,14 @@ pub struct MqttBroker {
     pub tls: bool,
 }
 
-impl MqttConfig {
+impl Section for MqttConfig {
+    const NAME: &'static str = "mqtt";
+    const ENV: &'static [(&'static str, &'static str)] = MQTT_ENV;
+
     /// Override fields from the `MSIGHT_MQTT_*` variables (see [`MQTT_ENV`]).
     /// A malformed value is an error that names the variable and the
     /// expected form.
-    pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+    fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
         let env = Env(source);
         if let Some(v) = source.var("MSIGHT_MQTT_HOST") {
             let host = v.trim();
@@ -223,50 +226,9 @@ impl MqttConfig {
         Ok(())
     }
 
-    /// The broker address: from `url` if set, else `host` and `port`.
-    pub fn broker(&self) -> Result<MqttBroker> {
-        let Some(url) = &self.url else {
-            if self.host.trim().is_empty()
-                || self.host.chars().any(|c| c.is_whitespace() || c == '/')
-            {
-                return Err(Error::config(
-                    "mqtt.host",
-                    format!(
-                        "expected a host name or IP address like \"localhost\", got {:?}",
-                        self.host
-                    ),
-                ));
-            }
-            if self.port == 0 {
-                return Err(Error::config(
-                    "mqtt.port",
-                    "must be a port number from 1 to 65535",
-                ));
-            }
-            return Ok(MqttBroker {
-                host: self.host.trim().to_string(),
-                port: self.port,
-                tls: self.tls,
-            });
-        };
-        parse_url("mqtt.url", url, self.tls)
-    }
-
-    /// The largest payload, by [`MqttConfig::max_packet_size`].
-    pub fn max_payload(&self) -> usize {
-        self.max_packet_size.saturating_sub(MQTT_PACKET_OVERHEAD)
-    }
-
-    /// The session expiry in whole seconds as MQTT sends it, if set and not zero.
-    pub fn session_expiry_secs(&self) -> Option<u32> {
-        let d = self.session_expiry?;
-        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        (secs > 0).then(|| u32::try_from(secs).unwrap_or(u32::MAX))
-    }
-
     /// Checks that need no network: the address, QoS, credentials that go
     /// together, TLS files in pairs, and limits in range. Errors name the key.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         self.broker()?;
         if self.qos > 2 {
             return Err(Error::config(
@@ -348,6 +310,49 @@ impl MqttConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl MqttConfig {
+    /// The broker address: from `url` if set, else `host` and `port`.
+    pub fn broker(&self) -> Result<MqttBroker> {
+        let Some(url) = &self.url else {
+            if self.host.trim().is_empty()
+                || self.host.chars().any(|c| c.is_whitespace() || c == '/')
+            {
+                return Err(Error::config(
+                    "mqtt.host",
+                    format!(
+                        "expected a host name or IP address like \"localhost\", got {:?}",
+                        self.host
+                    ),
+                ));
+            }
+            if self.port == 0 {
+                return Err(Error::config(
+                    "mqtt.port",
+                    "must be a port number from 1 to 65535",
+                ));
+            }
+            return Ok(MqttBroker {
+                host: self.host.trim().to_string(),
+                port: self.port,
+                tls: self.tls,
+            });
+        };
+        parse_url("mqtt.url", url, self.tls)
+    }
+
+    /// The largest payload, by [`MqttConfig::max_packet_size`].
+    pub fn max_payload(&self) -> usize {
+        self.max_packet_size.saturating_sub(MQTT_PACKET_OVERHEAD)
+    }
+
+    /// The session expiry in whole seconds as MQTT sends it, if set and not zero.
+    pub fn session_expiry_secs(&self) -> Option<u32> {
+        let d = self.session_expiry?;
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        (secs > 0).then(|| u32::try_from(secs).unwrap_or(u32::MAX))
     }
 }
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::env::{Env, EnvSource};
-use super::{redact_url, Secret};
-use crate::error::{Error, Result};
+use pubsub_core::config::{redact_url, serialize_redacted_urls, Env, EnvSource, Secret, Section};
+use pubsub_core::{Error, Result};
 
 /// Settings of the NATS backend. Key names follow the Python original's
 /// config dict (`servers`, `user`, `password`, `token`, `nkeys_seed`,
@@ -16,12 +15,13 @@ use crate::error::{Error, Result};
 /// `tls_key`, `tls_verify`).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NatsConfig {
     /// Server URLs (`nats://host:port`, `tls://host:port`); the client fails
     /// over between them. Default `["nats://localhost:4222"]`. Credentials
     /// in a URL (`nats://user:pass@host`, `nats://token@host`) are used for
     /// authentication and shown redacted.
-    #[serde(serialize_with = "super::serialize_redacted_urls")]
+    #[serde(serialize_with = "serialize_redacted_urls")]
     pub servers: Vec<String>,
     /// User name (with `password`).
     pub user: Option<String>,
@@ -125,9 +125,12 @@ pub const NATS_ENV: &[(&str, &str)] = &[
     ("MSIGHT_NATS_TLS_VERIFY", "nats.tls_verify"),
 ];
 
-impl NatsConfig {
+impl Section for NatsConfig {
+    const NAME: &'static str = "nats";
+    const ENV: &'static [(&'static str, &'static str)] = NATS_ENV;
+
     /// Override fields from the `MSIGHT_NATS_*` variables (see [`NATS_ENV`]).
-    pub fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
+    fn apply_env(&mut self, source: &dyn EnvSource) -> Result<()> {
         let env = Env(source);
         env.list(
             "MSIGHT_NATS_SERVERS",
@@ -150,7 +153,7 @@ impl NatsConfig {
 
     /// Checks that need no network: at least one server, each a URL with a
     /// NATS scheme, credentials that go together, and settings in range.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         if self.servers.is_empty() {
             return Err(Error::config(
                 "nats.servers",
@@ -324,7 +327,7 @@ mod tests {
         ] {
             let mut c = NatsConfig::default();
             let e = c.apply_env(&[(var, value)]).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::InvalidConfig);
+            assert_eq!(e.kind(), pubsub_core::ErrorKind::InvalidConfig);
             let msg = e.to_string();
             assert!(msg.contains(var) && msg.contains(fragment), "{msg}");
         }
@@ -421,5 +424,60 @@ mod tests {
             !shown.contains("hunter2") && shown.contains("u:***@h:1"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn the_document_reads_the_nats_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "backend = \"nats\"\n[nats]\nservers = [\"nats://f:4222\"]\nuser = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        // Loaded before the backend is registered: read when asked for.
+        let c = pubsub_core::Config::loader()
+            .file(&f)
+            .env([("MSIGHT_NATS_SERVERS", "nats://e:1,nats://e:2")])
+            .load()
+            .unwrap();
+        let nats = c.section::<NatsConfig>().unwrap();
+        assert_eq!(nats.servers, ["nats://e:1", "nats://e:2"]);
+        assert_eq!(nats.user.as_deref(), Some("u"));
+        crate::register();
+        // Registered: the same result, and its mistakes show at load.
+        let c = pubsub_core::Config::loader()
+            .file(&f)
+            .env([("MSIGHT_NATS_SERVERS", "nats://e:1,nats://e:2")])
+            .load()
+            .unwrap();
+        assert_eq!(c.section::<NatsConfig>().unwrap(), nats);
+        let e = pubsub_core::Config::loader()
+            .file(&f)
+            .env([("MSIGHT_NATS_SERVERS", "['a'")])
+            .load()
+            .unwrap_err();
+        assert!(e.to_string().contains("MSIGHT_NATS_SERVERS"), "{e}");
+        std::fs::write(&f, "[nats]\nserver = [\"nats://a:1\"]\n").unwrap();
+        let msg = pubsub_core::Config::from_file(&f).unwrap_err().to_string();
+        assert!(msg.contains("c.toml") && msg.contains("server"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_whole_config() {
+        let mut c = pubsub_core::Config::default();
+        let nats = c.section_mut::<NatsConfig>().unwrap();
+        nats.user = Some("alice".into());
+        nats.password = Some(Secret::new("hunter2-marker"));
+        nats.token = Some(Secret::new("token-marker"));
+        let dbg = format!("{c:?}");
+        let json = serde_json::to_string(&c).unwrap();
+        for out in [&dbg, &json] {
+            assert!(
+                !out.contains("hunter2-marker") && !out.contains("token-marker"),
+                "{out}"
+            );
+            assert!(out.contains("<redacted>") && out.contains("alice"), "{out}");
+        }
     }
 }

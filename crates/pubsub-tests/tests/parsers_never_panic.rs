@@ -6,8 +6,27 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use pubsub_core::config::env::{parse_bool, parse_duration, parse_list, parse_number};
-use pubsub_core::config::{validate_server_url, MQTT_ENV, NATS_ENV, PUBSUB_ENV, REDIS_ENV};
-use pubsub_core::{validate_topic_name, Config, ErrorKind, Topic};
+use pubsub_core::config::PUBSUB_ENV;
+use pubsub_core::{validate_topic_name, Config, ErrorKind, Section, Topic};
+use pubsub_mqtt::{MqttConfig, MQTT_ENV};
+use pubsub_nats::{validate_server_url, NatsConfig, NATS_ENV};
+use pubsub_redis::{RedisConfig, REDIS_ENV};
+
+fn all_env() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    PUBSUB_ENV
+        .iter()
+        .chain(NATS_ENV)
+        .chain(MQTT_ENV)
+        .chain(REDIS_ENV)
+}
+
+/// With every backend registered, a document reads all their sections when
+/// it loads, so their variables' errors show there.
+fn register_all() {
+    pubsub_nats::register();
+    pubsub_mqtt::register();
+    pubsub_redis::register();
+}
 
 fn any_text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -48,16 +67,21 @@ proptest! {
 
     #[test]
     fn every_environment_variable(index in 0usize..64, v in any_text()) {
-        let vars: Vec<&str> = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).chain(REDIS_ENV.iter()).map(|(k, _)| *k).collect();
+        register_all();
+        let vars: Vec<&str> = all_env().map(|(k, _)| *k).collect();
         let var = vars[index % vars.len()];
         let env: HashMap<String, String> = [(var.to_string(), v.clone())].into();
         match Config::loader().env(env).no_default_file().load() {
-            Ok(c) => { let _ = c.nats.validate(); let _ = c.mqtt.validate(); }
+            Ok(c) => {
+                let _ = c.section::<NatsConfig>().unwrap().validate();
+                let _ = c.section::<MqttConfig>().unwrap().validate();
+                let _ = c.section::<RedisConfig>().unwrap().validate();
+            }
             Err(e) => {
                 prop_assert_eq!(e.kind(), ErrorKind::InvalidConfig);
                 // The error names the variable, or the key it sets, or the file it names.
                 let msg = e.to_string();
-                let key = PUBSUB_ENV.iter().chain(NATS_ENV.iter()).chain(MQTT_ENV.iter()).chain(REDIS_ENV.iter()).find(|(k, _)| *k == var).unwrap().1;
+                let key = all_env().find(|(k, _)| *k == var).unwrap().1;
                 prop_assert!(msg.contains(var) || msg.contains(key.split('.').next_back().unwrap()) || msg.contains("config file"), "{}", msg);
             }
         }
