@@ -144,16 +144,11 @@ impl<V: Clone> TopicCache<V> {
 
     /// The value for `topic`, made by `make` the first time.
     pub fn get_or_make(&self, topic: &str, make: impl FnOnce(&str) -> Result<V>) -> Result<V> {
-        if let Some(v) = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-        {
+        if let Some(v) = crate::sync::read(&self.map).get(topic) {
             return Ok(v.clone());
         }
         let v = make(topic)?;
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::write(&self.map);
         if map.len() < self.limit {
             map.insert(topic.into(), v.clone());
         }

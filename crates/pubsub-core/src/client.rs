@@ -179,10 +179,7 @@ impl PubSub {
     }
 
     fn subs(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.subscriptions)
     }
 
     /// Subscribe to `topic`, in the configured `group_id` if there is one.

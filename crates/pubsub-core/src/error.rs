@@ -155,6 +155,56 @@ impl std::error::Error for Error {
     }
 }
 
+/// `e` and all its sources in one line: `"a: b: c"`.
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a rustls error is somewhere in `e`'s source chain (tokio-rustls
+/// wraps it in an `io::Error`): a TLS failure, whatever the client library
+/// calls it.
+pub fn has_tls_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether an error text reads like a TLS failure, for client libraries
+/// that flatten the rustls error into a message.
+pub fn looks_like_tls(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "peer sent no certificates",
+        "alert",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +219,21 @@ mod tests {
         );
         assert!(std::error::Error::source(&e).is_some());
         assert!(e.is(ErrorKind::Connect));
+    }
+
+    #[test]
+    fn chains_and_tls_causes() {
+        let tls = rustls::Error::General("bad cert".into());
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let e = Error::new(ErrorKind::Connect, "connect").with_source(io);
+        assert!(has_tls_cause(&e));
+        let chain = source_chain(&e);
+        assert!(chain.starts_with("connection failed: connect: "), "{chain}");
+        assert!(chain.ends_with("bad cert"), "{chain}");
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(!has_tls_cause(&plain));
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(!looks_like_tls("connection refused"));
     }
 
     #[test]

@@ -5,10 +5,11 @@ pub mod backend;
 pub mod blocking;
 mod client;
 pub mod config;
-mod error;
+pub mod error;
 pub mod inbox;
 pub mod memory;
 pub mod registry;
+pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

@@ -17,6 +17,7 @@ use crate::backend::{Backend, BackendContext, BrokerInfo, Capabilities, PubSubBa
 use crate::config::{Config, Section};
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
+use crate::sync::{lock, read, write};
 use crate::Message;
 
 /// The `[memory]` section: settings of the in-process backend.
@@ -81,10 +82,7 @@ struct Broker {
 impl Broker {
     fn for_namespace(ns: &str) -> Arc<Broker> {
         static NAMESPACES: OnceLock<Mutex<HashMap<String, Weak<Broker>>>> = OnceLock::new();
-        let mut map = NAMESPACES
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(NAMESPACES.get_or_init(Default::default));
         if let Some(b) = map.get(ns).and_then(Weak::upgrade) {
             return b;
         }
@@ -95,7 +93,7 @@ impl Broker {
     }
 
     fn update(&self, topic: &str, f: impl FnOnce(&Route) -> Route) {
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut routes = write(&self.routes);
         let old = routes.get(topic).cloned().unwrap_or_default();
         let new = f(&old);
         if new.plain.is_empty() && new.groups.is_empty() {
@@ -106,11 +104,7 @@ impl Broker {
     }
 
     fn route(&self, topic: &str) -> Option<Arc<Route>> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-            .cloned()
+        read(&self.routes).get(topic).cloned()
     }
 }
 
@@ -156,6 +150,14 @@ impl Backend for MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// Leave every topic this handle subscribed to.
+    fn leave_all(&self) {
+        let topics = std::mem::take(&mut *lock(&self.topics));
+        for t in topics {
+            self.remove(&t);
+        }
+    }
+
     fn remove(&self, topic: &str) {
         let handle = self.handle;
         self.broker.update(topic, |old| Route {
@@ -241,19 +243,13 @@ impl PubSubBackend for MemoryBackend {
             }
             Route { plain, groups }
         });
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(topic.to_string());
+        lock(&self.topics).push(topic.to_string());
         Ok(())
     }
 
     async fn unsubscribe(&self, topic: &str) -> Result<()> {
         self.remove(topic);
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|t| t != topic);
+        lock(&self.topics).retain(|t| t != topic);
         Ok(())
     }
 
@@ -284,19 +280,13 @@ impl PubSubBackend for MemoryBackend {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        let topics = std::mem::take(&mut *self.topics.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in topics {
-            self.remove(&t);
-        }
+        self.leave_all();
         Ok(())
     }
 }
 
 impl Drop for MemoryBackend {
     fn drop(&mut self) {
-        let topics = std::mem::take(&mut *self.topics.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in topics {
-            self.remove(&t);
-        }
+        self.leave_all();
     }
 }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use crate::backend::{Backend, BackendContext, PubSubBackend};
 use crate::config::{Config, Section, SectionType};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::{lock, read, write};
 
 type ConnectFn = fn(Config, BackendContext) -> BoxFuture<'static, Result<Box<dyn PubSubBackend>>>;
 
@@ -91,14 +92,14 @@ fn registry() -> &'static RwLock<Vec<BackendFactory>> {
 }
 
 fn entries() -> Vec<BackendFactory> {
-    registry().read().unwrap_or_else(|p| p.into_inner()).clone()
+    read(registry()).clone()
 }
 
 /// Add (or replace) backend `B` in the process-wide registry, so that
 /// `backend = "<B::NAME>"` connects with it. Calling it again does no harm.
 pub fn register<B: Backend>() {
     let factory = BackendFactory::of::<B>();
-    let mut r = registry().write().unwrap_or_else(|p| p.into_inner());
+    let mut r = write(registry());
     r.retain(|f| f.name != factory.name);
     r.push(factory);
 }
@@ -149,10 +150,7 @@ pub(crate) fn warn_unknown_sections(config: &Config, connecting: &BackendFactory
     known.sort_unstable();
     known.dedup();
     for (name, hint) in unknown_sections(config, &known) {
-        let mut warned = WARNED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut warned = lock(WARNED.get_or_init(Default::default));
         if warned.insert(name.clone()) {
             tracing::warn!(
                 "config section [{name}] is the section of no registered backend (registered: {}); it is ignored{hint}",
