@@ -30,7 +30,9 @@ Commands:
 /// crate. A crate is checked only if `crates/<name>` exists.
 /// aws-lc-rs is the default rustls provider of rumqttc and others; a second
 /// provider besides `ring` makes every rustls connect panic when the
-/// backends are linked together. `pubsub-cli` links all of them.
+/// backends are linked together. `pubsub-cli` links all of them. The test
+/// kit and what only it needs (certificate generation, temporary
+/// directories, a log subscriber, a test runner) stay out of every library.
 const FORBIDDEN_DEPS: &[(&str, &[&str])] = &[
     (
         "pubsub-core",
@@ -41,6 +43,20 @@ const FORBIDDEN_DEPS: &[(&str, &[&str])] = &[
     ("pubsub-mqtt", &["async-nats", "redis", "aws-lc-rs"]),
     ("pubsub-cli", &["aws-lc-rs"]),
 ];
+
+/// Crates of the test kit only (certificate generation, temporary
+/// directories, a log subscriber, a test runner): forbidden in the normal
+/// dependency tree of every library crate.
+const TEST_ONLY_DEPS: &[&str] = &[
+    "pubsub-testkit",
+    "rcgen",
+    "tempfile",
+    "tracing-subscriber",
+    "libtest-mimic",
+];
+
+/// The library crates, which must not depend on [`TEST_ONLY_DEPS`].
+const LIBRARIES: &[&str] = &["pubsub-core", "pubsub-nats", "pubsub-redis", "pubsub-mqtt"];
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -314,11 +330,16 @@ fn ci_steps(ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
     })
 }
 
-/// Step 8: the forbidden packages of `FORBIDDEN_DEPS` must not show up in
+/// Step 8: the forbidden packages of `FORBIDDEN_DEPS` (and, for a library,
+/// `TEST_ONLY_DEPS`) must not show up in
 /// `cargo tree -p <crate> -e normal`.
 fn check_dependency_isolation(ctx: &Ctx) -> Result<()> {
     let mut problems = Vec::new();
     for (krate, forbidden) in FORBIDDEN_DEPS {
+        let mut forbidden = forbidden.to_vec();
+        if LIBRARIES.contains(krate) {
+            forbidden.extend_from_slice(TEST_ONLY_DEPS);
+        }
         if !ctx.root.join("crates").join(krate).is_dir() {
             println!("    {krate}: skipped (crates/{krate} does not exist)");
             continue;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pubsub_core::memory::MemoryBackend;
-use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::{BackendFactory, Config, MemoryConfig};
 use pubsub_mqtt::{MqttBackend, MqttConfig};
 use pubsub_nats::{NatsBackend, NatsConfig};
 use pubsub_redis::{RedisBackend, RedisConfig, RedisMode};
+use pubsub_testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 
 use clients::{BoxError, RawKind, Target, Variant};
 use scenarios::Sample;
@@ -493,7 +493,7 @@ fn machine() -> String {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse::<f64>().ok())
         .map_or(0.0, |k| k / 1024.0 / 1024.0);
-    let nats = pubsub_core::testkit::brokers::try_find_binary("nats-server")
+    let nats = pubsub_testkit::brokers::try_find_binary("nats-server")
         .map(|p| first_line_of(&p.to_string_lossy(), &["--version"]))
         .unwrap_or_else(|| "not installed".into());
     format!(

@@ -385,7 +385,7 @@ mod nats {
     use std::process::Stdio;
     use std::thread;
 
-    use pubsub_core::testkit::brokers::{free_port, NatsServer};
+    use pubsub_testkit::brokers::{free_port, NatsServer};
 
     use super::*;
 
@@ -614,7 +614,7 @@ mod nats {
 #[cfg(feature = "mqtt")]
 #[test]
 fn check_on_mqtt_with_a_password_reports_the_broker_without_secrets() {
-    use pubsub_core::testkit::brokers::Mosquitto;
+    use pubsub_testkit::brokers::Mosquitto;
     let broker = Mosquitto::builder()
         .password_file("alice", "hunter2-mqtt")
         .start();

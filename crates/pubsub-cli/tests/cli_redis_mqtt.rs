@@ -16,7 +16,7 @@ mod redis {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use pubsub_core::testkit::brokers::{find_binary, free_port, RedisServer};
+    use pubsub_testkit::brokers::{find_binary, free_port, RedisServer};
 
     use super::common::*;
 
@@ -355,7 +355,7 @@ mod mqtt {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use pubsub_core::testkit::brokers::{find_binary, free_port, Mosquitto};
+    use pubsub_testkit::brokers::{find_binary, free_port, Mosquitto};
 
     use super::common::*;
 

@@ -10,8 +10,6 @@ pub mod inbox;
 pub mod memory;
 pub mod registry;
 pub mod sync;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod tls;
 mod topic;
 

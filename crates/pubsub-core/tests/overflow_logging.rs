@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use pubsub_core::testkit::logs;
 use pubsub_core::{BufferConfig, Counters, Inbox, Message, OverflowPolicy, Recv};
+use pubsub_testkit::logs;
 
 #[tokio::test]
 async fn one_warning_per_burst() {

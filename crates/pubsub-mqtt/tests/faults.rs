@@ -5,14 +5,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config_for, seq, seq_of, start_broker, unique};
-use pubsub_mqtt::MqttConfig;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// With clean sessions (the default), what is lost is one stretch of the
-/// publisher's sequence around the outage: everything before it and
-/// everything after both clients are back arrives, in order.
+use common::{config_for, seq, seq_of, start_broker, unique, MqttHarness};
+use pubsub_mqtt::{BackendFactory, Config, MqttConfig};
+use pubsub_testkit::brokers::Mosquitto;
+use pubsub_testkit::conformance::{restart_under_load, Harness, Outcome};
+
+/// With clean sessions (the default) and one publisher, what is lost is one
+/// stretch of its sequence around the outage: everything before it and
+/// everything after both clients are back arrives, in order. (The test
+/// kit's restart-under-load case, run by the conformance suite at every
+/// QoS, checks the outage with four publishing threads.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_under_load_loses_only_the_outage() {
+async fn restart_under_load_keeps_order_and_loses_one_stretch() {
     let mut broker = start_broker();
     let mut config = config_for(&broker.url(), 1);
     config
@@ -161,118 +167,73 @@ async fn broker_gone_calls_stay_bounded() {
     );
 }
 
-/// At least once: QoS 1 with sessions (`session_expiry` and a fixed client
-/// id on both ends) and a broker that keeps them across its restart
-/// (persistence; stopped gracefully). Four threads publish 10,000 messages
-/// in total through one blocking handle; the broker restarts at one third.
-/// Every message arrives.
+/// At least once: QoS 1 with sessions (`session_expiry` and a client id of
+/// its own for every client) and a broker that keeps them across its
+/// restart (persistence). The test kit's restart-under-load scenario: four
+/// threads publish 10,000 messages through one blocking handle, the broker
+/// restarts at one third; every message reaches a plain subscriber. A
+/// member of a shared subscription loses only what was published around
+/// the outage (see [`SessionsHarness::groups_survive_broker_restart`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_with_sessions_loses_nothing() {
-    use pubsub_core::testkit::brokers::Mosquitto;
-    use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    const TOTAL: u32 = 10_000;
-    let mut broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
-    let topic = unique("sessions");
-    let mut config = config_for(&broker.url(), 1);
-    config
-        .section_mut::<MqttConfig>()
-        .unwrap()
-        .reconnect_delay_max = Duration::from_millis(200);
-    config.section_mut::<MqttConfig>().unwrap().session_expiry = Some(Duration::from_secs(300));
-    config.buffer.capacity = TOTAL as usize * 2;
-    let mut sub_config = config.clone();
-    sub_config.section_mut::<MqttConfig>().unwrap().client_id =
-        Some(format!("sub-{}", std::process::id()));
-    let sub = pubsub_mqtt::connect(&sub_config)
-        .await
-        .expect("connect subscriber");
-    sub.subscribe(&topic).await.expect("subscribe");
-    let received = Arc::new(Mutex::new(BTreeSet::new()));
-    let collector = {
-        let (sub, received) = (sub.clone(), received.clone());
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while Instant::now() < deadline {
-                match sub.recv_timeout(Duration::from_secs(15)).await {
-                    Ok(Some(m)) => {
-                        let mut r = received.lock().unwrap();
-                        r.insert(seq_of(&m));
-                        if r.len() == TOTAL as usize {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
-        })
+    let broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
+    let mut h = SessionsHarness {
+        inner: MqttHarness { broker, qos: 1 },
+        clients: AtomicU32::new(0),
     };
-
-    let mut pub_config = config.clone();
-    pub_config.section_mut::<MqttConfig>().unwrap().client_id =
-        Some(format!("pub-{}", std::process::id()));
-    pub_config
-        .section_mut::<MqttConfig>()
-        .unwrap()
-        .request_channel_capacity = 20_000;
-    pub_config.publish_timeout = Duration::from_secs(10);
-    let next = Arc::new(AtomicU32::new(0));
-    let failed = Arc::new(AtomicU32::new(0));
-    let publishers = {
-        let (next, failed, topic) = (next.clone(), failed.clone(), topic.clone());
-        std::thread::spawn(move || {
-            let ps = Arc::new(pubsub_mqtt::connect_blocking(&pub_config).expect("connect"));
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    let (ps, next, failed, topic) =
-                        (ps.clone(), next.clone(), failed.clone(), topic.clone());
-                    std::thread::spawn(move || loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= TOTAL {
-                            break;
-                        }
-                        if ps.publish(topic.as_str(), seq(i)).is_err() {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        std::thread::sleep(Duration::from_micros(800));
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().expect("publisher thread panicked");
-            }
-            let flushed = ps.flush();
-            (flushed.map_err(|e| e.to_string()), ps.stats())
-        })
-    };
-    let t0 = Instant::now();
-    while next.load(Ordering::Relaxed) < TOTAL / 3 && t0.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let stopped = Instant::now();
-    tokio::task::block_in_place(|| broker.terminate());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tokio::task::block_in_place(|| broker.start_again());
-    let outage = stopped.elapsed();
-    let (flushed, pub_stats) =
-        tokio::task::spawn_blocking(move || publishers.join().expect("publishers"))
-            .await
-            .unwrap();
-    collector.await.unwrap();
-    let received = received.lock().unwrap().clone();
-    let failed = failed.load(Ordering::Relaxed);
-    println!(
-        "mqtt QoS 1 with sessions, restart under load ({outage:?} outage): {} failed publishes, {} of {TOTAL} distinct received, {} lost; flush {flushed:?}; publisher {pub_stats:?}; subscriber {:?}",
-        failed,
-        received.len(),
-        TOTAL as usize - received.len(),
-        sub.stats()
+    assert_eq!(
+        restart_under_load(&mut h).await,
+        Outcome::Passed,
+        "a broker with sessions keeps everything"
     );
-    assert_eq!(failed, 0, "every publish was accepted");
-    assert!(flushed.is_ok(), "{flushed:?}");
-    assert_eq!(received.len(), TOTAL as usize, "every message arrives");
-    assert!(sub.stats().reconnects >= 1);
-    sub.close().await.expect("close");
+}
+
+/// Every client with a session of its own; the broker stopped gracefully,
+/// since mosquitto writes its database on shutdown (and only once a second
+/// otherwise).
+struct SessionsHarness {
+    inner: MqttHarness,
+    clients: AtomicU32,
+}
+
+#[pubsub_mqtt::pubsub_core::async_trait]
+impl Harness for SessionsHarness {
+    fn factory(&self) -> BackendFactory {
+        self.inner.factory()
+    }
+
+    fn config(&self) -> Config {
+        let mut config = self.inner.config();
+        let mqtt = config.section_mut::<MqttConfig>().unwrap();
+        mqtt.reconnect_delay_max = Duration::from_millis(200);
+        mqtt.session_expiry = Some(Duration::from_secs(300));
+        mqtt.request_channel_capacity = 20_000;
+        let n = self.clients.fetch_add(1, Ordering::Relaxed);
+        mqtt.client_id = Some(format!("sessions-{}-{n}", std::process::id()));
+        config
+    }
+
+    async fn stop_broker(&mut self) {
+        tokio::task::block_in_place(|| self.inner.broker.terminate());
+    }
+
+    async fn start_broker(&mut self) {
+        self.inner.start_broker().await;
+    }
+
+    fn dead_config(&self) -> Option<Config> {
+        self.inner.dead_config()
+    }
+
+    fn label(&self) -> String {
+        "mqtt qos=1 with sessions".into()
+    }
+
+    /// mosquitto 2.0.11 restored the session's shared subscription after its
+    /// restart but routed nothing more to it (6,640 of 10,000 lost) until the
+    /// backend subscribed again on reconnect; what arrives before that
+    /// SUBSCRIBE is lost (2 of 10,000 in the run that found it).
+    fn groups_survive_broker_restart(&self) -> bool {
+        false
+    }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, start_broker, unique};
-use pubsub_core::testkit::brokers::{find_binary, run_command};
+use pubsub_testkit::brokers::{find_binary, run_command};
 
 fn binary_payload() -> Vec<u8> {
     // Every byte value, including NUL, newline and invalid UTF-8.

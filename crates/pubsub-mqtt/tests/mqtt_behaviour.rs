@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start_broker, unique};
-use pubsub_core::testkit::brokers::Mosquitto;
 use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{Config, ErrorKind, PubSub};
+use pubsub_testkit::brokers::Mosquitto;
 
 /// The setup that stalled with rumqttc 0.25.1 (see shared/DESIGN.md): one
 /// handle, subscribed to the topic it publishes to, QoS 1, one message in

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{config_for, unique};
-use pubsub_core::testkit::alloc::{
+use pubsub_testkit::alloc::{
     allocations, per_message, per_publish, per_publish_blocking, Counting,
 };
-use pubsub_core::testkit::brokers::Mosquitto;
+use pubsub_testkit::brokers::Mosquitto;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};

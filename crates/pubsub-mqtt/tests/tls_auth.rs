@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, unique};
-use pubsub_core::testkit::brokers::Mosquitto;
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{Config, ErrorKind, Secret};
+use pubsub_testkit::brokers::Mosquitto;
+use pubsub_testkit::certs::TestPki;
 
 fn tls_broker(pki: &TestPki, mutual: bool) -> Mosquitto {
     tokio::task::block_in_place(|| Mosquitto::builder().tls(pki, mutual).start())

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use data_encoding::BASE64URL_NOPAD;
 use nkeys::KeyPair;
-use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind, Secret};
+use pubsub_testkit::brokers::NatsServer;
 
 fn config(server: &NatsServer) -> Config {
     let mut c = Config::default();
@@ -251,7 +251,7 @@ async fn creds_file() {
 /// (all levels, the client library's included), error, or `Debug` output.
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_reach_logs_errors_or_debug() {
-    pubsub_core::testkit::logs::capture();
+    pubsub_testkit::logs::capture();
     let mut shown = String::new();
     let mut markers: Vec<String> = Vec::new();
     let mut record = |c: &Config, r: pubsub_nats::Result<()>| {
@@ -325,7 +325,7 @@ async fn secrets_never_reach_logs_errors_or_debug() {
         token.rsplit('.').next().unwrap().to_string(),
     ]);
 
-    let logs = pubsub_core::testkit::logs::captured();
+    let logs = pubsub_testkit::logs::captured();
     assert!(!logs.is_empty(), "logs were captured");
     for m in &markers {
         let leak: Vec<&str> = logs

@@ -1,10 +1,10 @@
 //! The conformance suite against a real `nats-server` started on a free
 //! loopback port for each case.
 
-use pubsub_core::testkit::brokers::{free_port, NatsServer};
-use pubsub_core::testkit::conformance::Harness;
 use pubsub_nats::NatsConfig;
 use pubsub_nats::{BackendFactory, Config};
+use pubsub_testkit::brokers::{free_port, NatsServer};
+use pubsub_testkit::conformance::{self, Harness, Suite};
 
 struct Nats {
     server: NatsServer,
@@ -27,9 +27,12 @@ impl Harness for Nats {
         config_for(self.server.url())
     }
 
-    async fn restart_broker(&mut self) -> bool {
-        tokio::task::block_in_place(|| self.server.restart());
-        true
+    async fn stop_broker(&mut self) {
+        tokio::task::block_in_place(|| self.server.stop());
+    }
+
+    async fn start_broker(&mut self) {
+        tokio::task::block_in_place(|| self.server.start_again());
     }
 
     fn dead_config(&self) -> Option<Config> {
@@ -43,4 +46,6 @@ async fn nats() -> Nats {
     }
 }
 
-pubsub_core::conformance_suite!(nats);
+fn main() {
+    conformance::main(vec![Suite::new("nats", nats)]);
+}

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{free_port, NatsServer};
 use pubsub_core::Section;
 use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind, OverflowPolicy};
+use pubsub_testkit::brokers::{free_port, NatsServer};
 
 fn start() -> NatsServer {
     tokio::task::block_in_place(NatsServer::start)

@@ -2,12 +2,12 @@
 //! and blocking APIs against the raw async-nats client on the same server.
 
 use bytes::Bytes;
-use pubsub_core::testkit::alloc::{
-    allocations, per_message as per, per_publish, per_publish_blocking, Counting,
-};
-use pubsub_core::testkit::brokers::NatsServer;
 use pubsub_nats::Config;
 use pubsub_nats::NatsConfig;
+use pubsub_testkit::alloc::{
+    allocations, per_message as per, per_publish, per_publish_blocking, Counting,
+};
+use pubsub_testkit::brokers::NatsServer;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

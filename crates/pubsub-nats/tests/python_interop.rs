@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use pubsub_core::testkit::brokers::NatsServer;
-use pubsub_core::testkit::python::PythonPeer;
 use pubsub_nats::Config;
 use pubsub_nats::NatsConfig;
+use pubsub_testkit::brokers::NatsServer;
+use pubsub_testkit::python::PythonPeer;
 
 const PEER: &str = r#"
 import asyncio, sys, nats
@@ -108,10 +108,7 @@ else:
 async fn with_the_python_original_msight_core() {
     let server = tokio::task::block_in_place(NatsServer::start);
     let servers = format!("['{}']", server.url());
-    let script = format!(
-        "{}{MSIGHT}",
-        pubsub_core::testkit::python::MSIGHT_CORE_PRELUDE
-    );
+    let script = format!("{}{MSIGHT}", pubsub_testkit::python::MSIGHT_CORE_PRELUDE);
     let config = Config::loader()
         .env(std::collections::HashMap::from([(
             "MSIGHT_NATS_SERVERS".to_string(),

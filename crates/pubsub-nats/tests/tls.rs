@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::NatsServer;
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_nats::NatsConfig;
 use pubsub_nats::{Config, ErrorKind};
+use pubsub_testkit::brokers::NatsServer;
+use pubsub_testkit::certs::TestPki;
 
 fn server(pki: &TestPki, mutual: bool) -> NatsServer {
     tokio::task::block_in_place(|| NatsServer::builder().tls(pki, mutual).start())

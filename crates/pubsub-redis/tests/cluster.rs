@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{recv_n, seq, seq_of, start, unique};
-use pubsub_core::testkit::brokers::RedisCluster;
-use pubsub_core::testkit::conformance::probe_until_delivered;
 use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, RedisMode};
+use pubsub_testkit::brokers::RedisCluster;
+use pubsub_testkit::conformance::probe_until_delivered;
 
 const WAIT: Duration = Duration::from_secs(20);
 

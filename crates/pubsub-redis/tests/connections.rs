@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, config_port, recv_n, start, unique};
-use pubsub_core::testkit::brokers::{free_port, RedisServer};
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, ErrorKind, PubSub, RedisMode, Secret};
+use pubsub_testkit::brokers::{free_port, RedisServer};
+use pubsub_testkit::certs::TestPki;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -6,11 +6,11 @@ mod common;
 
 use bytes::Bytes;
 use common::{config_for, start, unique};
-use pubsub_core::testkit::alloc::{
+use pubsub_redis::RedisMode;
+use pubsub_testkit::alloc::{
     allocations, per_message, per_publish, per_publish_blocking, Counting,
 };
-use pubsub_core::testkit::brokers::RedisServer;
-use pubsub_redis::RedisMode;
+use pubsub_testkit::brokers::RedisServer;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;

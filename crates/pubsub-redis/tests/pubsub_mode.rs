@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start, unique};
-use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_redis::RedisConfig;
 use pubsub_redis::{ErrorKind, PubSub, RedisMode};
+use pubsub_testkit::brokers::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 

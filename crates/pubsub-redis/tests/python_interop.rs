@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{config_for, recv_n, start, unique};
-use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_redis::RedisMode;
+use pubsub_testkit::brokers::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -44,7 +44,7 @@ impl Drop for Kill {
 
 /// Run `script` with the Python peer; lines of its stdout arrive on the channel.
 fn spawn_python(script: &str, port: u16, topic: &str) -> (Kill, mpsc::Receiver<String>) {
-    let mut child = Command::new(pubsub_core::testkit::python::interpreter())
+    let mut child = Command::new(pubsub_testkit::python::interpreter())
         .arg("-c")
         .arg(script)
         .arg(port.to_string())
@@ -193,7 +193,7 @@ else:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_python_original_msight_core() {
-    use pubsub_core::testkit::python::{PythonPeer, MSIGHT_CORE_PRELUDE};
+    use pubsub_testkit::python::{PythonPeer, MSIGHT_CORE_PRELUDE};
     let server = start(RedisServer::start);
     let port = server.port().to_string();
     let env = [

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{config_for, recv_n, seq, seq_of, start, unique};
-use pubsub_core::testkit::brokers::RedisServer;
-use pubsub_core::testkit::conformance::{drain, probe_until_delivered};
 use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, OverflowPolicy, PubSub, RedisMode};
+use pubsub_testkit::brokers::RedisServer;
+use pubsub_testkit::conformance::{drain, probe_until_delivered};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -12,13 +12,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::FutureExt;
-use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::MemoryConfig;
 use pubsub_core::{blocking, Config, ErrorKind, PubSub, Result, Secret};
 use pubsub_mqtt::MqttConfig;
 use pubsub_nats::NatsConfig;
 use pubsub_redis::RedisConfig;
+use pubsub_testkit::brokers::{Mosquitto, NatsServer, RedisServer};
+use pubsub_testkit::certs::TestPki;
 
 type Run = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
 

@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::MemoryConfig;
 use pubsub_core::{blocking, BackendFactory, Config, PubSub};
 use pubsub_mqtt::MqttConfig;
 use pubsub_nats::NatsConfig;
 use pubsub_redis::RedisConfig;
+use pubsub_testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 
 const THREADS: u32 = 8;
 const EACH: u32 = 5_000;

@@ -7,11 +7,11 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{free_port, Mosquitto, RedisServer};
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::{blocking, BackendFactory, Config, Error, ErrorKind, PubSub};
 use pubsub_mqtt::MqttConfig;
 use pubsub_redis::RedisConfig;
+use pubsub_testkit::brokers::{free_port, Mosquitto, RedisServer};
+use pubsub_testkit::certs::TestPki;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a failing connect may take beyond `connect_timeout`.

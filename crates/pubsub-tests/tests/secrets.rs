@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{Mosquitto, RedisServer};
-use pubsub_core::testkit::logs;
 use pubsub_core::{blocking, Config, ErrorKind, PubSub, Result, Secret};
 use pubsub_mqtt::MqttConfig;
 use pubsub_redis::RedisConfig;
+use pubsub_testkit::brokers::{Mosquitto, RedisServer};
+use pubsub_testkit::logs;
 
 const REDIS_ALICE: &str = "redis-alice-marker-5e81";
 const REDIS_DEFAULT: &str = "redis-default-marker-0b4d";

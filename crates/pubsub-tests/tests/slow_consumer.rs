@@ -12,12 +12,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 use pubsub_core::{Config, OverflowPolicy, PubSub};
 use pubsub_mqtt::MqttConfig;
 use pubsub_nats::NatsConfig;
 use pubsub_redis::RedisConfig;
 use pubsub_redis::RedisMode;
+use pubsub_testkit::brokers::{Mosquitto, NatsServer, RedisServer};
 
 const TOTAL: u32 = 200_000;
 const SIZE: usize = 1024;

@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use pubsub_core::testkit::brokers::{Mosquitto, NatsServer, RedisServer};
-use pubsub_core::testkit::certs::TestPki;
 use pubsub_core::{Config, PubSub};
 use pubsub_mqtt::MqttConfig;
 use pubsub_nats::NatsConfig;
 use pubsub_redis::RedisConfig;
+use pubsub_testkit::brokers::{Mosquitto, NatsServer, RedisServer};
+use pubsub_testkit::certs::TestPki;
 
 async fn round_trip(ps: &PubSub, topic: &str) {
     ps.subscribe(topic).await.unwrap();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use pubsub_core::testkit::brokers::run_command;
+use pubsub_testkit::brokers::run_command;
 
 /// Longest any single command may run in these tests.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);

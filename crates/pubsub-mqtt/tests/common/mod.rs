@@ -2,10 +2,10 @@
 //! conformance harness.
 #![allow(dead_code)]
 
-use pubsub_core::testkit::brokers::{free_port, Mosquitto};
-use pubsub_core::testkit::conformance::Harness;
 use pubsub_mqtt::MqttConfig;
 use pubsub_mqtt::{BackendFactory, Config, Message};
+use pubsub_testkit::brokers::{free_port, Mosquitto};
+use pubsub_testkit::conformance::Harness;
 
 /// A config for the broker at `url` with `qos`.
 pub fn config_for(url: &str, qos: u8) -> Config {
@@ -33,9 +33,12 @@ impl Harness for MqttHarness {
         config_for(&self.broker.url(), self.qos)
     }
 
-    async fn restart_broker(&mut self) -> bool {
-        tokio::task::block_in_place(|| self.broker.restart());
-        true
+    async fn stop_broker(&mut self) {
+        tokio::task::block_in_place(|| self.broker.stop());
+    }
+
+    async fn start_broker(&mut self) {
+        tokio::task::block_in_place(|| self.broker.start_again());
     }
 
     fn dead_config(&self) -> Option<Config> {
@@ -57,7 +60,7 @@ pub fn start_broker() -> Mosquitto {
 
 /// Receive until `n` messages arrived or `within` passed (not every test uses it).
 #[allow(unused_imports)]
-pub use pubsub_core::testkit::conformance::recv_n;
+pub use pubsub_testkit::conformance::recv_n;
 
 /// A topic name no other test uses.
 pub fn unique(prefix: &str) -> String {

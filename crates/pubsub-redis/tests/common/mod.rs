@@ -1,9 +1,9 @@
 //! Shared by the integration tests: configs for a test server, waiting helpers.
 #![allow(dead_code)]
 
-use pubsub_core::testkit::brokers::RedisServer;
 use pubsub_redis::RedisConfig;
 use pubsub_redis::{Config, Message, RedisMode};
+use pubsub_testkit::brokers::RedisServer;
 
 /// A config for `server` in `mode`.
 pub fn config_for(server: &RedisServer, mode: RedisMode) -> Config {
@@ -34,7 +34,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// Receive until `n` messages arrived or `within` passed (not every test uses it).
 #[allow(unused_imports)]
-pub use pubsub_core::testkit::conformance::recv_n;
+pub use pubsub_testkit::conformance::recv_n;
 
 /// A 4-byte big-endian sequence number.
 pub fn seq(i: u32) -> Vec<u8> {

@@ -3,31 +3,40 @@
 //! `nats-py` and `redis`, the clients the Python original uses.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The Python interpreter: `$PUBSUB_TEST_PYTHON`, else the workspace's
-/// `target/py-venv/bin/python`.
+/// The Python interpreter: `$PUBSUB_TEST_PYTHON`, else the `py-venv` that
+/// `cargo xtask install-brokers` prepares in the build's target directory,
+/// found from the running test program (`<target>/debug/deps/...`), so it
+/// follows `CARGO_TARGET_DIR` and works for any crate of the workspace;
+/// else `target/py-venv` in the current directory or one above it.
 ///
 /// # Panics
-/// When neither exists, with the command that prepares it.
+/// When none exists, with the command that prepares it.
 pub fn interpreter() -> PathBuf {
     if let Some(p) = std::env::var_os("PUBSUB_TEST_PYTHON") {
         return PathBuf::from(p);
     }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root");
-    let venv = workspace.join("target/py-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python peer at {}: run `cargo xtask install-brokers` (it creates the venv with nats-py and redis)",
-        venv.display()
-    );
-    venv
+    let venv_python = |dir: &Path| dir.join("py-venv/bin/python");
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().map(venv_python).find(|p| p.exists()));
+    let from_cwd = || {
+        let cwd = std::env::current_dir().ok()?;
+        cwd.ancestors()
+            .map(|d| venv_python(&d.join("target")))
+            .find(|p| p.exists())
+    };
+    from_exe.or_else(from_cwd).unwrap_or_else(|| {
+        panic!(
+            "no Python peer (py-venv/bin/python) in the target directory of {:?} nor under the current directory, \
+             and PUBSUB_TEST_PYTHON is not set: run `cargo xtask install-brokers` (it creates target/py-venv with nats-py and redis)",
+            std::env::current_exe().ok()
+        )
+    })
 }
 
 /// A running Python script whose stdout lines can be awaited with a timeout.

@@ -1,219 +1,17 @@
-//! The conformance cases every backend runs against its real broker.
-//!
-//! A backend crate runs the whole suite with one line:
-//!
-//! ```text
-//! pubsub_core::conformance_suite!(my_harness);
-//! ```
-//!
-//! where `my_harness` is an `async fn() -> impl Harness`. Each case becomes
-//! its own `#[test]` with a fresh harness (and so a fresh broker). A case the
-//! backend cannot support, by its declared [`Capabilities`](crate::Capabilities),
-//! is skipped with a printed reason, never deleted. Every wait is bounded.
+//! The cases of the suite. Each takes a fresh harness (a fresh broker) and
+//! panics on failure; a case that does not apply says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
+use pubsub_core::{blocking, ErrorKind, Message, PubSub};
 
-use crate::{blocking, BackendFactory, Config, ErrorKind, Message, PubSub};
-
-/// What a case needs from the backend under test.
-#[crate::async_trait]
-pub trait Harness: Send + Sync {
-    /// The backend's factory.
-    fn factory(&self) -> BackendFactory;
-    /// A config for one more client of the broker under test.
-    fn config(&self) -> Config;
-    /// Restart the broker on the same address and wait until it accepts
-    /// connections. `false` when the backend has no broker to restart.
-    async fn restart_broker(&mut self) -> bool;
-    /// A config whose broker address has nothing listening, or `None` when
-    /// the backend has no address (in-process).
-    fn dead_config(&self) -> Option<Config>;
-    /// Extra label printed with results, e.g. `"qos=1"`.
-    fn label(&self) -> String {
-        self.factory().name().to_string()
-    }
-}
-
-/// The result of one case.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Ran and passed (failures panic).
-    Passed,
-    /// Not applicable, with the reason.
-    Skipped(String),
-}
-
-/// A case: takes the harness, panics on failure.
-pub type Case = for<'a> fn(&'a mut dyn Harness) -> BoxFuture<'a, Outcome>;
-
-/// Run `case` with a fresh harness from `make`, on its own runtime, bounded by two minutes.
-pub fn run<H, F, Fut>(name: &str, make: F, case: Case)
-where
-    H: Harness + 'static,
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = H>,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("test runtime");
-    let mut harness = rt.block_on(make());
-    let label = harness.label();
-    let outcome = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), case(&mut harness))
-            .await
-            .unwrap_or_else(|_| {
-                panic!("conformance case {name} [{label}] did not finish within 120 s")
-            })
-    });
-    match outcome {
-        Outcome::Passed => println!("conformance {name} [{label}]: PASSED"),
-        Outcome::Skipped(why) => println!("conformance {name} [{label}]: SKIPPED ({why})"),
-    }
-    rt.shutdown_timeout(Duration::from_secs(5));
-    drop(harness);
-}
-
-/// Declare one `#[test]` per conformance case, each with a fresh harness
-/// from the given `async fn() -> impl Harness`.
-#[macro_export]
-macro_rules! conformance_suite {
-    ($make:path) => {
-        $crate::conformance_suite!(@cases $make;
-            round_trip_payloads,
-            two_plain_subscribers_each_get_everything,
-            group_of_three_shares_messages_exactly_once,
-            topics_are_isolated,
-            several_subscriptions_tag_messages_by_topic,
-            unsubscribe_stops_delivery,
-            publish_then_close_delivers_everything,
-            every_call_after_close_fails_closed,
-            order_is_kept,
-            blocking_api_from_a_plain_thread,
-            blocking_handle_shared_by_eight_threads,
-            blocking_api_inside_tokio_runtime,
-            connect_to_dead_port_fails_in_time,
-            resubscribes_after_broker_restart
-        );
-    };
-    (@cases $make:path; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                fn case<'a>(
-                    h: &'a mut dyn $crate::testkit::conformance::Harness,
-                ) -> $crate::testkit::BoxFuture<'a, $crate::testkit::conformance::Outcome> {
-                    Box::pin($crate::testkit::conformance::$case(h))
-                }
-                $crate::testkit::conformance::run(stringify!($case), $make, case);
-            }
-        )*
-    };
-}
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "conf.{prefix}.{nanos}.{}",
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn connect(h: &dyn Harness) -> PubSub {
-    connect_cfg(h, h.config()).await
-}
-
-async fn connect_cfg(h: &dyn Harness, config: Config) -> PubSub {
-    PubSub::connect_with(&h.factory(), &config)
-        .await
-        .unwrap_or_else(|e| panic!("connect [{}]: {e}", h.label()))
-}
-
-/// After a broker restart or failover: publish numbered probes (1, 2, ...)
-/// to `topic`, one every 200 ms, until one reaches `sub` through both
-/// reconnected clients, for at most `within`. Whether one arrived.
-pub async fn probe_until_delivered(
-    publ: &PubSub,
-    sub: &PubSub,
-    topic: &str,
-    within: Duration,
-) -> bool {
-    let t0 = Instant::now();
-    let mut i = 1u32;
-    while t0.elapsed() < within {
-        let _ = publ.publish(topic, seq(i)).await;
-        i += 1;
-        if sub
-            .recv_timeout(Duration::from_millis(200))
-            .await
-            .expect("recv")
-            .is_some()
-        {
-            return true;
-        }
-    }
-    false
-}
-
-/// Take what `sub` still receives until nothing comes for `quiet` (at most
-/// 100,000 messages): the probes that arrived late.
-pub async fn drain(sub: &PubSub, quiet: Duration) {
-    for _ in 0..100_000 {
-        if sub.recv_timeout(quiet).await.expect("recv").is_none() {
-            return;
-        }
-    }
-}
-
-/// Receive until `n` messages arrived or `within` passed.
-pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
-    let deadline = Instant::now() + within;
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match ps.recv_timeout(left).await {
-            Ok(Some(m)) => got.push(m),
-            Ok(None) => break,
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-    got
-}
-
-/// Assert that nothing more arrives within `quiet`.
-async fn assert_quiet(ps: &PubSub, quiet: Duration, what: &str) {
-    if let Some(m) = ps.recv_timeout(quiet).await.expect("recv") {
-        panic!(
-            "{what}: unexpected message on {:?} ({} bytes)",
-            m.topic,
-            m.payload.len()
-        );
-    }
-}
-
-fn seq(i: u32) -> Vec<u8> {
-    i.to_be_bytes().to_vec()
-}
-
-fn seq_of(m: &Message) -> u32 {
-    u32::from_be_bytes(m.payload[..4].try_into().expect("a 4-byte sequence number"))
-}
+use super::{
+    assert_quiet, connect, drain, probe_until_delivered, recv_n, seq, seq_of, unique, Harness,
+    Outcome, WAIT,
+};
 
 /// Empty, binary (all 256 byte values) and max-size payloads arrive
 /// unchanged; one byte over the max is `PayloadTooLarge`.
@@ -639,7 +437,7 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
     publ.publish(&topic, seq(0)).await.expect("publish");
     publ.flush().await.expect("flush");
     assert_eq!(recv_n(&sub, 1, WAIT).await.len(), 1, "before restart");
-    if !h.restart_broker().await {
+    if !super::restart_broker(h).await {
         return Outcome::Skipped("in-process backend has no broker to restart".into());
     }
     let t0 = Instant::now();
@@ -670,4 +468,10 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
         .expect("stream not ended");
     assert_eq!(seq_of(&m), 7);
     Outcome::Passed
+}
+
+/// The broker stopped and started again while four threads publish: the
+/// backend keeps what it promises ([`super::restart_under_load`]).
+pub async fn restart_under_load_keeps_what_the_backend_promises(h: &mut dyn Harness) -> Outcome {
+    super::restart_under_load(h).await
 }

@@ -2,7 +2,7 @@
 //! publish path allocates nothing of its own. A test binary installs it:
 //!
 //! ```
-//! use pubsub_core::testkit::alloc::{allocations, Counting};
+//! use pubsub_testkit::alloc::{allocations, Counting};
 //!
 //! #[global_allocator]
 //! static GLOBAL: Counting = Counting;
@@ -56,9 +56,9 @@ pub fn per_message(before: u64, messages: u64) -> f64 {
 /// our async API, flushed every `batch` messages (after `batch` of warm-up):
 /// with `batch` below the client's queue, every publish takes the fast path.
 pub async fn per_publish(
-    ps: &crate::PubSub,
+    ps: &pubsub_core::PubSub,
     topic: &str,
-    make: impl Fn() -> bytes::Bytes,
+    make: impl Fn() -> pubsub_core::Bytes,
     n: u64,
     batch: u64,
 ) -> f64 {
@@ -79,9 +79,9 @@ pub async fn per_publish(
 
 /// [`per_publish`] through our blocking API.
 pub fn per_publish_blocking(
-    ps: &crate::blocking::PubSub,
+    ps: &pubsub_core::blocking::PubSub,
     topic: &str,
-    make: impl Fn() -> bytes::Bytes,
+    make: impl Fn() -> pubsub_core::Bytes,
     n: u64,
     batch: u64,
 ) -> f64 {

@@ -4,15 +4,14 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use pubsub_core::sync::lock;
+
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
+        lock(&self.0).extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -45,5 +44,5 @@ pub fn capture() {
 
 /// Everything captured so far.
 pub fn captured() -> String {
-    String::from_utf8_lossy(&sink().0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    String::from_utf8_lossy(&lock(&sink().0)).into_owned()
 }

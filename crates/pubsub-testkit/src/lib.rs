@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod brokers;
+pub mod certs;
+pub mod conformance;
+pub mod logs;
+pub mod python;
+
+pub use futures::future::BoxFuture;
