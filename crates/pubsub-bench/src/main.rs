@@ -108,95 +108,27 @@ struct Brokers {
     _mqtt: Option<Mosquitto>,
 }
 
+/// The targets of `--backends`, each broker started once and kept alive.
 fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
     let mut out = Vec::new();
     let mut brokers = Brokers::default();
     for b in &args.backends {
         match b.as_str() {
-            "memory" => {
-                let mut config = Config::default();
-                config.section_mut::<MemoryConfig>()?.namespace =
-                    format!("bench-{}", std::process::id());
-                bench_buffer(&mut config);
-                out.push(Target {
-                    groups: true,
-                    backend: "memory",
-                    mode: "in-process",
-                    factory: BackendFactory::of::<MemoryBackend>(),
-                    config,
-                    raw: None,
-                });
-            }
+            "memory" => out.push(memory_target()?),
             "nats" => {
                 let server = NatsServer::builder().max_payload(8 << 20).start();
-                let mut config = Config::default();
-                config.section_mut::<NatsConfig>()?.servers = vec![server.url()];
-                bench_buffer(&mut config);
-                out.push(Target {
-                    groups: true,
-                    backend: "nats",
-                    mode: "core",
-                    factory: BackendFactory::of::<NatsBackend>(),
-                    config,
-                    raw: Some(RawKind::Nats {
-                        servers: vec![server.url()],
-                    }),
-                });
+                out.push(nats_target(&server)?);
                 brokers._nats = Some(server);
             }
             "redis" => {
                 let server = RedisServer::start();
-                for (mode, streams) in [("pubsub", false), ("streams", true)] {
-                    let mut config = Config::default();
-                    let redis = config.section_mut::<RedisConfig>()?;
-                    redis.port = server.port();
-                    redis.host = "127.0.0.1".into();
-                    redis.mode = if streams {
-                        RedisMode::Streams
-                    } else {
-                        RedisMode::PubSub
-                    };
-                    let (maxlen, read_count) = (redis.stream_maxlen, redis.stream_read_count);
-                    bench_buffer(&mut config);
-                    out.push(Target {
-                        groups: streams,
-                        backend: "redis",
-                        mode,
-                        factory: BackendFactory::of::<RedisBackend>(),
-                        raw: Some(RawKind::Redis {
-                            url: server.url(),
-                            streams,
-                            maxlen,
-                            read_count,
-                        }),
-                        config,
-                    });
-                }
+                out.extend(redis_targets(&server)?);
                 brokers._redis = Some(server);
             }
             "mqtt" => {
                 // Like our client, the broker sends without Nagle's delay.
                 let server = Mosquitto::builder().config("set_tcp_nodelay true").start();
-                for qos in [0u8, 1] {
-                    let mut config = Config::default();
-                    let mqtt = config.section_mut::<MqttConfig>()?;
-                    mqtt.host = "127.0.0.1".into();
-                    mqtt.port = server.port();
-                    mqtt.qos = qos;
-                    bench_buffer(&mut config);
-                    out.push(Target {
-                        groups: true,
-                        backend: "mqtt",
-                        mode: if qos == 0 { "qos0" } else { "qos1" },
-                        factory: BackendFactory::of::<MqttBackend>(),
-                        raw: Some(RawKind::Mqtt {
-                            host: "127.0.0.1".into(),
-                            port: server.port(),
-                            qos,
-                        }),
-                        config,
-                    });
-                }
+                out.extend(mqtt_targets(&server)?);
                 brokers._mqtt = Some(server);
             }
             other => {
@@ -206,7 +138,94 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
             }
         }
     }
+    for t in &mut out {
+        bench_buffer(&mut t.config);
+    }
     Ok((out, brokers))
+}
+
+fn memory_target() -> Result<Target, BoxError> {
+    let mut config = Config::default();
+    config.section_mut::<MemoryConfig>()?.namespace = format!("bench-{}", std::process::id());
+    Ok(Target {
+        groups: true,
+        backend: "memory",
+        mode: "in-process",
+        factory: BackendFactory::of::<MemoryBackend>(),
+        config,
+        raw: None,
+    })
+}
+
+fn nats_target(server: &NatsServer) -> Result<Target, BoxError> {
+    let mut config = Config::default();
+    config.section_mut::<NatsConfig>()?.servers = vec![server.url()];
+    Ok(Target {
+        groups: true,
+        backend: "nats",
+        mode: "core",
+        factory: BackendFactory::of::<NatsBackend>(),
+        config,
+        raw: Some(RawKind::Nats {
+            servers: vec![server.url()],
+        }),
+    })
+}
+
+/// Redis in both modes: `PUBLISH`, and streams (the one with groups).
+fn redis_targets(server: &RedisServer) -> Result<Vec<Target>, BoxError> {
+    let mut out = Vec::new();
+    for (mode, streams) in [("pubsub", false), ("streams", true)] {
+        let mut config = Config::default();
+        let redis = config.section_mut::<RedisConfig>()?;
+        redis.port = server.port();
+        redis.host = "127.0.0.1".into();
+        redis.mode = if streams {
+            RedisMode::Streams
+        } else {
+            RedisMode::PubSub
+        };
+        let (maxlen, read_count) = (redis.stream_maxlen, redis.stream_read_count);
+        out.push(Target {
+            groups: streams,
+            backend: "redis",
+            mode,
+            factory: BackendFactory::of::<RedisBackend>(),
+            raw: Some(RawKind::Redis {
+                url: server.url(),
+                streams,
+                maxlen,
+                read_count,
+            }),
+            config,
+        });
+    }
+    Ok(out)
+}
+
+/// MQTT at QoS 0 and 1.
+fn mqtt_targets(server: &Mosquitto) -> Result<Vec<Target>, BoxError> {
+    let mut out = Vec::new();
+    for qos in [0u8, 1] {
+        let mut config = Config::default();
+        let mqtt = config.section_mut::<MqttConfig>()?;
+        mqtt.host = "127.0.0.1".into();
+        mqtt.port = server.port();
+        mqtt.qos = qos;
+        out.push(Target {
+            groups: true,
+            backend: "mqtt",
+            mode: if qos == 0 { "qos0" } else { "qos1" },
+            factory: BackendFactory::of::<MqttBackend>(),
+            raw: Some(RawKind::Mqtt {
+                host: "127.0.0.1".into(),
+                port: server.port(),
+                qos,
+            }),
+            config,
+        });
+    }
+    Ok(out)
 }
 
 /// Receive like the raw client does: a deep buffer that applies back-pressure
