@@ -108,95 +108,27 @@ struct Brokers {
     _mqtt: Option<Mosquitto>,
 }
 
+/// The targets of `--backends`, each broker started once and kept alive.
 fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
     let mut out = Vec::new();
     let mut brokers = Brokers::default();
     for b in &args.backends {
         match b.as_str() {
-            "memory" => {
-                let mut config = Config::default();
-                config.section_mut::<MemoryConfig>()?.namespace =
-                    format!("bench-{}", std::process::id());
-                bench_buffer(&mut config);
-                out.push(Target {
-                    groups: true,
-                    backend: "memory",
-                    mode: "in-process",
-                    factory: BackendFactory::of::<MemoryBackend>(),
-                    config,
-                    raw: None,
-                });
-            }
+            "memory" => out.push(memory_target()?),
             "nats" => {
                 let server = NatsServer::builder().max_payload(8 << 20).start();
-                let mut config = Config::default();
-                config.section_mut::<NatsConfig>()?.servers = vec![server.url()];
-                bench_buffer(&mut config);
-                out.push(Target {
-                    groups: true,
-                    backend: "nats",
-                    mode: "core",
-                    factory: BackendFactory::of::<NatsBackend>(),
-                    config,
-                    raw: Some(RawKind::Nats {
-                        servers: vec![server.url()],
-                    }),
-                });
+                out.push(nats_target(&server)?);
                 brokers._nats = Some(server);
             }
             "redis" => {
                 let server = RedisServer::start();
-                for (mode, streams) in [("pubsub", false), ("streams", true)] {
-                    let mut config = Config::default();
-                    let redis = config.section_mut::<RedisConfig>()?;
-                    redis.port = server.port();
-                    redis.host = "127.0.0.1".into();
-                    redis.mode = if streams {
-                        RedisMode::Streams
-                    } else {
-                        RedisMode::PubSub
-                    };
-                    let (maxlen, read_count) = (redis.stream_maxlen, redis.stream_read_count);
-                    bench_buffer(&mut config);
-                    out.push(Target {
-                        groups: streams,
-                        backend: "redis",
-                        mode,
-                        factory: BackendFactory::of::<RedisBackend>(),
-                        raw: Some(RawKind::Redis {
-                            url: server.url(),
-                            streams,
-                            maxlen,
-                            read_count,
-                        }),
-                        config,
-                    });
-                }
+                out.extend(redis_targets(&server)?);
                 brokers._redis = Some(server);
             }
             "mqtt" => {
                 // Like our client, the broker sends without Nagle's delay.
                 let server = Mosquitto::builder().config("set_tcp_nodelay true").start();
-                for qos in [0u8, 1] {
-                    let mut config = Config::default();
-                    let mqtt = config.section_mut::<MqttConfig>()?;
-                    mqtt.host = "127.0.0.1".into();
-                    mqtt.port = server.port();
-                    mqtt.qos = qos;
-                    bench_buffer(&mut config);
-                    out.push(Target {
-                        groups: true,
-                        backend: "mqtt",
-                        mode: if qos == 0 { "qos0" } else { "qos1" },
-                        factory: BackendFactory::of::<MqttBackend>(),
-                        raw: Some(RawKind::Mqtt {
-                            host: "127.0.0.1".into(),
-                            port: server.port(),
-                            qos,
-                        }),
-                        config,
-                    });
-                }
+                out.extend(mqtt_targets(&server)?);
                 brokers._mqtt = Some(server);
             }
             other => {
@@ -206,7 +138,94 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
             }
         }
     }
+    for t in &mut out {
+        bench_buffer(&mut t.config);
+    }
     Ok((out, brokers))
+}
+
+fn memory_target() -> Result<Target, BoxError> {
+    let mut config = Config::default();
+    config.section_mut::<MemoryConfig>()?.namespace = format!("bench-{}", std::process::id());
+    Ok(Target {
+        groups: true,
+        backend: "memory",
+        mode: "in-process",
+        factory: BackendFactory::of::<MemoryBackend>(),
+        config,
+        raw: None,
+    })
+}
+
+fn nats_target(server: &NatsServer) -> Result<Target, BoxError> {
+    let mut config = Config::default();
+    config.section_mut::<NatsConfig>()?.servers = vec![server.url()];
+    Ok(Target {
+        groups: true,
+        backend: "nats",
+        mode: "core",
+        factory: BackendFactory::of::<NatsBackend>(),
+        config,
+        raw: Some(RawKind::Nats {
+            servers: vec![server.url()],
+        }),
+    })
+}
+
+/// Redis in both modes: `PUBLISH`, and streams (the one with groups).
+fn redis_targets(server: &RedisServer) -> Result<Vec<Target>, BoxError> {
+    let mut out = Vec::new();
+    for (mode, streams) in [("pubsub", false), ("streams", true)] {
+        let mut config = Config::default();
+        let redis = config.section_mut::<RedisConfig>()?;
+        redis.port = server.port();
+        redis.host = "127.0.0.1".into();
+        redis.mode = if streams {
+            RedisMode::Streams
+        } else {
+            RedisMode::PubSub
+        };
+        let (maxlen, read_count) = (redis.stream_maxlen, redis.stream_read_count);
+        out.push(Target {
+            groups: streams,
+            backend: "redis",
+            mode,
+            factory: BackendFactory::of::<RedisBackend>(),
+            raw: Some(RawKind::Redis {
+                url: server.url(),
+                streams,
+                maxlen,
+                read_count,
+            }),
+            config,
+        });
+    }
+    Ok(out)
+}
+
+/// MQTT at QoS 0 and 1.
+fn mqtt_targets(server: &Mosquitto) -> Result<Vec<Target>, BoxError> {
+    let mut out = Vec::new();
+    for qos in [0u8, 1] {
+        let mut config = Config::default();
+        let mqtt = config.section_mut::<MqttConfig>()?;
+        mqtt.host = "127.0.0.1".into();
+        mqtt.port = server.port();
+        mqtt.qos = qos;
+        out.push(Target {
+            groups: true,
+            backend: "mqtt",
+            mode: if qos == 0 { "qos0" } else { "qos1" },
+            factory: BackendFactory::of::<MqttBackend>(),
+            raw: Some(RawKind::Mqtt {
+                host: "127.0.0.1".into(),
+                port: server.port(),
+                qos,
+            }),
+            config,
+        });
+    }
+    Ok(out)
 }
 
 /// Receive like the raw client does: a deep buffer that applies back-pressure
@@ -225,120 +244,204 @@ fn wanted(args: &Args, scenario: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == scenario)
 }
 
-fn run(args: &Args) -> Result<(), BoxError> {
-    let (targets, _brokers) = targets(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the async measurements (and of the child process).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    let mut plan: Vec<(usize, &'static str, usize, Variant)> = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        let variants: Vec<Variant> = if t.raw.is_some() {
-            vec![Variant::Raw, Variant::Async, Variant::Blocking]
-        } else {
-            vec![Variant::Async, Variant::Blocking]
-        };
-        let variants: Vec<Variant> = variants
-            .into_iter()
-            .filter(|v| args.variants.is_empty() || args.variants.iter().any(|w| w == v.label()))
-            .collect();
-        let rounds = args.rounds.max(1);
-        for &size in &args.sizes {
-            for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
-                if wanted(args, scenario) && (t.groups || scenario != "e2e_group4") {
-                    for _ in 0..rounds {
-                        plan.extend(variants.iter().map(|v| (ti, scenario, size, *v)));
-                    }
-                }
-            }
-        }
-        if wanted(args, "rtt") {
-            for _ in 0..rounds {
-                plan.extend(variants.iter().map(|v| (ti, "rtt", 16, *v)));
-            }
-        }
-        // The slow subscriber is a child process: measured against raw clients.
-        if t.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
-            plan.extend(variants.iter().map(|v| (ti, "slow_rss", 1024, *v)));
-        }
-    }
-    let bar = ProgressBar::new(plan.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+        .build()
+}
+
+/// Plan every measurement, take them in turn, then print the table and
+/// write the figures.
+fn run(args: &Args) -> Result<(), BoxError> {
+    let (targets, _brokers) = targets(args)?;
+    let rt = runtime()?;
+    let plan = plan(args, &targets);
+    let bar = progress_bar(plan.len());
     let started = Instant::now();
-    let mut samples = Vec::new();
-    for (ti, scenario, size, v) in plan {
-        let t = &targets[ti];
-        bar.set_message(format!("{} {scenario} {size} B {}", t.name(), v.label()));
-        // The blocking API is measured as users call it: from a plain
-        // thread, not from inside a runtime.
-        let block_on = |f: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Sample, BoxError>> + '_>,
-        >| {
-            if v == Variant::Blocking {
-                // Only the scenario's own set-up and clean-up (Redis
-                // commands) use this runtime; the blocking calls run on
-                // this plain thread.
-                let _context = rt.enter();
-                futures::executor::block_on(f)
-            } else {
-                rt.block_on(f)
-            }
-        };
-        let r = match scenario {
-            "publish" => block_on(Box::pin(scenarios::publish(
-                t,
-                v,
-                size,
-                count_for(args, size),
-            ))),
-            "e2e_1to1" => block_on(Box::pin(scenarios::end_to_end(
-                t,
-                v,
-                size,
-                count_for(args, size) / 2,
-                1,
-            ))),
-            "e2e_group4" => block_on(Box::pin(scenarios::end_to_end(
-                t,
-                v,
-                size,
-                count_for(args, size) / 2,
-                4,
-            ))),
-            "rtt" => block_on(Box::pin(scenarios::round_trip(t, v, args.rtt))),
-            _ => rt.block_on(scenarios::slow_subscriber(t, v, size, args.slow)),
-        };
-        match r {
-            Ok(s) => samples.push(s),
-            Err(e) => {
-                bar.suspend(|| eprintln!("{} {scenario} {size} B {}: {e}", t.name(), v.label()))
-            }
-        }
-        bar.inc(1);
-    }
+    let samples: Vec<Sample> = plan
+        .iter()
+        .filter_map(|step| measure_step(args, &rt, step, &bar))
+        .collect();
     bar.finish_and_clear();
     let table = table(&medians(&samples));
     let took = started.elapsed().as_secs_f64();
     println!("{table}\n(run took {took:.0} s)");
     if let Some(path) = &args.markdown {
-        let command: Vec<String> = std::env::args().skip(1).collect();
-        let text = format!(
-            "## Run of {}\n\nCommand: `cargo xtask bench {}` ({} rounds per figure, medians shown; {took:.0} s)\n\n{}\n\n{table}",
-            first_line_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            command.join(" "),
-            args.rounds,
-            machine(),
-        );
-        std::fs::write(path, text)?;
-        println!("table and machine description: {}", path.display());
+        write_markdown(args, path, &table, took)?;
     }
+    write_json(args, &samples)?;
+    Ok(())
+}
+
+/// One measurement: a scenario on a target, at a size, through one API.
+struct Step<'a> {
+    target: &'a Target,
+    scenario: &'static str,
+    size: usize,
+    variant: Variant,
+}
+
+/// Every measurement of the run, in order: per target, each wanted
+/// scenario and size, round after round, the variants taking turns.
+fn plan<'a>(args: &Args, targets: &'a [Target]) -> Vec<Step<'a>> {
+    let rounds = args.rounds.max(1);
+    let mut plan = Vec::new();
+    for target in targets {
+        let variants = variants(args, target);
+        let mut add = |scenario: &'static str, size: usize, times: usize| {
+            for _ in 0..times {
+                plan.extend(variants.iter().map(|&variant| Step {
+                    target,
+                    scenario,
+                    size,
+                    variant,
+                }));
+            }
+        };
+        for &size in &args.sizes {
+            for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
+                if wanted(args, scenario) && (target.groups || scenario != "e2e_group4") {
+                    add(scenario, size, rounds);
+                }
+            }
+        }
+        if wanted(args, "rtt") {
+            add("rtt", 16, rounds);
+        }
+        // The slow subscriber is a child process: measured against raw clients.
+        if target.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
+            add("slow_rss", 1024, 1);
+        }
+    }
+    plan
+}
+
+/// The variants measured on `t`: raw when it has a raw client, and those
+/// `--variants` names.
+fn variants(args: &Args, t: &Target) -> Vec<Variant> {
+    let variants: Vec<Variant> = if t.raw.is_some() {
+        vec![Variant::Raw, Variant::Async, Variant::Blocking]
+    } else {
+        vec![Variant::Async, Variant::Blocking]
+    };
+    variants
+        .into_iter()
+        .filter(|v| args.variants.is_empty() || args.variants.iter().any(|w| w == v.label()))
+        .collect()
+}
+
+fn progress_bar(len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Take one measurement under the progress bar; a failure is reported
+/// there and gives no sample.
+fn measure_step(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    step: &Step,
+    bar: &ProgressBar,
+) -> Option<Sample> {
+    let what = format!(
+        "{} {} {} B {}",
+        step.target.name(),
+        step.scenario,
+        step.size,
+        step.variant.label()
+    );
+    bar.set_message(what.clone());
+    let sample = match measure(args, rt, step) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            bar.suspend(|| eprintln!("{what}: {e}"));
+            None
+        }
+    };
+    bar.inc(1);
+    sample
+}
+
+/// A scenario's future.
+type Measurement<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sample, BoxError>> + 'a>>;
+
+/// Run one step's scenario.
+fn measure(args: &Args, rt: &tokio::runtime::Runtime, step: &Step) -> Result<Sample, BoxError> {
+    let &Step {
+        target: t,
+        scenario,
+        size,
+        variant: v,
+    } = step;
+    // The blocking API is measured as users call it: from a plain
+    // thread, not from inside a runtime.
+    let block_on = |f: Measurement<'_>| {
+        if v == Variant::Blocking {
+            // Only the scenario's own set-up and clean-up (Redis
+            // commands) use this runtime; the blocking calls run on
+            // this plain thread.
+            let _context = rt.enter();
+            futures::executor::block_on(f)
+        } else {
+            rt.block_on(f)
+        }
+    };
+    match scenario {
+        "publish" => block_on(Box::pin(scenarios::publish(
+            t,
+            v,
+            size,
+            count_for(args, size),
+        ))),
+        "e2e_1to1" | "e2e_group4" => {
+            let subscribers = if scenario == "e2e_1to1" { 1 } else { 4 };
+            let count = count_for(args, size) / 2;
+            block_on(Box::pin(scenarios::end_to_end(
+                t,
+                v,
+                size,
+                count,
+                subscribers,
+            )))
+        }
+        "rtt" => block_on(Box::pin(scenarios::round_trip(t, v, args.rtt))),
+        _ => rt.block_on(scenarios::slow_subscriber(t, v, size, args.slow)),
+    }
+}
+
+/// The table with the date, the command and the machine, as Markdown.
+fn write_markdown(
+    args: &Args,
+    path: &std::path::Path,
+    table: &str,
+    took: f64,
+) -> Result<(), BoxError> {
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let text = format!(
+        "## Run of {}\n\nCommand: `cargo xtask bench {}` ({} rounds per figure, medians shown; {took:.0} s)\n\n{}\n\n{table}",
+        first_line_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command.join(" "),
+        args.rounds,
+        machine(),
+    );
+    std::fs::write(path, text)?;
+    println!("table and machine description: {}", path.display());
+    Ok(())
+}
+
+/// Every sample, every round, as JSON.
+fn write_json(args: &Args, samples: &[Sample]) -> Result<(), BoxError> {
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&samples)?)?;
+    std::fs::write(&args.json, serde_json::to_string_pretty(samples)?)?;
     println!("every figure: {}", args.json.display());
     Ok(())
 }
@@ -526,10 +629,7 @@ fn slow_subscriber_child(variant: &str, topic: &str, target: &str) -> Result<(),
     let spec: clients::TargetSpec = serde_json::from_str(target)?;
     let mut t = spec.into_target()?;
     t.config.buffer = pubsub_core::BufferConfig::default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let wait_parent = || {
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);

@@ -127,41 +127,71 @@ pub async fn end_to_end(
     let body = payload(size);
     let mut s = Sample::new(t, scenario, size, v);
     s.sent = count;
-    let received = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let (received_n, last) = if v == Variant::Blocking {
+    let run = EndToEnd {
+        t,
+        topic: &topic,
+        group: group.as_deref(),
+        body,
+        count,
+        subscribers,
+        received: Arc::new(AtomicU64::new(0)),
+        start: Instant::now(),
+    };
+    let last = if v == Variant::Blocking {
+        run.blocking()?
+    } else {
+        run.nonblocking(v).await?
+    };
+    let received = run.received.load(Ordering::Relaxed);
+    s.received = received;
+    t.cleanup(&topic).await;
+    Ok(s.rate(received, last.unwrap_or(Duration::from_secs(1))))
+}
+
+/// What the publisher and the receivers of one end-to-end run share.
+struct EndToEnd<'a> {
+    t: &'a Target,
+    topic: &'a str,
+    group: Option<&'a str>,
+    body: Bytes,
+    count: u64,
+    subscribers: usize,
+    /// Arrivals at all receivers together.
+    received: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl EndToEnd<'_> {
+    /// Through our blocking API, a thread per receiver. Returns the time
+    /// from the first publish to the last arrival.
+    fn blocking(&self) -> Result<Option<Duration>, BoxError> {
         let mut subs = Vec::new();
-        for _ in 0..subscribers {
-            let ps = connect_blocking(t)?;
-            ps.subscribe_in(topic.as_str(), group.as_deref())?;
+        for _ in 0..self.subscribers {
+            let ps = connect_blocking(self.t)?;
+            ps.subscribe_in(self.topic, self.group)?;
             subs.push(ps);
         }
-        let publ = connect_blocking(t)?;
+        let publ = connect_blocking(self.t)?;
         let t0 = Instant::now();
+        let (received, count, start) = (&self.received, self.count, self.start);
         let last = std::thread::scope(|scope| {
             let handles: Vec<_> = subs
                 .iter()
                 .map(|ps| {
-                    let received = &received;
                     scope.spawn(move || {
-                        let mut last: Option<Instant> = None;
-                        let waiting_since = Instant::now();
-                        while received.load(Ordering::Relaxed) < count && start.elapsed() < LIMIT {
-                            match ps.recv_timeout(LOOK) {
-                                Ok(Some(_)) => {
-                                    received.fetch_add(1, Ordering::Relaxed);
-                                    last = Some(Instant::now());
-                                }
-                                Ok(None) if last.unwrap_or(waiting_since).elapsed() < IDLE => {}
-                                _ => break,
+                        let mut arrivals = Arrivals::new(received.clone(), count, start);
+                        while arrivals.want_more() {
+                            let Ok(m) = ps.recv_timeout(LOOK) else { break };
+                            if !arrivals.note(m.is_some()) {
+                                break;
                             }
                         }
-                        last
+                        arrivals.last
                     })
                 })
                 .collect();
-            for _ in 0..count {
-                if publ.publish(topic.as_str(), body.clone()).is_err() {
+            for _ in 0..self.count {
+                if publ.publish(self.topic, self.body.clone()).is_err() {
                     break;
                 }
             }
@@ -175,34 +205,33 @@ pub async fn end_to_end(
         for ps in subs {
             let _ = ps.close();
         }
-        (received.load(Ordering::Relaxed), last.map(|l| l - t0))
-    } else {
+        Ok(last.map(|l| l - t0))
+    }
+
+    /// Through the raw client or our async API, a task per receiver.
+    /// Returns the time from the first publish to the last arrival.
+    async fn nonblocking(&self, v: Variant) -> Result<Option<Duration>, BoxError> {
         let mut tasks = Vec::new();
-        for _ in 0..subscribers {
-            let mut c = Conn::connect(t, v).await?;
-            c.subscribe(&topic, group.as_deref()).await?;
-            let received = received.clone();
+        for _ in 0..self.subscribers {
+            let mut c = Conn::connect(self.t, v).await?;
+            c.subscribe(self.topic, self.group).await?;
+            let (received, count, start) = (self.received.clone(), self.count, self.start);
             tasks.push(tokio::spawn(async move {
-                let mut last: Option<Instant> = None;
-                let waiting_since = Instant::now();
-                while received.load(Ordering::Relaxed) < count && start.elapsed() < LIMIT {
-                    match c.next(LOOK).await {
-                        Some(_) => {
-                            received.fetch_add(1, Ordering::Relaxed);
-                            last = Some(Instant::now());
-                        }
-                        None if last.unwrap_or(waiting_since).elapsed() < IDLE => {}
-                        None => break,
+                let mut arrivals = Arrivals::new(received, count, start);
+                while arrivals.want_more() {
+                    let arrived = c.next(LOOK).await.is_some();
+                    if !arrivals.note(arrived) {
+                        break;
                     }
                 }
                 c.close().await;
-                last
+                arrivals.last
             }));
         }
-        let publ = Conn::connect(t, v).await?;
+        let publ = Conn::connect(self.t, v).await?;
         let t0 = Instant::now();
-        for _ in 0..count {
-            publ.publish(&topic, body.clone()).await?;
+        for _ in 0..self.count {
+            publ.publish(self.topic, self.body.clone()).await?;
         }
         publ.flush().await?;
         let mut last = None;
@@ -212,11 +241,50 @@ pub async fn end_to_end(
             }
         }
         publ.close().await;
-        (received.load(Ordering::Relaxed), last.map(|l| l - t0))
-    };
-    s.received = received_n;
-    t.cleanup(&topic).await;
-    Ok(s.rate(received_n, last.unwrap_or(Duration::from_secs(1))))
+        Ok(last.map(|l| l - t0))
+    }
+}
+
+/// One receiver of an end-to-end run: it adds each arrival to the shared
+/// count and waits on until all arrived, the run's time limit, or `IDLE`
+/// without a message.
+struct Arrivals {
+    received: Arc<AtomicU64>,
+    count: u64,
+    start: Instant,
+    waiting_since: Instant,
+    /// When this receiver's last message arrived.
+    last: Option<Instant>,
+}
+
+impl Arrivals {
+    /// A receiver that starts waiting now.
+    fn new(received: Arc<AtomicU64>, count: u64, start: Instant) -> Arrivals {
+        Arrivals {
+            received,
+            count,
+            start,
+            waiting_since: Instant::now(),
+            last: None,
+        }
+    }
+
+    /// Whether to wait for another message.
+    fn want_more(&self) -> bool {
+        self.received.load(Ordering::Relaxed) < self.count && self.start.elapsed() < LIMIT
+    }
+
+    /// Count a wait of `LOOK` that brought a message or not; false when
+    /// the receiver should give up.
+    fn note(&mut self, arrived: bool) -> bool {
+        if arrived {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            self.last = Some(Instant::now());
+            true
+        } else {
+            self.last.unwrap_or(self.waiting_since).elapsed() < IDLE
+        }
+    }
 }
 
 fn percentiles(s: &mut Sample, mut rtts: Vec<Duration>) {
@@ -235,24 +303,48 @@ fn percentiles(s: &mut Sample, mut rtts: Vec<Duration>) {
 
 /// Ping-pong over two topics, `rounds` round trips, one at a time.
 pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, BoxError> {
-    let ping = unique("ping");
-    let pong = unique("pong");
-    let body = payload(16);
+    let run = PingPong {
+        ping: unique("ping"),
+        pong: unique("pong"),
+        body: payload(16),
+        rounds,
+    };
     let mut s = Sample::new(t, "rtt", 16, v);
     s.sent = rounds;
-    let mut rtts = Vec::with_capacity(rounds as usize);
-    if v == Variant::Blocking {
+    let rtts = if v == Variant::Blocking {
+        run.blocking(t)?
+    } else {
+        run.nonblocking(t, v).await?
+    };
+    percentiles(&mut s, rtts);
+    Ok(s)
+}
+
+/// A ping-pong run: a pinger sends `body` on `ping` and waits for it on
+/// `pong`, where a ponger echoes it.
+struct PingPong {
+    ping: String,
+    pong: String,
+    body: Bytes,
+    rounds: u64,
+}
+
+impl PingPong {
+    /// Through our blocking API, the ponger on a thread of its own.
+    /// Returns the round-trip times.
+    fn blocking(&self, t: &Target) -> Result<Vec<Duration>, BoxError> {
+        let mut rtts = Vec::with_capacity(self.rounds as usize);
         let ponger = connect_blocking(t)?;
-        ponger.subscribe(ping.as_str())?;
+        ponger.subscribe(self.ping.as_str())?;
         let pinger = connect_blocking(t)?;
-        pinger.subscribe(pong.as_str())?;
+        pinger.subscribe(self.pong.as_str())?;
         let start = Instant::now();
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                for _ in 0..rounds {
+                for _ in 0..self.rounds {
                     match ponger.recv_timeout(IDLE) {
                         Ok(Some(m)) => {
-                            if ponger.publish(pong.as_str(), m.payload).is_err() {
+                            if ponger.publish(self.pong.as_str(), m.payload).is_err() {
                                 break;
                             }
                         }
@@ -260,12 +352,15 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
                     }
                 }
             });
-            for _ in 0..rounds {
+            for _ in 0..self.rounds {
                 if start.elapsed() > LIMIT {
                     break;
                 }
                 let t0 = Instant::now();
-                if pinger.publish(ping.as_str(), body.clone()).is_err() {
+                if pinger
+                    .publish(self.ping.as_str(), self.body.clone())
+                    .is_err()
+                {
                     break;
                 }
                 match pinger.recv_timeout(IDLE) {
@@ -276,10 +371,16 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
         });
         let _ = pinger.close();
         let _ = ponger.close();
-    } else {
+        Ok(rtts)
+    }
+
+    /// Through the raw client or our async API, the ponger a task of its
+    /// own. Returns the round-trip times.
+    async fn nonblocking(&self, t: &Target, v: Variant) -> Result<Vec<Duration>, BoxError> {
+        let mut rtts = Vec::with_capacity(self.rounds as usize);
         let mut ponger = Conn::connect(t, v).await?;
-        ponger.subscribe(&ping, None).await?;
-        let pong_topic = pong.clone();
+        ponger.subscribe(&self.ping, None).await?;
+        let (pong_topic, rounds) = (self.pong.clone(), self.rounds);
         let echo = tokio::spawn(async move {
             for _ in 0..rounds {
                 match ponger.next(IDLE).await {
@@ -294,14 +395,14 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
             ponger.close().await;
         });
         let mut pinger = Conn::connect(t, v).await?;
-        pinger.subscribe(&pong, None).await?;
+        pinger.subscribe(&self.pong, None).await?;
         let start = Instant::now();
-        for _ in 0..rounds {
+        for _ in 0..self.rounds {
             if start.elapsed() > LIMIT {
                 break;
             }
             let t0 = Instant::now();
-            pinger.publish_now(&ping, body.clone()).await?;
+            pinger.publish_now(&self.ping, self.body.clone()).await?;
             match pinger.next(IDLE).await {
                 Some(_) => rtts.push(t0.elapsed()),
                 None => break,
@@ -309,9 +410,8 @@ pub async fn round_trip(t: &Target, v: Variant, rounds: u64) -> Result<Sample, B
         }
         pinger.close().await;
         let _ = echo.await;
+        Ok(rtts)
     }
-    percentiles(&mut s, rtts);
-    Ok(s)
 }
 
 /// Peak resident memory of a subscriber process that does not read while

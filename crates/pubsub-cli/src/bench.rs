@@ -82,6 +82,11 @@ struct Handles {
 }
 
 impl Handles {
+    /// Whether the subscribers form a group (sharing the messages).
+    fn grouped(&self) -> bool {
+        self.subs.first().is_some_and(|s| s.group_id().is_some())
+    }
+
     async fn close(&self) {
         for ps in self.pubs.iter().chain(&self.subs) {
             if let Err(e) = ps.close().await {
@@ -197,63 +202,132 @@ struct Side {
     latencies: Latencies,
 }
 
+/// Every publisher sends its share as fast as the backend accepts while
+/// every subscriber counts; then the table, and an error if the
+/// publishers ran out of time.
 async fn throughput(
     args: &BenchArgs,
     h: &Handles,
     topic: &str,
     deadline: Instant,
 ) -> Result<(), CliError> {
-    let grouped = h.subs.first().is_some_and(|s| s.group_id().is_some());
-    let total_expected = if grouped {
-        args.msgs
-    } else {
-        args.msgs * u64::from(args.subs)
+    let grouped = h.grouped();
+    // Each subscriber receives every message, or the group shares them.
+    let expected_received = |sent: u64| {
+        if grouped {
+            sent
+        } else {
+            sent * u64::from(args.subs)
+        }
     };
     for s in &h.subs {
         s.subscribe(topic).await?;
     }
+    let bars = Bars::new(args, expected_received(args.msgs));
+    let (mut pubs, mut subs) = send_and_count(args, h, topic, deadline, &bars).await?;
+    bars.finish();
 
-    let bars = MultiProgress::with_draw_target(if args.no_progress {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
-    let style =
-        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {elapsed_precise}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    let pub_bar = bars.add(
-        ProgressBar::new(args.msgs)
-            .with_style(style.clone())
-            .with_prefix("published"),
-    );
-    let sub_bar = bars.add(
-        ProgressBar::new(total_expected)
-            .with_style(style)
-            .with_prefix("received"),
-    );
+    let published: u64 = pubs.iter().map(|s| s.count).sum();
+    let received: u64 = subs.iter().map(|s| s.count).sum();
+    print_table(args.size, &mut pubs, &mut subs);
+    let dropped: u64 = h.subs.iter().map(|s| s.stats().dropped).sum();
+    print_delivery(received, expected_received(published), dropped);
+    if published < args.msgs {
+        return Err(CliError::Failed(format!(
+            "bench: timed out after {}: {published} of {} messages published",
+            fmt_duration(args.timeout),
+            args.msgs
+        )));
+    }
+    Ok(())
+}
 
+/// The progress bars of the throughput phase: messages published, and
+/// received by all subscribers together.
+struct Bars {
+    _multi: MultiProgress,
+    published: ProgressBar,
+    received: ProgressBar,
+}
+
+impl Bars {
+    fn new(args: &BenchArgs, expected_received: u64) -> Bars {
+        let multi = MultiProgress::with_draw_target(if args.no_progress {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        let style =
+            ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {elapsed_precise}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let published = multi.add(
+            ProgressBar::new(args.msgs)
+                .with_style(style.clone())
+                .with_prefix("published"),
+        );
+        let received = multi.add(
+            ProgressBar::new(expected_received)
+                .with_style(style)
+                .with_prefix("received"),
+        );
+        Bars {
+            _multi: multi,
+            published,
+            received,
+        }
+    }
+
+    fn finish(&self) {
+        self.published.finish_and_clear();
+        self.received.finish_and_clear();
+    }
+}
+
+/// What every task of the throughput phase shares besides its connection.
+#[derive(Clone)]
+struct Lane {
+    topic: String,
+    /// Start of the phase: payload timestamps count from here.
+    start: Instant,
+    deadline: Instant,
+    bar: ProgressBar,
+}
+
+/// Start the subscribers, then the publishers on their shares of the
+/// messages; wait for the publishers, tell the subscribers they are done,
+/// and wait for them.
+async fn send_and_count(
+    args: &BenchArgs,
+    h: &Handles,
+    topic: &str,
+    deadline: Instant,
+    bars: &Bars,
+) -> Result<(Vec<Side>, Vec<Side>), CliError> {
     let start = Instant::now();
+    let lane = |bar: &ProgressBar| Lane {
+        topic: topic.to_string(),
+        start,
+        deadline,
+        bar: bar.clone(),
+    };
     let (done_tx, done_rx) = watch::channel(false);
-    let shared_total = Arc::new(AtomicU64::new(0));
-    let sub_tasks: Vec<JoinHandle<Result<Side, Error>>> = h
+    let shared_total = h.grouped().then(|| Arc::new(AtomicU64::new(0)));
+    let sub_tasks: Vec<_> = h
         .subs
         .iter()
         .map(|s| {
             tokio::spawn(subscriber(
                 s.clone(),
-                topic.to_string(),
+                lane(&bars.received),
                 args.msgs,
-                grouped.then(|| shared_total.clone()),
-                start,
+                shared_total.clone(),
                 done_rx.clone(),
-                deadline,
-                sub_bar.clone(),
             ))
         })
         .collect();
     let n_pubs = u64::from(args.pubs);
-    let pub_tasks: Vec<JoinHandle<Result<Side, Error>>> = h
+    let pub_tasks: Vec<_> = h
         .pubs
         .iter()
         .enumerate()
@@ -261,35 +335,22 @@ async fn throughput(
             let share = args.msgs / n_pubs + u64::from((i as u64) < args.msgs % n_pubs);
             tokio::spawn(publisher(
                 p.clone(),
-                topic.to_string(),
+                lane(&bars.published),
                 share,
                 args.size,
-                start,
-                deadline,
-                pub_bar.clone(),
             ))
         })
         .collect();
 
-    let mut pubs = Vec::new();
-    for t in pub_tasks {
-        pubs.push(join(t).await?);
-    }
+    let pubs = join_all(pub_tasks).await?;
     let _ = done_tx.send(true);
-    let mut subs = Vec::new();
-    for t in sub_tasks {
-        subs.push(join(t).await?);
-    }
-    pub_bar.finish_and_clear();
-    sub_bar.finish_and_clear();
+    let subs = join_all(sub_tasks).await?;
+    Ok((pubs, subs))
+}
 
-    let published: u64 = pubs.iter().map(|s| s.count).sum();
-    let received: u64 = subs.iter().map(|s| s.count).sum();
-    let expected_received = if grouped {
-        published
-    } else {
-        published * u64::from(args.subs)
-    };
+/// The table: a row per publisher and per subscriber when there are
+/// several, and a row for all of them.
+fn print_table(size: usize, pubs: &mut [Side], subs: &mut [Side]) {
     say!();
     say!(
         "{:<10} {:>12} {:>12} {:>10} {:>10} {:>10}",
@@ -300,50 +361,46 @@ async fn throughput(
         "p50",
         "p99"
     );
-    let row = |name: &str, count: u64, elapsed: Duration, lat: Option<&mut Latencies>| {
-        let (p50, p99) = match lat {
-            Some(l) => (
-                l.percentile(50.0).map_or("-".into(), fmt_duration),
-                l.percentile(99.0).map_or("-".into(), fmt_duration),
-            ),
-            None => ("-".to_string(), "-".to_string()),
-        };
-        say!(
-            "{name:<10} {count:>12} {:>12.0} {:>10.2} {p50:>10} {p99:>10}",
-            per_second(count as f64, elapsed),
-            mib_per_second((count as usize * args.size) as f64, elapsed),
-        );
-    };
-    let mut all_pub = Latencies::default();
-    for (i, s) in pubs.iter_mut().enumerate() {
-        if args.pubs > 1 {
-            row(&format!("pub #{}", i + 1), s.count, s.elapsed, None);
+    print_rows("pub", pubs, size);
+    print_rows("sub", subs, size);
+}
+
+/// The rows of one kind of side, `name #1`, `name #2`..., when there are
+/// several, then the row `name` for all of them (none when there are none).
+fn print_rows(name: &str, sides: &mut [Side], size: usize) {
+    let several = sides.len() > 1;
+    let mut all = Latencies::default();
+    for (i, s) in sides.iter_mut().enumerate() {
+        if several {
+            let label = format!("{name} #{}", i + 1);
+            print_row(&label, s.count, s.elapsed, &mut s.latencies, size);
         }
-        all_pub.merge(&s.latencies);
+        all.merge(&s.latencies);
     }
-    let pub_elapsed = pubs.iter().map(|s| s.elapsed).max().unwrap_or_default();
-    row("pub", published, pub_elapsed, None);
-    let mut all_sub = Latencies::default();
-    for (i, s) in subs.iter_mut().enumerate() {
-        if args.subs > 1 {
-            row(
-                &format!("sub #{}", i + 1),
-                s.count,
-                s.elapsed,
-                Some(&mut s.latencies),
-            );
-        }
-        all_sub.merge(&s.latencies);
+    if !sides.is_empty() {
+        let count = sides.iter().map(|s| s.count).sum();
+        let elapsed = sides.iter().map(|s| s.elapsed).max().unwrap_or_default();
+        print_row(name, count, elapsed, &mut all, size);
     }
-    if !subs.is_empty() {
-        let sub_elapsed = subs.iter().map(|s| s.elapsed).max().unwrap_or_default();
-        row("sub", received, sub_elapsed, Some(&mut all_sub));
-    }
-    let dropped: u64 = h.subs.iter().map(|s| s.stats().dropped).sum();
+}
+
+/// One row; `-` for percentiles without samples (publishers take none).
+fn print_row(name: &str, count: u64, elapsed: Duration, lat: &mut Latencies, size: usize) {
+    let p50 = lat.percentile(50.0).map_or("-".into(), fmt_duration);
+    let p99 = lat.percentile(99.0).map_or("-".into(), fmt_duration);
+    say!(
+        "{name:<10} {count:>12} {:>12.0} {:>10.2} {p50:>10} {p99:>10}",
+        per_second(count as f64, elapsed),
+        mib_per_second((count as usize * size) as f64, elapsed),
+    );
+}
+
+/// What arrived of what should have, and what the receive buffers dropped.
+fn print_delivery(received: u64, expected: u64, dropped: u64) {
     say!();
     say!(
-        "received {received} of {expected_received}, lost {}, dropped by receive buffers {dropped}",
-        expected_received.saturating_sub(received)
+        "received {received} of {expected}, lost {}, dropped by receive buffers {dropped}",
+        expected.saturating_sub(received)
     );
     if dropped > 0 {
         say!(
@@ -351,14 +408,15 @@ async fn throughput(
              (MSIGHT_PUBSUB_OVERFLOW=block) makes a backend that can wait slow the publishers down instead"
         );
     }
-    if published < args.msgs {
-        return Err(CliError::Failed(format!(
-            "bench: timed out after {}: {published} of {} messages published",
-            fmt_duration(args.timeout),
-            args.msgs
-        )));
+}
+
+/// Wait for each task in turn (each bounded).
+async fn join_all(tasks: Vec<JoinHandle<Result<Side, Error>>>) -> Result<Vec<Side>, CliError> {
+    let mut sides = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        sides.push(join(t).await?);
     }
-    Ok(())
+    Ok(sides)
 }
 
 async fn join(task: JoinHandle<Result<Side, Error>>) -> Result<Side, CliError> {
@@ -376,34 +434,26 @@ fn stamp(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-async fn publisher(
-    ps: PubSub,
-    topic: String,
-    count: u64,
-    size: usize,
-    start: Instant,
-    deadline: Instant,
-    bar: ProgressBar,
-) -> Result<Side, Error> {
+async fn publisher(ps: PubSub, lane: Lane, count: u64, size: usize) -> Result<Side, Error> {
     let padding = vec![0x5au8; size.saturating_sub(8)];
     let mut sent = 0;
-    while sent < count && Instant::now() < deadline {
+    while sent < count && Instant::now() < lane.deadline {
         let payload = if size >= 8 {
             let mut b = BytesMut::with_capacity(size);
-            b.put_u64(stamp(start));
+            b.put_u64(stamp(lane.start));
             b.put_slice(&padding);
             b.freeze()
         } else {
             Bytes::from(vec![0x5a; size])
         };
-        ps.publish(topic.as_str(), payload).await?;
+        ps.publish(lane.topic.as_str(), payload).await?;
         sent += 1;
-        bar.inc(1);
+        lane.bar.inc(1);
     }
     ps.flush().await?;
     Ok(Side {
         count: sent,
-        elapsed: start.elapsed(),
+        elapsed: lane.start.elapsed(),
         latencies: Latencies::default(),
     })
 }
@@ -411,17 +461,19 @@ async fn publisher(
 /// Count messages until `expected` arrived (for this subscriber, or in
 /// total with a group), the publishers are done and nothing came for
 /// [`IDLE_AFTER_PUBLISH`], or the deadline.
-#[allow(clippy::too_many_arguments)]
 async fn subscriber(
     ps: PubSub,
-    topic: String,
+    lane: Lane,
     expected: u64,
     shared_total: Option<Arc<AtomicU64>>,
-    start: Instant,
     done: watch::Receiver<bool>,
-    deadline: Instant,
-    bar: ProgressBar,
 ) -> Result<Side, Error> {
+    let Lane {
+        topic,
+        start,
+        deadline,
+        bar,
+    } = lane;
     let mut side = Side::default();
     let mut last = start;
     let mut done_at = None;

@@ -119,11 +119,27 @@ struct Pipeline {
     sink: PubSub,
 }
 
+/// The topics and the workers' group: frames -> group -> results.
+struct Route {
+    frames: String,
+    group: String,
+    results: String,
+}
+
 impl Pipeline {
     fn handles(&self) -> impl Iterator<Item = &PubSub> {
         std::iter::once(&self.source)
             .chain(self.workers.iter())
             .chain(std::iter::once(&self.sink))
+    }
+
+    /// The sink to the results, each worker to the frames.
+    async fn subscribe(&self, route: &Route) -> Result<(), Error> {
+        self.sink.subscribe_in(&route.results, None).await?;
+        for w in &self.workers {
+            w.subscribe(&route.frames).await?;
+        }
+        Ok(())
     }
 
     async fn close(&self) {
@@ -138,17 +154,19 @@ impl Pipeline {
 async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliError> {
     let run = run_id();
     isolate_memory_namespace(&mut config, "pubsub-demo", &run)?;
-    let group = config
-        .group_id
-        .take()
-        .unwrap_or_else(|| DEFAULT_GROUP.to_string());
-    let frames_topic = format!("{}.{run}.frames", args.topic_prefix);
-    let results_topic = format!("{}.{run}.results", args.topic_prefix);
-    validate_topic_name(&frames_topic)?;
-    validate_topic_name(&results_topic)?;
+    let route = Route {
+        frames: format!("{}.{run}.frames", args.topic_prefix),
+        group: config
+            .group_id
+            .take()
+            .unwrap_or_else(|| DEFAULT_GROUP.to_string()),
+        results: format!("{}.{run}.results", args.topic_prefix),
+    };
+    validate_topic_name(&route.frames)?;
+    validate_topic_name(&route.results)?;
 
     let mut worker_config = config.clone();
-    worker_config.group_id = Some(group.clone());
+    worker_config.group_id = Some(route.group.clone());
     let sink = PubSub::connect(&config).await?;
     let mut workers = Vec::with_capacity(usize::from(args.workers));
     for _ in 0..args.workers {
@@ -160,104 +178,28 @@ async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliErro
         workers,
         sink,
     };
-    let result = run_pipeline(args, &p, &frames_topic, &results_topic, &group).await;
+    let result = run_pipeline(args, &p, &route).await;
     p.close().await;
     result
 }
 
-async fn run_pipeline(
-    args: &DemoArgs,
-    p: &Pipeline,
-    frames_topic: &str,
-    results_topic: &str,
-    group: &str,
-) -> Result<Report, CliError> {
-    let frame_len = frame_overhead(&args.sensor) + args.payload_size;
-    if let Some(max) = p.source.capabilities().max_payload {
-        if frame_len > max {
-            return Err(CliError::Usage(format!(
-                "--payload-size {}: a frame of {frame_len} bytes is over the {} backend's max payload of {max} bytes",
-                args.payload_size,
-                p.source.backend_name()
-            )));
-        }
-    }
-    p.sink.subscribe_in(results_topic, None).await?;
-    for w in &p.workers {
-        w.subscribe(frames_topic).await?;
-    }
-    let rate = if args.rate > 0.0 {
-        format!("{} frames/s", args.rate)
-    } else {
-        "full speed".to_string()
-    };
-    say!(
-        "pubsub demo: {} backend, {} frames of {} B from sensor {:?} at {rate}",
-        p.source.backend_name(),
-        args.frames,
-        args.payload_size,
-        args.sensor
-    );
-    say!(
-        "  {frames_topic} -> group {group:?} ({} workers) -> {results_topic} -> sink",
-        p.workers.len()
-    );
-    say!();
+async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Report, CliError> {
+    check_frame_fits(args, &p.source)?;
+    p.subscribe(route).await?;
+    print_banner(args, p, route);
 
     // What the sink checks results against.
     let expected: Vec<u64> = (0..args.frames)
         .map(|id| checksum(&synthetic_payload(id, args.payload_size)))
         .collect();
     let deadline = Instant::now() + args.timeout;
-    let failed = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = Tasks::spawn(args, p, route, deadline);
 
-    let worker_tasks: Vec<JoinHandle<Result<u64, Error>>> = p
-        .workers
-        .iter()
-        .zip(1u16..)
-        .map(|(ps, n)| {
-            tokio::spawn(flag_failure(
-                failed.clone(),
-                worker(ps.clone(), n, results_topic.to_string(), stop_rx.clone()),
-            ))
-        })
-        .collect();
-    let started = Instant::now();
-    let source_task = tokio::spawn(flag_failure(
-        failed.clone(),
-        source(
-            p.source.clone(),
-            frames_topic.to_string(),
-            args.sensor.clone(),
-            args.frames,
-            args.payload_size,
-            (args.rate > 0.0).then_some(args.rate),
-            deadline,
-        ),
-    ));
-
-    // The sink: collect until every frame has a result, a task failed, or time is up.
     let mut tally = Tally::new(expected, args.payload_size, p.workers.len());
-    let mut timed_out = false;
-    while tally.distinct < args.frames && !failed.load(Ordering::Acquire) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            timed_out = true;
-            break;
-        }
-        if let Some(m) = p.sink.recv_timeout(left.min(POLL)).await? {
-            tally.add(&m.payload);
-        }
-    }
-    let elapsed = tally.last_at.map_or(Duration::ZERO, |t| t - started);
+    let timed_out = collect(&p.sink, &mut tally, args.frames, &tasks.failed, deadline).await?;
+    let elapsed = tally.last_at.map_or(Duration::ZERO, |t| t - tasks.started);
 
-    let published = join(source_task, "source").await?;
-    let _ = stop_tx.send(true);
-    let mut processed = 0;
-    for (task, n) in worker_tasks.into_iter().zip(1..) {
-        processed += join(task, &format!("worker {n}")).await?;
-    }
+    let (published, processed) = tasks.finish().await?;
     // Late duplicates: the workers have flushed; listen a little longer.
     while let Some(m) = p.sink.recv_timeout(DUPLICATE_GRACE).await? {
         tally.add(&m.payload);
@@ -279,6 +221,128 @@ async fn run_pipeline(
         dropped,
         timed_out: timed_out.then_some(args.timeout),
     })
+}
+
+/// A usage error if a frame would be over the backend's max payload.
+fn check_frame_fits(args: &DemoArgs, source: &PubSub) -> Result<(), CliError> {
+    let frame_len = frame_overhead(&args.sensor) + args.payload_size;
+    if let Some(max) = source.capabilities().max_payload {
+        if frame_len > max {
+            return Err(CliError::Usage(format!(
+                "--payload-size {}: a frame of {frame_len} bytes is over the {} backend's max payload of {max} bytes",
+                args.payload_size,
+                source.backend_name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What runs where, before the summary.
+fn print_banner(args: &DemoArgs, p: &Pipeline, route: &Route) {
+    let rate = if args.rate > 0.0 {
+        format!("{} frames/s", args.rate)
+    } else {
+        "full speed".to_string()
+    };
+    say!(
+        "pubsub demo: {} backend, {} frames of {} B from sensor {:?} at {rate}",
+        p.source.backend_name(),
+        args.frames,
+        args.payload_size,
+        args.sensor
+    );
+    say!(
+        "  {} -> group {:?} ({} workers) -> {} -> sink",
+        route.frames,
+        route.group,
+        p.workers.len(),
+        route.results
+    );
+    say!();
+}
+
+/// The source and the workers, running.
+struct Tasks {
+    source: JoinHandle<Result<u64, Error>>,
+    workers: Vec<JoinHandle<Result<u64, Error>>>,
+    /// Raised when a task fails, so the sink stops waiting.
+    failed: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    /// When the source started.
+    started: Instant,
+}
+
+impl Tasks {
+    /// Start the workers, then the source.
+    fn spawn(args: &DemoArgs, p: &Pipeline, route: &Route, deadline: Instant) -> Tasks {
+        let failed = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+        let workers = p
+            .workers
+            .iter()
+            .zip(1u16..)
+            .map(|(ps, n)| {
+                tokio::spawn(flag_failure(
+                    failed.clone(),
+                    worker(ps.clone(), n, route.results.clone(), stop_rx.clone()),
+                ))
+            })
+            .collect();
+        let started = Instant::now();
+        let source = tokio::spawn(flag_failure(
+            failed.clone(),
+            source(
+                p.source.clone(),
+                route.frames.clone(),
+                args.sensor.clone(),
+                args.frames,
+                args.payload_size,
+                (args.rate > 0.0).then_some(args.rate),
+                deadline,
+            ),
+        ));
+        Tasks {
+            source,
+            workers,
+            failed,
+            stop,
+            started,
+        }
+    }
+
+    /// Wait for the source, then stop the workers and wait for them.
+    /// Returns the frames published and the frames processed.
+    async fn finish(self) -> Result<(u64, u64), CliError> {
+        let published = join(self.source, "source").await?;
+        let _ = self.stop.send(true);
+        let mut processed = 0;
+        for (task, n) in self.workers.into_iter().zip(1..) {
+            processed += join(task, &format!("worker {n}")).await?;
+        }
+        Ok((published, processed))
+    }
+}
+
+/// The sink: collect until every frame has a result, a task failed, or
+/// time is up. Returns whether time ran out.
+async fn collect(
+    sink: &PubSub,
+    tally: &mut Tally,
+    frames: u64,
+    failed: &AtomicBool,
+    deadline: Instant,
+) -> Result<bool, Error> {
+    while tally.distinct < frames && !failed.load(Ordering::Acquire) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(true);
+        }
+        if let Some(m) = sink.recv_timeout(left.min(POLL)).await? {
+            tally.add(&m.payload);
+        }
+    }
+    Ok(false)
 }
 
 /// Run `fut`; if it fails, raise `failed` so the sink stops waiting.
