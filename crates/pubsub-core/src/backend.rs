@@ -42,6 +42,59 @@ pub struct Capabilities {
     pub max_payload: Option<usize>,
     /// Delivery guarantee.
     pub delivery: Delivery,
+    /// Messages carry headers, published and received unchanged.
+    pub headers: bool,
+    /// Received messages carry the broker's id ([`crate::Message::id`]).
+    pub message_ids: bool,
+    /// How the settle operations of manual ack mode (`ack = "manual"`) are
+    /// done. All [`Support::Unsupported`]: manual ack is refused at connect.
+    pub settle: SettleSupport,
+}
+
+/// How a backend does a feature: natively (the broker does it), emulated
+/// (this library does it with what the broker has), or not at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Support {
+    /// Not available: asking for it is an error.
+    #[default]
+    Unsupported,
+    /// Done by this library over what the broker offers.
+    Emulated,
+    /// Done by the broker.
+    Native,
+}
+
+impl Support {
+    /// Whether it is available at all.
+    pub fn is_supported(self) -> bool {
+        self != Support::Unsupported
+    }
+}
+
+/// How each settle operation of manual ack mode is done by a backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SettleSupport {
+    /// Acknowledge: the message is not delivered again.
+    pub ack: Support,
+    /// Negative acknowledge: delivered again, not before a delay.
+    pub nak: Support,
+    /// Restart the ack timer of a message still being worked on.
+    pub in_progress: Support,
+    /// Never deliver again: to the dead letter.
+    pub term: Support,
+    /// Redelivery of a message not settled within `ack_wait`.
+    pub redeliver_after_ack_wait: Support,
+    /// The dead-letter topic after `max_deliver` attempts or `term`.
+    pub dead_letter: Support,
+}
+
+impl SettleSupport {
+    /// Whether manual ack mode is available at all.
+    pub fn manual_ack(&self) -> bool {
+        self.ack.is_supported()
+    }
 }
 
 /// What the connected broker says about itself, for diagnostics (`pubsub
@@ -68,6 +121,10 @@ pub struct Counters {
     received: AtomicU64,
     dropped: AtomicU64,
     reconnects: AtomicU64,
+    acked: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    discarded: AtomicU64,
 }
 
 impl Counters {
@@ -87,13 +144,35 @@ impl Counters {
     pub fn add_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
+    /// Count `n` messages acknowledged by the application (manual ack).
+    pub fn add_acked(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count `n` messages received again (a later delivery of one seen before).
+    pub fn add_redelivered(&self, n: u64) {
+        self.redelivered.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count `n` messages sent to the dead-letter topic.
+    pub fn add_dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count `n` messages given up (past `max_deliver` or `term`) with no
+    /// dead-letter topic configured, or whose body the broker no longer had.
+    pub fn add_discarded(&self, n: u64) {
+        self.discarded.fetch_add(n, Ordering::Relaxed);
+    }
     /// A copy of the current values.
     pub fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
-            published: self.published.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
+            published: get(&self.published),
+            received: get(&self.received),
+            dropped: get(&self.dropped),
+            reconnects: get(&self.reconnects),
+            acked: get(&self.acked),
+            redelivered: get(&self.redelivered),
+            dead_lettered: get(&self.dead_lettered),
+            discarded: get(&self.discarded),
         }
     }
 }
@@ -110,6 +189,15 @@ pub struct Stats {
     pub dropped: u64,
     /// Times the connection to the broker was re-established.
     pub reconnects: u64,
+    /// Messages acknowledged by the application (manual ack mode).
+    pub acked: u64,
+    /// Messages received that had been delivered before.
+    pub redelivered: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages given up with no dead-letter topic, or whose body the
+    /// broker no longer had.
+    pub discarded: u64,
 }
 
 /// Result of [`PubSubBackend::try_publish`].
@@ -174,6 +262,10 @@ pub struct BackendContext {
     pub inbox: Inbox,
     /// The handle's counters (also reachable through the inbox).
     pub counters: Arc<Counters>,
+    /// In manual ack mode, the bound on unsettled messages: take a permit
+    /// for each message delivered ([`crate::Message::with_settle`]) and
+    /// stop fetching while none is free.
+    pub in_flight: Arc<crate::InFlight>,
 }
 
 /// The async, object-safe contract of a backend, named as in the Python
@@ -237,6 +329,22 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
     /// round trip. The payload size has been checked against
     /// [`Capabilities::max_payload`] already.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()>;
+
+    /// [`PubSubBackend::publish`] with headers (not empty, checked by
+    /// [`crate::Headers::validate`]). Called only when the backend claims
+    /// [`Capabilities::headers`]; the default refuses.
+    async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: crate::Headers,
+        payload: Bytes,
+    ) -> Result<()> {
+        let _ = (topic, headers, payload);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend does not publish headers",
+        ))
+    }
 
     /// Wait until the broker has received everything accepted by `publish`.
     async fn flush(&self) -> Result<()>;

@@ -167,6 +167,18 @@ impl PubSub {
         }
     }
 
+    /// Publish with headers; see [`crate::PubSub::publish_with_headers`].
+    pub fn publish_with_headers(
+        &self,
+        topic: impl TopicName,
+        headers: crate::Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<()> {
+        run(self
+            .inner
+            .publish_with_headers(topic.topic_name(), headers, payload.into()))
+    }
+
     /// Wait until everything accepted has been written to the broker.
     pub fn flush(&self) -> Result<()> {
         run(self.inner.flush())

@@ -15,11 +15,14 @@ use futures::StreamExt;
 use crate::backend::{
     BackendContext, BrokerInfo, Capabilities, Counters, PubSubBackend, Stats, TryPublish,
 };
-use crate::config::Config;
+use crate::config::{AckMode, BufferConfig, Config, OverflowPolicy};
 use crate::error::{Error, ErrorKind, Result};
+use crate::flight::InFlight;
 use crate::inbox::{Inbox, Recv};
+use crate::message::Headers;
+use crate::message::Message;
 use crate::registry::{self, BackendFactory};
-use crate::topic::{validate_topic_name, Message, Topic};
+use crate::topic::{validate_topic_name, Topic};
 
 /// Anything that names a topic: a [`Topic`], `&str` or `String`.
 pub trait TopicName {
@@ -57,6 +60,8 @@ pub type MessageStream = BoxStream<'static, Message>;
 
 struct Inner {
     backend: Box<dyn PubSubBackend>,
+    /// Unsettled messages in manual ack mode.
+    in_flight: Arc<InFlight>,
     /// The backend's registered name.
     name: &'static str,
     inbox: Inbox,
@@ -122,10 +127,16 @@ impl PubSub {
         config.validate()?;
         registry::warn_unknown_sections(config, factory);
         let counters = Arc::new(Counters::default());
-        let inbox = Inbox::new(&config.buffer, counters.clone());
+        let inbox = Inbox::new(&receive_buffer(config), counters.clone());
+        let in_flight = InFlight::new(
+            config.max_in_flight,
+            config.max_in_flight_bytes,
+            counters.clone(),
+        );
         let ctx = BackendContext {
             inbox: inbox.clone(),
             counters: counters.clone(),
+            in_flight: in_flight.clone(),
         };
         let timeout = config.connect_timeout;
         let backend =
@@ -143,6 +154,16 @@ impl PubSub {
                 }
             };
         let capabilities = backend.capabilities();
+        if config.ack == AckMode::Manual && !capabilities.settle.manual_ack() {
+            let _ = backend.close().await;
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "ack = \"manual\": the {} backend, as configured, cannot keep a message until it is settled; use ack = \"auto\" or a backend or mode that keeps messages",
+                    factory.name()
+                ),
+            ));
+        }
         if config.group_id.is_some() && !capabilities.groups {
             let _ = backend.close().await;
             return Err(Error::new(
@@ -156,6 +177,7 @@ impl PubSub {
         Ok(PubSub {
             inner: Arc::new(Inner {
                 backend,
+                in_flight,
                 name: factory.name(),
                 inbox,
                 counters,
@@ -260,6 +282,50 @@ impl PubSub {
         }
     }
 
+    /// Publish `payload` to `topic` with `headers` (an ordered list of text
+    /// pairs, [`Headers`]): NATS headers, MQTT v5 user properties, Redis
+    /// Streams fields. A backend or mode without headers (Redis
+    /// PUBLISH/SUBSCRIBE, whose bytes stay those of the Python original)
+    /// refuses with [`ErrorKind::Unsupported`]; empty headers publish as
+    /// [`PubSub::publish`] does.
+    pub async fn publish_with_headers(
+        &self,
+        topic: impl TopicName,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<()> {
+        let name = topic.topic_name();
+        let payload = payload.into();
+        if headers.is_empty() {
+            return self.publish(name, payload).await;
+        }
+        self.check_headers(&headers)?;
+        self.check_publish(name, &payload)?;
+        self.with_publish_timeout(
+            name,
+            self.inner
+                .backend
+                .publish_with_headers(name, headers, payload),
+        )
+        .await?;
+        self.inner.counters.add_published(1);
+        Ok(())
+    }
+
+    pub(crate) fn check_headers(&self, headers: &Headers) -> Result<()> {
+        headers.validate()?;
+        if !self.inner.capabilities.headers {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "headers: the {} backend, as configured, has no message headers; publish without them",
+                    self.inner.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The publish fast path, synchronous and needing no runtime (the
     /// blocking API calls it on the application's thread): checks, then
     /// [`PubSubBackend::try_publish`]. `Ok(None)`: published; `Ok(Some)`:
@@ -280,28 +346,36 @@ impl PubSub {
     /// The publish slow path, after [`PubSub::publish_now`] found the
     /// client's queue full: waits for room, at most `publish_timeout`.
     pub(crate) async fn publish_waiting(&self, name: &str, payload: Bytes) -> Result<()> {
-        let mut accepted = std::pin::pin!(self.inner.backend.publish(name, payload));
+        self.with_publish_timeout(name, self.inner.backend.publish(name, payload))
+            .await?;
+        self.inner.counters.add_published(1);
+        Ok(())
+    }
+
+    /// Wait for the client to accept a message, at most `publish_timeout`.
+    async fn with_publish_timeout(
+        &self,
+        name: &str,
+        accepted: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let mut accepted = std::pin::pin!(accepted);
         // The first poll needs no timer: it completes at once unless the
         // client's queue is still full. Only then is `publish_timeout` armed.
         let first = std::future::poll_fn(|cx| Poll::Ready(accepted.as_mut().poll(cx))).await;
         match first {
-            Poll::Ready(r) => r?,
+            Poll::Ready(r) => r,
             Poll::Pending => match tokio::time::timeout(self.inner.publish_timeout, accepted).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "publish to {name:?}: the {} client did not accept the message within publish_timeout ({}); the broker may be unreachable",
-                            self.inner.name,
-                            humantime_serde::re::humantime::format_duration(self.inner.publish_timeout)
-                        ),
-                    ))
-                }
+                Ok(r) => r,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "publish to {name:?}: the {} client did not accept the message within publish_timeout ({}); the broker may be unreachable",
+                        self.inner.name,
+                        humantime_serde::re::humantime::format_duration(self.inner.publish_timeout)
+                    ),
+                )),
             },
         }
-        self.inner.counters.add_published(1);
-        Ok(())
     }
 
     pub(crate) fn check_publish(&self, name: &str, payload: &Bytes) -> Result<()> {
@@ -359,6 +433,7 @@ impl PubSub {
         let result = self
             .with_close_timeout("close", self.inner.backend.close())
             .await;
+        self.inner.in_flight.close();
         self.inner.inbox.close();
         self.subs().clear();
         result
@@ -439,6 +514,21 @@ impl PubSub {
     /// The configured group, if any.
     pub fn group_id(&self) -> Option<&str> {
         self.inner.group_id.as_deref()
+    }
+}
+
+/// The receive buffer as configured; in manual ack mode it never drops (a
+/// dropped message would only come back after `ack_wait`) and holds every
+/// unsettled message the handle may fetch: the backend stops fetching at
+/// `max_in_flight` instead.
+fn receive_buffer(config: &Config) -> BufferConfig {
+    match config.ack {
+        AckMode::Auto => config.buffer.clone(),
+        AckMode::Manual => BufferConfig {
+            capacity: config.buffer.capacity.max(config.max_in_flight),
+            max_bytes: config.buffer.max_bytes.max(config.max_in_flight_bytes),
+            overflow: OverflowPolicy::Block,
+        },
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The backend does not support the requested feature.
     Unsupported,
+    /// A header key or value a message cannot carry.
+    InvalidHeader,
     /// `listen` / `recv` was called while no subscription is active.
     NotSubscribed,
     /// Any other failure reported by the broker or its client library.
@@ -48,6 +50,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Closed => "closed",
             ErrorKind::PayloadTooLarge => "payload too large",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidHeader => "invalid header",
             ErrorKind::NotSubscribed => "not subscribed",
             ErrorKind::Backend => "backend error",
         };

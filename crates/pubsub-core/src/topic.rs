@@ -1,6 +1,5 @@
-//! Topics and received messages.
+//! Topics: names and their checks, and the registry entry form.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -161,26 +160,6 @@ fn all_ascii_graphic(bytes: &[u8]) -> bool {
         word_ok(&bytes[..8]) && word_ok(&bytes[n - 8..])
     } else {
         bytes.iter().all(u8::is_ascii_graphic)
-    }
-}
-
-/// A received message: the topic it arrived on and the payload bytes, untouched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    /// The concrete topic the message was published to (for a wildcard
-    /// subscription, the matching topic, not the pattern).
-    pub topic: String,
-    /// The payload, exactly as published.
-    pub payload: Bytes,
-}
-
-impl Message {
-    /// A message on `topic` carrying `payload`.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
-        Message {
-            topic: topic.into(),
-            payload: payload.into(),
-        }
     }
 }
 

@@ -225,10 +225,7 @@ impl PubSubBackend for NatsBackend {
             // What the client has received already goes into the buffer in
             // one step: one lock and one wake-up per batch, not per message.
             let mut batch = Vec::with_capacity(Inbox::BATCH);
-            let message = |m: async_nats::Message| Message {
-                topic: m.subject.into_string(),
-                payload: m.payload,
-            };
+            let message = |m: async_nats::Message| Message::new(m.subject.into_string(), m.payload);
             while let Some(m) = sub.next().await {
                 let mut bytes = m.payload.len();
                 batch.push(message(m));

@@ -74,6 +74,31 @@ impl std::str::FromStr for OverflowPolicy {
     }
 }
 
+/// Who settles a received message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// A message counts as handled when the application takes it (the
+    /// Python original's behaviour). A process that dies while handling it
+    /// loses it.
+    #[default]
+    Auto,
+    /// The application settles each message ([`crate::Message::ack`],
+    /// `nak`, `term`); one not settled within `ack_wait` is delivered again.
+    Manual,
+}
+
+impl std::str::FromStr for AckMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(AckMode::Auto),
+            "manual" => Ok(AckMode::Manual),
+            _ => Err("expected \"auto\" or \"manual\"".into()),
+        }
+    }
+}
+
 /// The bounded buffer between the broker client and `listen()` / the message stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -116,6 +141,26 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// The receive buffer.
     pub buffer: BufferConfig,
+    /// Who settles received messages: `auto` (default) or `manual`.
+    pub ack: AckMode,
+    /// Manual ack: a message not settled within this is delivered again
+    /// (default 30 s).
+    pub ack_wait: Duration,
+    /// Manual ack: the most deliveries of one message (default 5); past
+    /// them it goes to the dead letter. Never unbounded, so that a message
+    /// that always fails cannot be redelivered forever.
+    pub max_deliver: u32,
+    /// Manual ack: where messages go after `max_deliver` attempts or
+    /// `term`, with headers giving the reason, the original topic, the
+    /// attempts and the broker id. None (default): they are discarded,
+    /// counted and logged.
+    pub dead_letter_topic: Option<String>,
+    /// Manual ack: the most unsettled messages one handle holds (default
+    /// 1,000); the backend stops fetching there.
+    pub max_in_flight: usize,
+    /// Manual ack: the most payload bytes of unsettled messages one handle
+    /// holds (default 64 MiB).
+    pub max_in_flight_bytes: usize,
     sections: Sections,
 }
 
@@ -132,6 +177,13 @@ struct Common {
     #[serde(with = "humantime_serde")]
     publish_timeout: Duration,
     buffer: BufferConfig,
+    ack: AckMode,
+    #[serde(with = "humantime_serde")]
+    ack_wait: Duration,
+    max_deliver: u32,
+    dead_letter_topic: Option<String>,
+    max_in_flight: usize,
+    max_in_flight_bytes: usize,
 }
 
 /// Top-level keys that are common settings, not backend sections.
@@ -142,6 +194,12 @@ const COMMON_KEYS: &[&str] = &[
     "close_timeout",
     "publish_timeout",
     "buffer",
+    "ack",
+    "ack_wait",
+    "max_deliver",
+    "dead_letter_topic",
+    "max_in_flight",
+    "max_in_flight_bytes",
 ];
 
 impl Default for Common {
@@ -153,6 +211,12 @@ impl Default for Common {
             close_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             buffer: BufferConfig::default(),
+            ack: AckMode::Auto,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            dead_letter_topic: None,
+            max_in_flight: 1000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -166,6 +230,12 @@ impl Config {
             close_timeout: c.close_timeout,
             publish_timeout: c.publish_timeout,
             buffer: c.buffer,
+            ack: c.ack,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            dead_letter_topic: c.dead_letter_topic,
+            max_in_flight: c.max_in_flight,
+            max_in_flight_bytes: c.max_in_flight_bytes,
             sections,
         }
     }
@@ -211,6 +281,12 @@ impl fmt::Debug for Config {
             .field("close_timeout", &self.close_timeout)
             .field("publish_timeout", &self.publish_timeout)
             .field("buffer", &self.buffer)
+            .field("ack", &self.ack)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("sections", &self.sections)
             .finish()
     }
@@ -234,6 +310,13 @@ impl Serialize for Config {
             #[serde(with = "humantime_serde")]
             publish_timeout: Duration,
             buffer: &'a BufferConfig,
+            ack: AckMode,
+            #[serde(with = "humantime_serde")]
+            ack_wait: Duration,
+            max_deliver: u32,
+            dead_letter_topic: &'a Option<String>,
+            max_in_flight: usize,
+            max_in_flight_bytes: usize,
             #[serde(flatten)]
             sections: BTreeMap<&'static str, Box<dyn AnySection>>,
         }
@@ -245,6 +328,12 @@ impl Serialize for Config {
             close_timeout: self.close_timeout,
             publish_timeout: self.publish_timeout,
             buffer: &self.buffer,
+            ack: self.ack,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            dead_letter_topic: &self.dead_letter_topic,
+            max_in_flight: self.max_in_flight,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             sections,
         }
         .serialize(s)
@@ -271,6 +360,12 @@ pub const PUBSUB_ENV: &[(&str, &str)] = &[
     ("MSIGHT_PUBSUB_BUFFER_CAPACITY", "buffer.capacity"),
     ("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", "buffer.max_bytes"),
     ("MSIGHT_PUBSUB_OVERFLOW", "buffer.overflow"),
+    ("MSIGHT_PUBSUB_ACK", "ack"),
+    ("MSIGHT_PUBSUB_ACK_WAIT", "ack_wait"),
+    ("MSIGHT_PUBSUB_MAX_DELIVER", "max_deliver"),
+    ("MSIGHT_PUBSUB_DEAD_LETTER_TOPIC", "dead_letter_topic"),
+    ("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "max_in_flight"),
+    ("MSIGHT_PUBSUB_MAX_IN_FLIGHT_BYTES", "max_in_flight_bytes"),
 ];
 
 impl Config {
@@ -377,6 +472,18 @@ impl Config {
         env.number("MSIGHT_PUBSUB_BUFFER_CAPACITY", &mut self.buffer.capacity)?;
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
+        env.parse("MSIGHT_PUBSUB_ACK", &mut self.ack)?;
+        env.duration("MSIGHT_PUBSUB_ACK_WAIT", &mut self.ack_wait)?;
+        env.number("MSIGHT_PUBSUB_MAX_DELIVER", &mut self.max_deliver)?;
+        env.string(
+            "MSIGHT_PUBSUB_DEAD_LETTER_TOPIC",
+            &mut self.dead_letter_topic,
+        );
+        env.number("MSIGHT_PUBSUB_MAX_IN_FLIGHT", &mut self.max_in_flight)?;
+        env.number(
+            "MSIGHT_PUBSUB_MAX_IN_FLIGHT_BYTES",
+            &mut self.max_in_flight_bytes,
+        )?;
         Ok(())
     }
 
@@ -408,6 +515,25 @@ impl Config {
         }
         if self.buffer.max_bytes == 0 {
             return Err(Error::config("buffer.max_bytes", "must be at least 1"));
+        }
+        if self.ack_wait.is_zero() {
+            return Err(Error::config("ack_wait", "must be more than zero"));
+        }
+        if self.max_deliver == 0 {
+            return Err(Error::config(
+                "max_deliver",
+                "must be at least 1 (the first delivery counts)",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(Error::config("max_in_flight", "must be at least 1"));
+        }
+        if self.max_in_flight_bytes == 0 {
+            return Err(Error::config("max_in_flight_bytes", "must be at least 1"));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            crate::validate_topic_name(t)
+                .map_err(|e| Error::config("dead_letter_topic", e.message()))?;
         }
         Ok(())
     }

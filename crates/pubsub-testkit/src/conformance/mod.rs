@@ -25,6 +25,7 @@
 
 mod cases;
 mod restart;
+mod settle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -97,30 +98,41 @@ pub type Case = for<'a> fn(&'a mut dyn Harness) -> BoxFuture<'a, Outcome>;
 pub const CASE_LIMIT: Duration = Duration::from_secs(120);
 
 macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
+    ($($module:ident::$case:ident),* $(,)?) => {
         /// Every case, by name, in the order they are listed in the output.
         pub const CASES: &[(&str, Case)] = &[
-            $((stringify!($case), |h| Box::pin(cases::$case(h))),)*
+            $((stringify!($case), |h| Box::pin($module::$case(h))),)*
         ];
     };
 }
 
 cases!(
-    round_trip_payloads,
-    two_plain_subscribers_each_get_everything,
-    group_of_three_shares_messages_exactly_once,
-    topics_are_isolated,
-    several_subscriptions_tag_messages_by_topic,
-    unsubscribe_stops_delivery,
-    publish_then_close_delivers_everything,
-    every_call_after_close_fails_closed,
-    order_is_kept,
-    blocking_api_from_a_plain_thread,
-    blocking_handle_shared_by_eight_threads,
-    blocking_api_inside_tokio_runtime,
-    connect_to_dead_port_fails_in_time,
-    resubscribes_after_broker_restart,
-    restart_under_load_keeps_what_the_backend_promises,
+    cases::round_trip_payloads,
+    cases::two_plain_subscribers_each_get_everything,
+    cases::group_of_three_shares_messages_exactly_once,
+    cases::topics_are_isolated,
+    cases::several_subscriptions_tag_messages_by_topic,
+    cases::unsubscribe_stops_delivery,
+    cases::publish_then_close_delivers_everything,
+    cases::every_call_after_close_fails_closed,
+    cases::order_is_kept,
+    cases::blocking_api_from_a_plain_thread,
+    cases::blocking_handle_shared_by_eight_threads,
+    cases::blocking_api_inside_tokio_runtime,
+    cases::connect_to_dead_port_fails_in_time,
+    cases::resubscribes_after_broker_restart,
+    cases::restart_under_load_keeps_what_the_backend_promises,
+    settle::headers_arrive_in_order,
+    settle::headers_refused_where_unsupported,
+    settle::settling_in_auto_mode,
+    settle::unsettled_is_redelivered_after_ack_wait,
+    settle::nak_with_delay_redelivers_no_earlier,
+    settle::max_deliver_then_dead_letter,
+    settle::term_goes_to_dead_letter,
+    settle::given_up_without_dead_letter_is_discarded_and_counted,
+    settle::in_progress_holds_off_redelivery,
+    settle::max_in_flight_bounds_unsettled_messages,
+    settle::group_member_gone_its_messages_go_to_another,
 );
 
 type MakeHarness = Arc<dyn Fn() -> BoxFuture<'static, Box<dyn Harness>> + Send + Sync>;
