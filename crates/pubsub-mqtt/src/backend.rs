@@ -21,12 +21,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pubsub_core::inbox::Inbox;
+use pubsub_core::sync::{lock, AbortOnDrop};
 use pubsub_core::{
     Backend, BackendContext, BrokerInfo, Capabilities, Config, Counters, Delivery, Error,
     ErrorKind, Message, PubSubBackend, Result, TryPublish,
@@ -41,7 +42,6 @@ use rumqttc::v5::{
 };
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
 
 use crate::config::{MqttConfig, MQTT_PACKET_OVERHEAD};
 use crate::error::{connection_error, first_connection_error, suback_error, unsuback_error};
@@ -146,12 +146,6 @@ struct Shared {
     stopped: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a few container operations; a panic cannot
-    // leave them half done, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     fn add_done(&self, n: u64) {
         if n > 0 {
@@ -208,7 +202,8 @@ impl Shared {
 pub struct MqttBackend {
     client: AsyncClient,
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The poll task; dropping the handle aborts it.
+    task: Mutex<Option<AbortOnDrop>>,
     settings: Settings,
     max_packet_size: usize,
     /// The broker's own packet limit from its CONNACK, if it gave one.
@@ -225,18 +220,6 @@ impl fmt::Debug for MqttBackend {
             .field("persistent", &self.settings.persistent)
             .field("connected", &self.shared.connected.load(Ordering::Relaxed))
             .finish()
-    }
-}
-
-/// Aborts the poll task if `connect` is cancelled (core's connect timeout)
-/// or fails.
-struct AbortOnDrop(Option<JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
     }
 }
 
@@ -278,7 +261,9 @@ impl Backend for MqttBackend {
             settings: settings.clone(),
             first: Some(first_tx),
         };
-        let mut guard = AbortOnDrop(Some(tokio::spawn(poller.run())));
+        // Aborts the poll task if `connect` is cancelled (core's connect
+        // timeout) or fails.
+        let guard = AbortOnDrop::new(tokio::spawn(poller.run()));
         let connack = match first_rx.await {
             Ok(r) => r?,
             Err(_) => {
@@ -309,7 +294,7 @@ impl Backend for MqttBackend {
         Ok(MqttBackend {
             client,
             shared,
-            task: Mutex::new(guard.0.take()),
+            task: Mutex::new(Some(guard)),
             settings,
             max_packet_size,
             broker_max_packet,
@@ -423,14 +408,6 @@ impl MqttBackend {
                     self.ack_timeout()
                 ),
             )),
-        }
-    }
-}
-
-impl Drop for MqttBackend {
-    fn drop(&mut self) {
-        if let Some(h) = lock(&self.task).take() {
-            h.abort();
         }
     }
 }
@@ -605,8 +582,8 @@ impl PubSubBackend for MqttBackend {
             )),
         };
         let _ = self.client.try_disconnect();
-        let handle = lock(&self.task).take();
-        if let Some(mut h) = handle {
+        let task = lock(&self.task).take();
+        if let Some(mut h) = task.map(AbortOnDrop::detach) {
             let rest = self.settings.close_timeout.saturating_sub(budget);
             if tokio::time::timeout(rest, &mut h).await.is_err() {
                 h.abort();

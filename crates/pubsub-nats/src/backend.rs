@@ -6,11 +6,11 @@ use std::sync::Mutex;
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use pubsub_core::sync::{lock, AbortOnDrop};
 use pubsub_core::{
     async_trait, Backend, BackendContext, BrokerInfo, Capabilities, Config, Error, Inbox, Message,
     PubSubBackend, Result, TopicCache, TryPublish,
 };
-use tokio::task::JoinHandle;
 
 use crate::error::{connect_error, op_error, publish_error, servers_shown};
 use crate::options;
@@ -23,7 +23,8 @@ pub struct NatsBackend {
     servers: String,
     tls: bool,
     inbox: Inbox,
-    subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The forwarding task of each subscribed topic; dropping it aborts it.
+    subscriptions: Mutex<HashMap<String, AbortOnDrop>>,
     /// Subjects by topic: a `Subject` is a shared `Bytes`, so reusing it
     /// spares an allocation and a copy per publish, and a cached subject
     /// has passed [`check_subject`].
@@ -106,8 +107,8 @@ impl NatsBackend {
         &self.client
     }
 
-    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortOnDrop>> {
+        lock(&self.subscriptions)
     }
 
     /// Wait until the server has processed everything sent before (see [`Probe`]).
@@ -143,9 +144,9 @@ impl NatsBackend {
 
     /// Stop a forwarding task and wait until it is gone: dropping its
     /// subscriber queues the UNSUB before any later command.
-    async fn stop(task: JoinHandle<()>) {
+    async fn stop(task: AbortOnDrop) {
         task.abort();
-        let _ = task.await;
+        let _ = task.detach().await;
     }
 }
 
@@ -221,7 +222,7 @@ impl PubSubBackend for NatsBackend {
         }
         .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))?;
         let inbox = self.inbox.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::new(tokio::spawn(async move {
             // What the client has received already goes into the buffer in
             // one step: one lock and one wake-up per batch, not per message.
             let mut batch = Vec::with_capacity(Inbox::BATCH);
@@ -243,7 +244,7 @@ impl PubSubBackend for NatsBackend {
                 }
                 inbox.deliver_batch(&mut batch).await;
             }
-        });
+        }));
         let old = self.subs().insert(topic.to_string(), task);
         if let Some(old) = old {
             Self::stop(old).await;
@@ -295,7 +296,7 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        let tasks: Vec<JoinHandle<()>> = self.subs().drain().map(|(_, t)| t).collect();
+        let tasks: Vec<AbortOnDrop> = self.subs().drain().map(|(_, t)| t).collect();
         for t in tasks {
             Self::stop(t).await;
         }
@@ -303,14 +304,6 @@ impl PubSubBackend for NatsBackend {
         // Closes the connection once what is queued has been written.
         let _ = self.client.drain().await;
         flushed
-    }
-}
-
-impl Drop for NatsBackend {
-    fn drop(&mut self) {
-        for (_, t) in self.subs().drain() {
-            t.abort();
-        }
     }
 }
 

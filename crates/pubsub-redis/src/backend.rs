@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
+use pubsub_core::sync::{lock, read, write, AbortOnDrop};
 use pubsub_core::{
     Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Inbox,
     Message, OverflowPolicy, PubSubBackend, Result, TopicCache, TryPublish,
@@ -169,15 +170,6 @@ fn first_connect_error(opts: &Options, e: redis::RedisError) -> Error {
     .with_source(e)
 }
 
-/// Aborts its task when dropped.
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 enum PubCmd {
     Publish { topic: Arc<str>, payload: Bytes },
     Flush(oneshot::Sender<Result<()>>),
@@ -204,10 +196,10 @@ pub struct RedisBackend {
     /// pubsub mode: channels subscribed now (late messages of others are discarded).
     active: Arc<RwLock<HashSet<String>>>,
     /// streams mode: reader task of each subscribed topic.
-    readers: Mutex<HashMap<String, Task>>,
+    readers: Mutex<HashMap<String, AbortOnDrop>>,
     ack_tx: Mutex<Option<mpsc::UnboundedSender<AckMsg>>>,
     consumer: String,
-    tasks: Mutex<Vec<Task>>,
+    tasks: Mutex<Vec<AbortOnDrop>>,
     closed: AtomicBool,
     info: BrokerInfo,
 }
@@ -221,10 +213,6 @@ impl std::fmt::Debug for RedisBackend {
             .field("consumer", &self.consumer)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unique_consumer() -> String {
@@ -276,7 +264,7 @@ impl Backend for RedisBackend {
                 active.clone(),
                 opts.shown.clone(),
             );
-            tasks.push(Task(tokio::spawn(pump(
+            tasks.push(AbortOnDrop::new(tokio::spawn(pump(
                 push_rx,
                 queued,
                 active.clone(),
@@ -434,7 +422,7 @@ impl RedisBackend {
             last_id: start,
             dropped,
         };
-        let task = Task(tokio::spawn(reader.run()));
+        let task = AbortOnDrop::new(tokio::spawn(reader.run()));
         lock(&self.readers).insert(topic.to_string(), task);
         Ok(())
     }
@@ -522,12 +510,12 @@ impl PubSubBackend for RedisBackend {
                     return Err(pubsub_mode_has_no_groups(group));
                 }
                 let mut conn = self.conn()?;
-                lock_w(&self.active).insert(topic.to_string());
+                write(&self.active).insert(topic.to_string());
                 let r = self
                     .bounded(&format!("SUBSCRIBE {topic:?}"), conn.subscribe(topic))
                     .await;
                 if r.is_err() {
-                    lock_w(&self.active).remove(topic);
+                    write(&self.active).remove(topic);
                 }
                 r
             }
@@ -554,7 +542,7 @@ impl PubSubBackend for RedisBackend {
                 let mut conn = self.conn()?;
                 self.bounded(&format!("UNSUBSCRIBE {topic:?}"), conn.unsubscribe(topic))
                     .await?;
-                lock_w(&self.active).remove(topic);
+                write(&self.active).remove(topic);
                 Ok(())
             }
             RedisMode::Streams => {
@@ -632,8 +620,8 @@ impl PubSubBackend for RedisBackend {
             }
         }
         if self.opts.redis.mode == RedisMode::PubSub {
-            let topics: Vec<String> = lock_r(&self.active).iter().cloned().collect();
-            lock_w(&self.active).clear();
+            let topics: Vec<String> = read(&self.active).iter().cloned().collect();
+            write(&self.active).clear();
             if let (Ok(mut conn), false) = (self.conn(), topics.is_empty()) {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&topics)).await;
@@ -643,14 +631,6 @@ impl PubSubBackend for RedisBackend {
         lock(&self.conn).take();
         sent
     }
-}
-
-fn lock_w<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_r<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
 }
 
 // ---------------------------------------------------------------------------
@@ -731,7 +711,7 @@ fn to_message(info: PushInfo, active: &RwLock<HashSet<String>>) -> Option<Messag
         Value::SimpleString(s) => Bytes::from(s.into_bytes()),
         _ => return None,
     };
-    if !lock_r(active).contains(&channel) {
+    if !read(active).contains(&channel) {
         return None;
     }
     Some(Message::new(channel, payload))
