@@ -45,7 +45,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::{MqttConfig, MQTT_PACKET_OVERHEAD};
 use crate::error::{connection_error, first_connection_error, suback_error, unsuback_error};
-use crate::options::{check_filter, Settings};
+use crate::options::Options;
 
 /// A connection that lasted this long resets the reconnect back-off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
@@ -204,7 +204,7 @@ pub struct MqttBackend {
     shared: Arc<Shared>,
     /// The poll task; dropping the handle aborts it.
     task: Mutex<Option<AbortOnDrop>>,
-    settings: Settings,
+    opts: Arc<Options>,
     max_packet_size: usize,
     /// The broker's own packet limit from its CONNACK, if it gave one.
     broker_max_packet: Option<usize>,
@@ -213,11 +213,11 @@ pub struct MqttBackend {
 impl fmt::Debug for MqttBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttBackend")
-            .field("broker", &self.settings.address)
-            .field("tls", &self.settings.broker.tls)
-            .field("client_id", &self.settings.client_id)
-            .field("qos", &self.settings.qos)
-            .field("persistent", &self.settings.persistent)
+            .field("broker", &self.opts.shown)
+            .field("tls", &self.opts.tls)
+            .field("client_id", &self.opts.client_id)
+            .field("qos", &self.opts.qos)
+            .field("persistent", &self.opts.persistent)
             .field("connected", &self.shared.connected.load(Ordering::Relaxed))
             .finish()
     }
@@ -237,9 +237,11 @@ impl Backend for MqttBackend {
         ctx: BackendContext,
     ) -> Result<MqttBackend> {
         pubsub_core::tls::install_default_provider();
-        let settings = Settings::from_config(config, &mqtt)?;
-        let (client, eventloop) =
-            AsyncClient::new(settings.options.clone(), settings.channel_capacity);
+        let opts = Arc::new(Options::new(config, mqtt)?);
+        let (client, eventloop) = AsyncClient::new(
+            opts.client_options.clone(),
+            opts.mqtt.request_channel_capacity,
+        );
         let shared = Arc::new(Shared {
             accepted: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -258,7 +260,7 @@ impl Backend for MqttBackend {
             shared: shared.clone(),
             inbox: ctx.inbox.clone(),
             counters: ctx.counters.clone(),
-            settings: settings.clone(),
+            opts: opts.clone(),
             first: Some(first_tx),
         };
         // Aborts the poll task if `connect` is cancelled (core's connect
@@ -271,7 +273,7 @@ impl Backend for MqttBackend {
                     ErrorKind::Connect,
                     format!(
                         "the MQTT connection task for {} ended before connecting",
-                        settings.address
+                        opts.shown
                     ),
                 ))
             }
@@ -282,20 +284,20 @@ impl Backend for MqttBackend {
             .and_then(|p| p.max_packet_size)
             .map(|n| n as usize);
         let broker_max = broker_max_packet.unwrap_or(usize::MAX);
-        let max_packet_size = settings.max_packet_size.min(broker_max);
-        if broker_max < settings.max_packet_size {
+        let max_packet_size = opts.mqtt.max_packet_size.min(broker_max);
+        if broker_max < opts.mqtt.max_packet_size {
             tracing::info!(
-                broker = %settings.address,
+                broker = %opts.shown,
                 broker_max,
                 "the broker accepts smaller packets than mqtt.max_packet_size; using its limit"
             );
         }
-        tracing::debug!(broker = %settings.address, client_id = %settings.client_id, session_present = connack.session_present, "MQTT connected");
+        tracing::debug!(broker = %opts.shown, client_id = %opts.client_id, session_present = connack.session_present, "MQTT connected");
         Ok(MqttBackend {
             client,
             shared,
             task: Mutex::new(Some(guard)),
-            settings,
+            opts,
             max_packet_size,
             broker_max_packet,
         })
@@ -332,7 +334,7 @@ impl MqttBackend {
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Closed,
-                format!("the MQTT connection to {} is closed", self.settings.address),
+                format!("the MQTT connection to {} is closed", self.opts.shown),
             ));
         }
         Ok(())
@@ -340,9 +342,7 @@ impl MqttBackend {
 
     /// How long to wait for a SUBACK / UNSUBACK.
     fn ack_timeout(&self) -> Duration {
-        self.settings
-            .close_timeout
-            .max(self.settings.connect_timeout)
+        self.opts.close_timeout.max(self.opts.connect_timeout)
     }
 
     /// Queue a SUBSCRIBE (`subscribe`) or UNSUBSCRIBE of `filter` and wait
@@ -366,7 +366,7 @@ impl MqttBackend {
             };
             let queue = async {
                 if subscribe {
-                    self.client.subscribe(filter, self.settings.qos).await
+                    self.client.subscribe(filter, self.opts.qos).await
                 } else {
                     self.client.unsubscribe(filter).await
                 }
@@ -387,7 +387,7 @@ impl MqttBackend {
                         format!(
                             "the MQTT client's request queue stayed full for {:?} (is the broker at {} reachable?)",
                             self.ack_timeout(),
-                            self.settings.address
+                            self.opts.shown
                         ),
                     ),
                 });
@@ -404,7 +404,7 @@ impl MqttBackend {
                 ErrorKind::Timeout,
                 format!(
                     "no {what} for {filter:?} from the MQTT broker at {} within {:?}",
-                    self.settings.address,
+                    self.opts.shown,
                     self.ack_timeout()
                 ),
             )),
@@ -415,7 +415,7 @@ impl MqttBackend {
 #[async_trait]
 impl PubSubBackend for MqttBackend {
     fn capabilities(&self) -> Capabilities {
-        let persistence = self.settings.persistent && self.settings.qos != QoS::AtMostOnce;
+        let persistence = self.opts.persistent && self.opts.qos != QoS::AtMostOnce;
         let mut c = Capabilities::default();
         c.groups = true;
         c.persistence = persistence;
@@ -432,18 +432,14 @@ impl PubSubBackend for MqttBackend {
 
     fn broker_info(&self) -> BrokerInfo {
         // MQTT v5 brokers do not name their software or version in CONNACK.
-        let scheme = if self.settings.broker.tls {
-            "mqtts"
-        } else {
-            "mqtt"
-        };
+        let scheme = if self.opts.tls { "mqtts" } else { "mqtt" };
         let mut info = BrokerInfo::default();
         info.server = Some("MQTT v5 broker".to_string());
         info.max_payload = self
             .broker_max_packet
             .map(|n| n.saturating_sub(MQTT_PACKET_OVERHEAD));
-        info.tls = self.settings.broker.tls;
-        info.address = Some(format!("{scheme}://{}", self.settings.address));
+        info.tls = self.opts.tls;
+        info.address = Some(format!("{scheme}://{}", self.opts.shown));
         info
     }
 
@@ -515,7 +511,7 @@ impl PubSubBackend for MqttBackend {
         let mut guard = self.accept();
         match self
             .client
-            .try_publish(topic, self.settings.qos, self.settings.retain, payload)
+            .try_publish(topic, self.opts.qos, self.opts.mqtt.retain, payload)
         {
             Ok(()) => {
                 guard.queued = true;
@@ -540,7 +536,7 @@ impl PubSubBackend for MqttBackend {
         // done, so that `flush` does not wait for it.
         let mut guard = self.accept();
         self.client
-            .publish(topic, self.settings.qos, self.settings.retain, payload)
+            .publish(topic, self.opts.qos, self.opts.mqtt.retain, payload)
             .await
             .map_err(|e| refused(topic, e))?;
         guard.queued = true;
@@ -569,7 +565,7 @@ impl PubSubBackend for MqttBackend {
     async fn close(&self) -> Result<()> {
         self.shared.closing.store(true, Ordering::Release);
         // Leave time for the disconnect within core's close_timeout.
-        let budget = self.settings.close_timeout.mul_f64(0.8);
+        let budget = self.opts.close_timeout.mul_f64(0.8);
         let flushed = match tokio::time::timeout(budget, self.flush()).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
@@ -577,14 +573,14 @@ impl PubSubBackend for MqttBackend {
                 format!(
                     "close: {} publishes were not acknowledged by the MQTT broker at {} in time",
                     self.shared.outstanding(),
-                    self.settings.address
+                    self.opts.shown
                 ),
             )),
         };
         let _ = self.client.try_disconnect();
         let task = lock(&self.task).take();
         if let Some(mut h) = task.map(AbortOnDrop::detach) {
-            let rest = self.settings.close_timeout.saturating_sub(budget);
+            let rest = self.opts.close_timeout.saturating_sub(budget);
             if tokio::time::timeout(rest, &mut h).await.is_err() {
                 h.abort();
             }
@@ -622,18 +618,18 @@ struct Poller {
     shared: Arc<Shared>,
     inbox: Inbox,
     counters: Arc<Counters>,
-    settings: Settings,
+    opts: Arc<Options>,
     first: Option<oneshot::Sender<Result<ConnAck>>>,
 }
 
 impl Poller {
     async fn run(mut self) {
-        let mut backoff = self.settings.reconnect_min;
+        let mut backoff = self.opts.mqtt.reconnect_delay_min;
         let mut connected_at = Instant::now();
         // Set after a connection loss, until the next CONNACK.
         let mut lost = false;
         let mut lost_publishes = 0u64;
-        let qos = self.settings.qos;
+        let qos = self.opts.qos;
         loop {
             let event = self.eventloop.poll().await;
             match event {
@@ -645,7 +641,7 @@ impl Poller {
                     if a.reason != PubAckReason::Success
                         && a.reason != PubAckReason::NoMatchingSubscribers
                     {
-                        tracing::warn!(broker = %self.settings.address, reason = ?a.reason, "the MQTT broker refused a publish");
+                        tracing::warn!(broker = %self.opts.shown, reason = ?a.reason, "the MQTT broker refused a publish");
                     }
                     if qos == QoS::AtLeastOnce {
                         self.shared.add_done(1);
@@ -656,7 +652,7 @@ impl Poller {
                         && r.reason != PubRecReason::NoMatchingSubscribers
                     {
                         // No PUBCOMP will follow.
-                        tracing::warn!(broker = %self.settings.address, reason = ?r.reason, "the MQTT broker refused a publish");
+                        tracing::warn!(broker = %self.opts.shown, reason = ?r.reason, "the MQTT broker refused a publish");
                         self.shared.add_done(1);
                     }
                 }
@@ -682,7 +678,7 @@ impl Poller {
                         Some(Expect::Resubscribe { filters, waiters }) => {
                             for (f, code) in filters.iter().zip(&s.return_codes) {
                                 if let Some(err) = suback_error(f, std::slice::from_ref(code)) {
-                                    tracing::error!(broker = %self.settings.address, "after reconnecting: {err}");
+                                    tracing::error!(broker = %self.opts.shown, "after reconnecting: {err}");
                                 }
                             }
                             answer_parked(waiters, &filters, &s.return_codes);
@@ -725,15 +721,11 @@ impl Poller {
                         })
                     );
                     if let Some(first) = self.first.take() {
-                        let err = first_connection_error(
-                            e,
-                            &self.settings.address,
-                            self.settings.broker.tls,
-                        );
+                        let err = first_connection_error(e, &self.opts.shown, self.opts.tls);
                         let _ = first.send(Err(err));
                         break;
                     }
-                    let err = connection_error(e, &self.settings.address, self.settings.broker.tls);
+                    let err = connection_error(e, &self.opts.shown, self.opts.tls);
                     // While closing, keep trying to deliver what was
                     // accepted (close bounds the wait); stop when nothing is left.
                     if err.kind() == ErrorKind::Closed
@@ -746,12 +738,12 @@ impl Poller {
                     // that lasted: one dropped right after CONNACK (a client
                     // id used twice, a broker that refuses us) keeps backing off.
                     if !lost && connected_at.elapsed() >= STABLE_CONNECTION {
-                        backoff = self.settings.reconnect_min;
+                        backoff = self.opts.mqtt.reconnect_delay_min;
                     }
                     if lost {
-                        tracing::debug!(broker = %self.settings.address, "MQTT reconnect failed: {err}");
+                        tracing::debug!(broker = %self.opts.shown, "MQTT reconnect failed: {err}");
                     } else {
-                        tracing::warn!(broker = %self.settings.address, "MQTT connection lost, reconnecting: {err}");
+                        tracing::warn!(broker = %self.opts.shown, "MQTT connection lost, reconnecting: {err}");
                         lost = true;
                         // A publish rumqttc set aside because its packet id
                         // was still in use stops all further requests until
@@ -782,15 +774,15 @@ impl Poller {
                         // Two clients with one id take the session from each
                         // other on every connect; do not make it a storm.
                         tracing::error!(
-                            broker = %self.settings.address,
-                            client_id = %self.settings.client_id,
+                            broker = %self.opts.shown,
+                            client_id = %self.opts.client_id,
                             "another client connected with the same MQTT client id and took the session over; give each handle its own mqtt.client_id"
                         );
-                        backoff = self.settings.reconnect_max;
+                        backoff = self.opts.mqtt.reconnect_delay_max;
                     }
                     // rumqttc reconnects on the next poll at once; pause first.
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.settings.reconnect_max);
+                    backoff = (backoff * 2).min(self.opts.mqtt.reconnect_delay_max);
                 }
             }
         }
@@ -820,7 +812,7 @@ impl Poller {
             std::mem::take(&mut c.parked)
         };
         if ack.session_present {
-            tracing::info!(broker = %self.settings.address, "MQTT reconnected; the broker kept the session");
+            tracing::info!(broker = %self.opts.shown, "MQTT reconnected; the broker kept the session");
             // Written before the loss; whether the broker acted on them is
             // unknown and a kept session restores nothing.
             for w in parked {
@@ -836,14 +828,14 @@ impl Poller {
         }
         if lost_publishes > 0 {
             tracing::warn!(
-                broker = %self.settings.address,
+                broker = %self.opts.shown,
                 lost_publishes,
                 "MQTT reconnected with a new session: publishes not acknowledged before the connection was lost are dropped"
             );
             self.shared.add_done(lost_publishes);
         }
         let filters: Vec<String> = lock(&self.shared.subs).values().cloned().collect();
-        tracing::info!(broker = %self.settings.address, subscriptions = filters.len(), "MQTT reconnected with a new session; subscribing again");
+        tracing::info!(broker = %self.opts.shown, subscriptions = filters.len(), "MQTT reconnected with a new session; subscribing again");
         if filters.is_empty() {
             answer_parked(parked, &[], &[]);
             return;
@@ -852,7 +844,7 @@ impl Poller {
         // channel, which only this task empties.
         let client = self.client.clone();
         let shared = self.shared.clone();
-        let qos = self.settings.qos;
+        let qos = self.opts.qos;
         tokio::spawn(async move {
             let _order = shared.control_order.lock().await;
             lock(&shared.control).queued.push_back(Expect::Resubscribe {
@@ -867,5 +859,52 @@ impl Poller {
                 lock(&shared.control).queued.pop_back();
             }
         });
+    }
+}
+
+/// Checks a topic filter for subscribing: wildcards fill whole levels,
+/// `#` comes last, and no `$share/` prefix (groups use `group_id`).
+pub(crate) fn check_filter(filter: &str) -> Result<()> {
+    for level in filter.split('/') {
+        if level.len() > 1 && level.contains(['+', '#']) {
+            return Err(Error::topic(
+                filter,
+                "MQTT wildcards `+` and `#` must fill a whole topic level (e.g. \"a/+/c\", \"a/#\")",
+            ));
+        }
+    }
+    if let Some(pos) = filter.find('#') {
+        if pos != filter.len() - 1 {
+            return Err(Error::topic(
+                filter,
+                "the MQTT wildcard `#` must be the last level (e.g. \"sensors/#\")",
+            ));
+        }
+    }
+    if filter.starts_with("$share/") {
+        return Err(Error::new(
+            ErrorKind::InvalidTopic,
+            format!("topic {filter:?}: use group_id for shared subscriptions instead of a $share/ filter"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        for ok in ["a", "a/b", "a/+/c", "a/#", "#", "+", "+/+"] {
+            check_filter(ok).unwrap();
+        }
+        for bad in ["a/b#", "a/#/c", "a+/b", "$share/g/a"] {
+            assert_eq!(
+                check_filter(bad).unwrap_err().kind(),
+                ErrorKind::InvalidTopic,
+                "{bad}"
+            );
+        }
     }
 }

@@ -12,15 +12,17 @@ use pubsub_core::{
     PubSubBackend, Result, TopicCache, TryPublish,
 };
 
-use crate::error::{connect_error, op_error, publish_error, servers_shown};
-use crate::options;
+use crate::error::{connect_error, op_error, publish_error};
+use crate::options::Options;
 use crate::NatsConfig;
 
 /// A connection to NATS. Create it through [`crate::connect`],
 /// [`crate::connect_blocking`] or the registry ([`crate::register`]).
 pub struct NatsBackend {
     client: Client,
-    servers: String,
+    /// The server list as shown in messages (see [`Options::shown`]).
+    shown: String,
+    /// Whether the connection uses TLS.
     tls: bool,
     inbox: Inbox,
     /// The forwarding task of each subscribed topic; dropping it aborts it.
@@ -46,7 +48,7 @@ struct Probe {
 impl std::fmt::Debug for NatsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsBackend")
-            .field("servers", &self.servers)
+            .field("servers", &self.shown)
             .field("state", &self.client.connection_state().to_string())
             .finish()
     }
@@ -64,14 +66,12 @@ impl Backend for NatsBackend {
         nats: NatsConfig,
         ctx: BackendContext,
     ) -> Result<NatsBackend> {
-        let servers = options::servers(&nats)?;
-        let opts =
-            options::connect_options(config, &nats, servers.url_credentials, ctx.counters.clone())
-                .await?;
+        let opts = Options::new(config, nats, ctx.counters.clone()).await?;
         let client = opts
-            .connect(servers.addrs)
+            .client_options
+            .connect(opts.servers)
             .await
-            .map_err(|e| connect_error(&nats.servers, e))?;
+            .map_err(|e| connect_error(&opts.shown, e))?;
         let subject = Subject::from(client.new_inbox());
         let echoes = client
             .subscribe(subject.clone())
@@ -91,8 +91,8 @@ impl Backend for NatsBackend {
         );
         Ok(NatsBackend {
             client,
-            servers: servers_shown(&nats.servers),
-            tls: options::tls_wanted(&nats) || info.tls_required,
+            shown: opts.shown,
+            tls: opts.tls || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
             subjects: TopicCache::new(SUBJECT_CACHE),
@@ -206,7 +206,7 @@ impl PubSubBackend for NatsBackend {
         info.version = Some(i.version);
         info.max_payload = Some(i.max_payload);
         info.tls = self.tls;
-        info.address = Some(self.servers.clone());
+        info.address = Some(self.shown.clone());
         info
     }
 

@@ -1,20 +1,12 @@
 //! Mapping async-nats errors to the library's [`Error`] kinds. Messages name
 //! the servers (passwords in URLs removed) and never carry credentials.
 
-use pubsub_core::config::redact_url;
 use pubsub_core::error::{has_tls_cause, looks_like_tls, source_chain};
 use pubsub_core::{Error, ErrorKind};
 
-/// The server list as shown in errors: `[nats://a:4222, nats://b:4222]`.
-pub(crate) fn servers_shown(servers: &[String]) -> String {
-    let list: Vec<String> = servers.iter().map(|s| redact_url(s)).collect();
-    format!("[{}]", list.join(", "))
-}
-
-/// A failed connect.
-pub(crate) fn connect_error(servers: &[String], e: async_nats::ConnectError) -> Error {
+/// A failed connect to the servers `shown` (passwords removed).
+pub(crate) fn connect_error(shown: &str, e: async_nats::ConnectError) -> Error {
     use async_nats::ConnectErrorKind as K;
-    let shown = servers_shown(servers);
     let text = source_chain(&e);
     let (kind, what) = match e.kind() {
         K::AuthorizationViolation | K::Authentication => (

@@ -14,7 +14,7 @@
 //!   messages once the application has taken them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,7 @@ async fn open(
 /// hung up on without a word (OpenSSL sends no alert to what does not look
 /// like TLS): say so, instead of a bare "connection closed".
 fn first_connect_error(opts: &Options, e: redis::RedisError) -> Error {
-    let hung_up = !opts.redis.tls
+    let hung_up = !opts.tls
         && opts.redis.unix_socket_path.is_none()
         && !e.is_connection_refusal()
         && !e.is_timeout()
@@ -198,7 +198,6 @@ pub struct RedisBackend {
     /// streams mode: reader task of each subscribed topic.
     readers: Mutex<HashMap<String, AbortOnDrop>>,
     ack_tx: Mutex<Option<mpsc::UnboundedSender<AckMsg>>>,
-    consumer: String,
     tasks: Mutex<Vec<AbortOnDrop>>,
     closed: AtomicBool,
     info: BrokerInfo,
@@ -210,28 +209,9 @@ impl std::fmt::Debug for RedisBackend {
             .field("address", &self.opts.shown)
             .field("mode", &self.opts.redis.mode)
             .field("cluster", &self.opts.redis.cluster)
-            .field("consumer", &self.consumer)
+            .field("consumer", &self.opts.consumer)
             .finish()
     }
-}
-
-fn unique_consumer() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_string());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() % 1_000_000_000)
-        .unwrap_or(0);
-    format!(
-        "{host}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[async_trait]
@@ -288,11 +268,6 @@ impl Backend for RedisBackend {
             // are still acknowledged.
             tokio::spawn(acker(ack_rx, conn.clone(), opts.shown.clone()));
         }
-        let consumer = opts
-            .redis
-            .stream_consumer
-            .clone()
-            .unwrap_or_else(unique_consumer);
         tracing::debug!(address = %opts.shown, mode = ?opts.redis.mode, "connected to redis");
         Ok(RedisBackend {
             opts,
@@ -303,7 +278,6 @@ impl Backend for RedisBackend {
             active,
             readers: Mutex::new(HashMap::new()),
             ack_tx: Mutex::new(Some(ack_tx)),
-            consumer,
             tasks: Mutex::new(tasks),
             closed: AtomicBool::new(false),
             info,
@@ -319,7 +293,7 @@ impl RedisBackend {
 
     /// The consumer name this handle uses in stream groups.
     pub fn consumer_name(&self) -> &str {
-        &self.consumer
+        &self.opts.consumer
     }
 
     /// The mode this handle was connected in.
@@ -414,7 +388,7 @@ impl RedisBackend {
         let reader = StreamReader {
             topic: Arc::from(topic),
             group: group.map(Arc::from),
-            consumer: self.consumer.clone(),
+            consumer: self.opts.consumer.clone(),
             conn: reader_conn,
             ctx: self.ctx.clone(),
             opts: self.opts.clone(),
@@ -463,7 +437,7 @@ async fn broker_info(conn: &mut Conn, opts: &Options) -> BrokerInfo {
     });
     info.version = field("redis_version");
     info.max_payload = Some(opts.redis.max_payload);
-    info.tls = opts.redis.tls && opts.redis.unix_socket_path.is_none();
+    info.tls = opts.tls;
     info.address = Some(opts.shown.clone());
     info
 }
