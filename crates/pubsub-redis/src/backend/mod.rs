@@ -1,17 +1,18 @@
 //! The [`PubSubBackend`] of Redis, in its two modes.
 //!
 //! Tasks of one handle:
-//! - the **publisher** ([`publisher`]) drains a bounded queue of publishes into pipelines
-//!   (one round trip per batch, never per message), retries a batch when the
-//!   connection is lost, and answers `flush`/`close` markers in order;
-//! - `pubsub` mode ([`pubsub`]): the **pump** moves the messages that redis-rs reads from
-//!   the socket (RESP3 pushes, read continuously) into the inbox. The
-//!   connection manager (or the cluster client) reconnects and re-subscribes
-//!   by itself;
-//! - `streams` mode ([`streams`]): one **reader** per subscribed topic on a connection of
-//!   its own (`XREAD`/`XREADGROUP ... BLOCK`, its response timeout longer
-//!   than the block time), plus one **acker** that sends `XACK` for group
-//!   messages once the application has taken them.
+//! - the **publisher** ([`publisher`]) drains a bounded queue of publishes
+//!   into pipelines (one round trip per batch, never per message), retries
+//!   a batch when the connection is lost, and answers `flush`/`close`
+//!   markers in order;
+//! - `pubsub` mode ([`pubsub`]): the **pump** moves the messages that
+//!   redis-rs reads from the socket (RESP3 pushes, read continuously) into
+//!   the inbox. The connection manager (or the cluster client) reconnects
+//!   and re-subscribes by itself;
+//! - `streams` mode ([`streams`]): one **reader** per subscribed topic on a
+//!   connection of its own (`XREAD`/`XREADGROUP ... BLOCK`, its response
+//!   timeout longer than the block time), plus one **acker** that sends
+//!   `XACK` for group messages once the application has taken them.
 //!
 //! [`connection`] opens the connections they use.
 
