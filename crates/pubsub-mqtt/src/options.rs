@@ -214,14 +214,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_tls_files_are_tls_errors_naming_the_key() {
+    fn missing_tls_files_are_config_errors_naming_the_key() {
         let m = MqttConfig {
             url: Some("mqtts://127.0.0.1:1".into()),
             tls_ca_cert: Some("/nonexistent/ca.pem".into()),
             ..MqttConfig::default()
         };
         let e = Options::new(&Config::default(), m).err().unwrap();
-        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("mqtt.tls_ca_cert"), "{e}");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 //! (authentication, TLS, reconnect back-off, buffer sizes and the event hook
 //! that feeds the counters), the server list and the address shown in messages.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,24 +180,46 @@ async fn authentication(
             None => opts = opts.nkey(seed.expose().to_string()),
         }
     } else if let Some(path) = &nats.user_credentials {
-        if !path.is_file() {
-            return Err(Error::config(
-                "nats.user_credentials",
-                format!("{} does not exist or is not a file", path.display()),
-            ));
-        }
-        // The parse error could quote the file; show only the path.
-        opts = opts.credentials_file(path).await.map_err(|_| {
-            Error::config(
-                "nats.user_credentials",
-                format!(
-                    "{} is not a valid .creds file (expected a user JWT and an NKey seed block)",
-                    path.display()
-                ),
-            )
-        })?;
+        opts = credentials_file(opts, path).await?;
     }
     Ok(opts)
+}
+
+/// Authenticate with the `.creds` file at `path` (`nats.user_credentials`),
+/// read here, asynchronously. A file that is missing or cannot be read is a
+/// configuration error naming the key and the path, as is one that is not
+/// a `.creds` file.
+async fn credentials_file(opts: ConnectOptions, path: &Path) -> Result<ConnectOptions> {
+    const KEY: &str = "nats.user_credentials";
+    let not_creds = || {
+        // The parse error could quote the file; show only the path.
+        Error::config(
+            KEY,
+            format!(
+                "{} is not a valid .creds file (expected a user JWT and an NKey seed block)",
+                path.display()
+            ),
+        )
+    };
+    // tokio's `fs` feature: async-nats turns it on (it reads .creds files the same way).
+    let contents = match tokio::fs::read_to_string(path).await {
+        Ok(contents) => contents,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::config(
+                KEY,
+                format!("file {} does not exist", path.display()),
+            ))
+        }
+        // Not UTF-8: not a .creds file.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(not_creds()),
+        Err(e) => {
+            return Err(Error::config(
+                KEY,
+                format!("file {} cannot be read: {e}", path.display()),
+            ))
+        }
+    };
+    opts.credentials(&contents).map_err(|_| not_creds())
 }
 
 /// The TLS files and switches of the section, for core's TLS setup.

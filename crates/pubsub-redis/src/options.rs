@@ -65,6 +65,9 @@ impl Options {
                 "redis.unix_socket_path is set: it takes precedence over TCP, and TLS settings are not used on it"
             );
         }
+        if let Some(path) = &redis.unix_socket_path {
+            check_unix_socket(path)?;
+        }
         if redis.tls {
             // One rustls provider (ring) for the process, before any TLS connect.
             pubsub_core::tls::install_default_provider();
@@ -243,6 +246,23 @@ fn shown_address(r: &RedisConfig) -> String {
     redact_url(&url)
 }
 
+/// The Unix socket must be there when connecting: a path that does not
+/// exist (or cannot be looked at) is a configuration error naming
+/// `redis.unix_socket_path` and the path, found before any connect.
+fn check_unix_socket(path: &Path) -> Result<()> {
+    std::fs::metadata(path).map(|_| ()).map_err(|e| {
+        let what = if e.kind() == std::io::ErrorKind::NotFound {
+            "does not exist (is redis-server running, with `unixsocket` set to it?)".to_string()
+        } else {
+            format!("cannot be read: {e}")
+        };
+        Error::config(
+            "redis.unix_socket_path",
+            format!("{} {what}", path.display()),
+        )
+    })
+}
+
 /// Check the TLS files through core (clear errors naming the key), then
 /// hand their PEM bytes to redis-rs.
 fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
@@ -258,11 +278,13 @@ fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
     };
     // Installs the `ring` provider and checks every file.
     pubsub_core::tls::client_config(&files)?;
+    // Read again for redis-rs: only a file removed or changed since the
+    // check can fail here.
     let read = |key: &str, p: &Path| {
         std::fs::read(p).map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("redis.{key}: cannot read {}: {e}", p.display()),
+            Error::config(
+                &format!("redis.{key}"),
+                format!("file {} cannot be read: {e}", p.display()),
             )
         })
     };
@@ -314,12 +336,29 @@ mod tests {
             ..RedisConfig::default()
         };
         let e = Options::new(&c, r.clone()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
+        assert!(e.to_string().contains("missing-ca.pem"), "{e}");
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
         r.tls_ca_cert = Some(not_pem);
         let e = Options::new(&c, r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_unix_socket_names_the_key_and_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("redis.sock");
+        let r = RedisConfig {
+            unix_socket_path: Some(missing.clone()),
+            ..RedisConfig::default()
+        };
+        let e = Options::new(&Config::default(), r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        let msg = e.to_string();
+        assert!(msg.contains("redis.unix_socket_path"), "{msg}");
+        assert!(msg.contains(&missing.display().to_string()), "{msg}");
     }
 }
