@@ -51,6 +51,11 @@ fn tls_err(key: &str, msg: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Tls, format!("{key}: {msg}"))
 }
 
+/// The contents of the file named by `key`. A file that is missing or
+/// cannot be read is a configuration error ([`ErrorKind::InvalidConfig`]):
+/// the key names a file that is not there for us. What is wrong inside a
+/// file that could be read (not PEM, no certificate, an unusable key) is a
+/// TLS error, as it is a problem of the TLS material itself.
 fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         let what = if e.kind() == std::io::ErrorKind::NotFound {
@@ -58,12 +63,13 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
         } else {
             format!("cannot be read: {e}")
         };
-        tls_err(key, format!("file {} {what}", path.display()))
+        Error::config(key, format!("file {} {what}", path.display()))
     })
 }
 
-/// Certificates from a PEM file; an error names `key` when the file is
-/// missing, unreadable, not PEM, or holds no certificate.
+/// Certificates from a PEM file; an error names `key` and the path when the
+/// file is missing or unreadable ([`ErrorKind::InvalidConfig`]), not PEM,
+/// or holds no certificate ([`ErrorKind::Tls`]).
 pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read(key, path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
@@ -86,7 +92,8 @@ pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-/// The private key from a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// The private key from a PEM file (PKCS#8, PKCS#1 or SEC1); errors as
+/// for [`load_certs`].
 pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
@@ -223,5 +230,75 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files<'a>(
+        ca: Option<&'a Path>,
+        cert: Option<&'a Path>,
+        key: Option<&'a Path>,
+    ) -> TlsFiles<'a> {
+        TlsFiles {
+            section: "s",
+            ca_key: "tls_ca_cert",
+            cert_key: "tls_cert",
+            key_key: "tls_key",
+            ca,
+            cert,
+            key,
+            verify: ca.is_some(),
+        }
+    }
+
+    #[test]
+    fn missing_files_are_config_errors_naming_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cert = dir.path().join("cert.pem");
+        // PEM that decodes; its contents are never parsed as X.509 here.
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (f, key, path) in [
+            (files(Some(&missing), None, None), "s.tls_ca_cert", &missing),
+            (
+                files(None, Some(&missing), Some(&cert)),
+                "s.tls_cert",
+                &missing,
+            ),
+            (
+                files(None, Some(&cert), Some(&missing)),
+                "s.tls_key",
+                &missing,
+            ),
+            // A directory cannot be read as a file.
+            (
+                files(Some(dir.path()), None, None),
+                "s.tls_ca_cert",
+                &dir.path().to_path_buf(),
+            ),
+        ] {
+            let e = client_config(&f).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(key), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_contents_stay_tls_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = client_config(&files(Some(&not_pem), None, None)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        assert!(e.to_string().contains("s.tls_ca_cert"), "{e}");
     }
 }

@@ -261,56 +261,62 @@ impl Section for MqttConfig {
                 "mutual TLS needs both a client certificate (mqtt.tls_cert) and its key (mqtt.tls_key)",
             ));
         }
-        if self.keep_alive < Duration::from_secs(5) || self.keep_alive.as_secs() > 65_535 {
-            return Err(Error::config(
-                "mqtt.keep_alive",
-                format!(
-                    "must be from 5 s to 65535 s (MQTT sends whole seconds; the client library needs at least 5 s), got {:?}",
-                    self.keep_alive
-                ),
-            ));
-        }
-        if let Some(d) = self.session_expiry {
-            if d.as_secs() > u64::from(u32::MAX) {
-                return Err(Error::config(
-                    "mqtt.session_expiry",
-                    format!("must be at most {} s", u32::MAX),
-                ));
-            }
-        }
-        let min = MQTT_PACKET_OVERHEAD + 1;
-        if !(min..=MQTT_MAX_PACKET_SIZE).contains(&self.max_packet_size) {
-            return Err(Error::config(
-                "mqtt.max_packet_size",
-                format!(
-                    "must be from {min} to {MQTT_MAX_PACKET_SIZE} bytes, got {}",
-                    self.max_packet_size
-                ),
-            ));
-        }
-        if self.reconnect_delay_min.is_zero() {
-            return Err(Error::config(
-                "mqtt.reconnect_delay_min",
-                "must be more than zero",
-            ));
-        }
-        if self.reconnect_delay_max < self.reconnect_delay_min {
-            return Err(Error::config(
-                "mqtt.reconnect_delay_max",
-                "must not be less than mqtt.reconnect_delay_min",
-            ));
-        }
-        if self.max_inflight == 0 {
-            return Err(Error::config("mqtt.max_inflight", "must be at least 1"));
-        }
-        if self.request_channel_capacity == 0 {
-            return Err(Error::config(
-                "mqtt.request_channel_capacity",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        validate_limits(self)
     }
+}
+
+/// The checks of times and sizes: keep-alive, session expiry, packet size,
+/// reconnect delays, in-flight and queue limits.
+fn validate_limits(m: &MqttConfig) -> Result<()> {
+    if m.keep_alive < Duration::from_secs(5) || m.keep_alive.as_secs() > 65_535 {
+        return Err(Error::config(
+            "mqtt.keep_alive",
+            format!(
+                "must be from 5 s to 65535 s (MQTT sends whole seconds; the client library needs at least 5 s), got {:?}",
+                m.keep_alive
+            ),
+        ));
+    }
+    if let Some(d) = m.session_expiry {
+        if d.as_secs() > u64::from(u32::MAX) {
+            return Err(Error::config(
+                "mqtt.session_expiry",
+                format!("must be at most {} s", u32::MAX),
+            ));
+        }
+    }
+    let min = MQTT_PACKET_OVERHEAD + 1;
+    if !(min..=MQTT_MAX_PACKET_SIZE).contains(&m.max_packet_size) {
+        return Err(Error::config(
+            "mqtt.max_packet_size",
+            format!(
+                "must be from {min} to {MQTT_MAX_PACKET_SIZE} bytes, got {}",
+                m.max_packet_size
+            ),
+        ));
+    }
+    if m.reconnect_delay_min.is_zero() {
+        return Err(Error::config(
+            "mqtt.reconnect_delay_min",
+            "must be more than zero",
+        ));
+    }
+    if m.reconnect_delay_max < m.reconnect_delay_min {
+        return Err(Error::config(
+            "mqtt.reconnect_delay_max",
+            "must not be less than mqtt.reconnect_delay_min",
+        ));
+    }
+    if m.max_inflight == 0 {
+        return Err(Error::config("mqtt.max_inflight", "must be at least 1"));
+    }
+    if m.request_channel_capacity == 0 {
+        return Err(Error::config(
+            "mqtt.request_channel_capacity",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 impl MqttConfig {
@@ -745,6 +751,13 @@ mod tests {
                 },
                 "mqtt.tls_cert",
             ),
+        ];
+        assert_invalid(cases);
+    }
+
+    #[test]
+    fn limits_validation_names_the_key() {
+        let cases: Vec<(MqttConfig, &str)> = vec![
             (
                 MqttConfig {
                     keep_alive: Duration::from_secs(4),
@@ -795,6 +808,11 @@ mod tests {
                 "mqtt.request_channel_capacity",
             ),
         ];
+        assert_invalid(cases);
+    }
+
+    /// Each config fails validation with an error naming its fragment.
+    fn assert_invalid(cases: Vec<(MqttConfig, &str)>) {
         for (c, fragment) in cases {
             let e = c.validate().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);

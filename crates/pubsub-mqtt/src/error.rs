@@ -2,6 +2,7 @@
 //! broker address and the reason, never the password (rumqttc's errors do
 //! not hold credentials, and the address is shown without any).
 
+use pubsub_core::error::has_tls_cause;
 use pubsub_core::{Error, ErrorKind};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, SubscribeReasonCode, UnsubAckReason};
 use rumqttc::v5::mqttbytes::Error as MqttBytesError;
@@ -33,31 +34,8 @@ fn connack_hint(code: ConnectReturnCode) -> &'static str {
     }
 }
 
-/// Whether a rustls error is somewhere in `e`'s source chain.
-fn has_tls_cause(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
 fn io_kind(io: &std::io::Error) -> ErrorKind {
-    if io
-        .get_ref()
-        .is_some_and(|inner| inner.is::<rustls::Error>())
-    {
+    if has_tls_cause(io) {
         ErrorKind::Tls
     } else if io.kind() == std::io::ErrorKind::TimedOut {
         ErrorKind::Timeout

@@ -6,24 +6,27 @@ use std::sync::Mutex;
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use pubsub_core::sync::{lock, AbortOnDrop};
 use pubsub_core::{
     async_trait, Backend, BackendContext, BrokerInfo, Capabilities, Config, Error, Inbox, Message,
     PubSubBackend, Result, TopicCache, TryPublish,
 };
-use tokio::task::JoinHandle;
 
-use crate::error::{connect_error, op_error, publish_error, servers_shown};
-use crate::options;
+use crate::error::{connect_error, op_error, publish_error};
+use crate::options::Options;
 use crate::NatsConfig;
 
 /// A connection to NATS. Create it through [`crate::connect`],
 /// [`crate::connect_blocking`] or the registry ([`crate::register`]).
 pub struct NatsBackend {
     client: Client,
-    servers: String,
+    /// The server list as shown in messages (see [`Options::shown`]).
+    shown: String,
+    /// Whether the connection uses TLS.
     tls: bool,
     inbox: Inbox,
-    subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The forwarding task of each subscribed topic; dropping it aborts it.
+    subscriptions: Mutex<HashMap<String, AbortOnDrop>>,
     /// Subjects by topic: a `Subject` is a shared `Bytes`, so reusing it
     /// spares an allocation and a copy per publish, and a cached subject
     /// has passed [`check_subject`].
@@ -45,7 +48,7 @@ struct Probe {
 impl std::fmt::Debug for NatsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsBackend")
-            .field("servers", &self.servers)
+            .field("servers", &self.shown)
             .field("state", &self.client.connection_state().to_string())
             .finish()
     }
@@ -63,14 +66,12 @@ impl Backend for NatsBackend {
         nats: NatsConfig,
         ctx: BackendContext,
     ) -> Result<NatsBackend> {
-        let servers = options::servers(&nats)?;
-        let opts =
-            options::connect_options(config, &nats, servers.url_credentials, ctx.counters.clone())
-                .await?;
+        let opts = Options::new(config, nats, ctx.counters.clone()).await?;
         let client = opts
-            .connect(servers.addrs)
+            .client_options
+            .connect(opts.servers)
             .await
-            .map_err(|e| connect_error(&nats.servers, e))?;
+            .map_err(|e| connect_error(&opts.shown, e))?;
         let subject = Subject::from(client.new_inbox());
         let echoes = client
             .subscribe(subject.clone())
@@ -90,8 +91,8 @@ impl Backend for NatsBackend {
         );
         Ok(NatsBackend {
             client,
-            servers: servers_shown(&nats.servers),
-            tls: options::tls_wanted(&nats) || info.tls_required,
+            shown: opts.shown,
+            tls: opts.tls || info.tls_required,
             inbox: ctx.inbox,
             subscriptions: Mutex::new(HashMap::new()),
             subjects: TopicCache::new(SUBJECT_CACHE),
@@ -106,8 +107,8 @@ impl NatsBackend {
         &self.client
     }
 
-    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortOnDrop>> {
+        lock(&self.subscriptions)
     }
 
     /// Wait until the server has processed everything sent before (see [`Probe`]).
@@ -143,9 +144,9 @@ impl NatsBackend {
 
     /// Stop a forwarding task and wait until it is gone: dropping its
     /// subscriber queues the UNSUB before any later command.
-    async fn stop(task: JoinHandle<()>) {
+    async fn stop(task: AbortOnDrop) {
         task.abort();
-        let _ = task.await;
+        let _ = task.detach().await;
     }
 }
 
@@ -205,7 +206,7 @@ impl PubSubBackend for NatsBackend {
         info.version = Some(i.version);
         info.max_payload = Some(i.max_payload);
         info.tls = self.tls;
-        info.address = Some(self.servers.clone());
+        info.address = Some(self.shown.clone());
         info
     }
 
@@ -221,7 +222,7 @@ impl PubSubBackend for NatsBackend {
         }
         .map_err(|e| op_error(&format!("subscribe to {topic:?}"), e))?;
         let inbox = self.inbox.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::new(tokio::spawn(async move {
             // What the client has received already goes into the buffer in
             // one step: one lock and one wake-up per batch, not per message.
             let mut batch = Vec::with_capacity(Inbox::BATCH);
@@ -240,7 +241,7 @@ impl PubSubBackend for NatsBackend {
                 }
                 inbox.deliver_batch(&mut batch).await;
             }
-        });
+        }));
         let old = self.subs().insert(topic.to_string(), task);
         if let Some(old) = old {
             Self::stop(old).await;
@@ -292,7 +293,7 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        let tasks: Vec<JoinHandle<()>> = self.subs().drain().map(|(_, t)| t).collect();
+        let tasks: Vec<AbortOnDrop> = self.subs().drain().map(|(_, t)| t).collect();
         for t in tasks {
             Self::stop(t).await;
         }
@@ -300,14 +301,6 @@ impl PubSubBackend for NatsBackend {
         // Closes the connection once what is queued has been written.
         let _ = self.client.drain().await;
         flushed
-    }
-}
-
-impl Drop for NatsBackend {
-    fn drop(&mut self) {
-        for (_, t) in self.subs().drain() {
-            t.abort();
-        }
     }
 }
 

@@ -1,20 +1,13 @@
 //! Mapping async-nats errors to the library's [`Error`] kinds. Messages name
 //! the servers (passwords in URLs removed) and never carry credentials.
 
-use pubsub_core::config::redact_url;
+use pubsub_core::error::{has_tls_cause, looks_like_tls, source_chain};
 use pubsub_core::{Error, ErrorKind};
 
-/// The server list as shown in errors: `[nats://a:4222, nats://b:4222]`.
-pub(crate) fn servers_shown(servers: &[String]) -> String {
-    let list: Vec<String> = servers.iter().map(|s| redact_url(s)).collect();
-    format!("[{}]", list.join(", "))
-}
-
-/// A failed connect.
-pub(crate) fn connect_error(servers: &[String], e: async_nats::ConnectError) -> Error {
+/// A failed connect to the servers `shown` (passwords removed).
+pub(crate) fn connect_error(shown: &str, e: async_nats::ConnectError) -> Error {
     use async_nats::ConnectErrorKind as K;
-    let shown = servers_shown(servers);
-    let text = error_chain(&e);
+    let text = source_chain(&e);
     let (kind, what) = match e.kind() {
         K::AuthorizationViolation | K::Authentication => (
             ErrorKind::Auth,
@@ -22,57 +15,13 @@ pub(crate) fn connect_error(servers: &[String], e: async_nats::ConnectError) -> 
         ),
         K::Tls => (ErrorKind::Tls, "TLS setup or handshake failed"),
         K::TimedOut => (ErrorKind::Timeout, "timed out"),
-        K::Io if is_tls(&e) || looks_like_tls(&text) => (ErrorKind::Tls, "TLS handshake failed"),
+        K::Io if has_tls_cause(&e) || looks_like_tls(&text) => {
+            (ErrorKind::Tls, "TLS handshake failed")
+        }
         K::Io | K::Dns | K::MaxReconnects => (ErrorKind::Connect, "cannot connect"),
         K::ServerParse => (ErrorKind::InvalidConfig, "nats.servers: cannot parse"),
     };
     Error::new(kind, format!("nats: {what} ({shown})")).with_source(Box::new(e))
-}
-
-/// Whether a rustls error is anywhere in the chain (tokio-rustls wraps it
-/// in an `io::Error`).
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-fn looks_like_tls(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "certificate",
-        "tls",
-        "handshake",
-        "unknownissuer",
-        "peer sent no certificates",
-    ]
-    .iter()
-    .any(|k| t.contains(k))
-}
-
-/// The error and all its sources in one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A failed publish.

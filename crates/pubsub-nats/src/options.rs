@@ -1,23 +1,74 @@
-//! `NatsConfig` -> `async_nats::ConnectOptions`: authentication, TLS,
-//! reconnect back-off, buffer sizes and the event hook that feeds the counters.
+//! `NatsConfig` -> [`Options`]: the `async_nats::ConnectOptions`
+//! (authentication, TLS, reconnect back-off, buffer sizes and the event hook
+//! that feeds the counters), the server list and the address shown in messages.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
+use pubsub_core::config::redact_url;
 use pubsub_core::tls::{self, TlsFiles};
 use pubsub_core::{Config, Counters, Error, Result};
 
 use crate::NatsConfig;
 
+/// Everything needed to connect, checked once at connect. Connecting
+/// consumes `client_options` and `servers`.
+pub(crate) struct Options {
+    /// The client library's options.
+    pub client_options: ConnectOptions,
+    /// The servers, in the configured order, credentials moved out of the URLs.
+    pub servers: Vec<ServerAddr>,
+    /// The server list as shown in errors and logs, passwords removed.
+    pub shown: String,
+    /// Whether connections use TLS (`tls = true` or a `tls://` / `wss://` URL).
+    pub tls: bool,
+}
+
+impl Options {
+    /// Build the client options from the common settings and the (checked)
+    /// `[nats]` section. Checks every file and credential that can be
+    /// checked before connecting (the `.creds` file is read here,
+    /// asynchronously), so mistakes fail with the key at fault; `counters`
+    /// get the reconnects and the client's drops.
+    pub async fn new(
+        config: &Config,
+        nats: NatsConfig,
+        counters: Arc<Counters>,
+    ) -> Result<Options> {
+        let servers = parse_servers(&nats)?;
+        let mut client_options =
+            authentication(ConnectOptions::new(), &nats, servers.url_credentials).await?;
+        let tls = tls_wanted(&nats);
+        if tls {
+            client_options = client_options
+                .require_tls(true)
+                .tls_client_config(tls::client_config(&tls_files(&nats))?);
+        }
+        Ok(Options {
+            client_options: connection(client_options, config, &nats, counters),
+            servers: servers.addrs,
+            shown: shown_address(&nats),
+            tls,
+        })
+    }
+}
+
+/// The server list as shown in errors: `[nats://a:4222, nats://b:4222]`.
+fn shown_address(nats: &NatsConfig) -> String {
+    let list: Vec<String> = nats.servers.iter().map(|s| redact_url(s)).collect();
+    format!("[{}]", list.join(", "))
+}
+
 /// The server list as the client gets it: credentials moved out of the
 /// URLs (async-nats ignores them there, and logs the URLs at debug level).
-pub(crate) struct Servers {
-    pub addrs: Vec<ServerAddr>,
+struct Servers {
+    addrs: Vec<ServerAddr>,
     /// `user[:password]` found in a URL: user and password, or a token when
     /// there is no password (NATS convention: `nats://token@host`).
-    pub url_credentials: Option<(String, Option<String>)>,
+    url_credentials: Option<(String, Option<String>)>,
 }
 
 /// `scheme://user:pass@host:port` -> (`scheme://host:port`, credentials).
@@ -42,7 +93,7 @@ fn split_userinfo(url: &str) -> (String, Option<(String, Option<String>)>) {
 }
 
 /// The parsed server list, in the configured order.
-pub(crate) fn servers(nats: &NatsConfig) -> Result<Servers> {
+fn parse_servers(nats: &NatsConfig) -> Result<Servers> {
     let mut url_credentials = None;
     let mut addrs = Vec::with_capacity(nats.servers.len());
     for (i, s) in nats.servers.iter().enumerate() {
@@ -72,10 +123,7 @@ pub(crate) fn servers(nats: &NatsConfig) -> Result<Servers> {
         addrs.push(clean.parse::<ServerAddr>().map_err(|e| {
             Error::config(
                 &key,
-                format!(
-                    "{:?} is not a NATS server URL ({e})",
-                    pubsub_core::config::redact_url(s)
-                ),
+                format!("{:?} is not a NATS server URL ({e})", redact_url(s)),
             )
         })?);
     }
@@ -86,7 +134,7 @@ pub(crate) fn servers(nats: &NatsConfig) -> Result<Servers> {
 }
 
 /// Whether TLS is asked for, by `tls = true` or a `tls://` server URL.
-pub(crate) fn tls_wanted(nats: &NatsConfig) -> bool {
+fn tls_wanted(nats: &NatsConfig) -> bool {
     nats.tls
         || nats.servers.iter().any(|s| {
             s.to_ascii_lowercase().starts_with("tls://")
@@ -94,16 +142,12 @@ pub(crate) fn tls_wanted(nats: &NatsConfig) -> bool {
         })
 }
 
-/// Build the client options. Checks every file and credential that can be
-/// checked before connecting, so mistakes fail with the key at fault.
-pub(crate) async fn connect_options(
-    config: &Config,
+/// The authentication method of the section (or of the server URLs).
+async fn authentication(
+    mut opts: ConnectOptions,
     nats: &NatsConfig,
     url_credentials: Option<(String, Option<String>)>,
-    counters: Arc<Counters>,
 ) -> Result<ConnectOptions> {
-    let mut opts = ConnectOptions::new();
-
     if let Some((user, password)) = url_credentials {
         opts = match password {
             Some(p) => opts.user_and_password(user, p),
@@ -136,40 +180,69 @@ pub(crate) async fn connect_options(
             None => opts = opts.nkey(seed.expose().to_string()),
         }
     } else if let Some(path) = &nats.user_credentials {
-        if !path.is_file() {
-            return Err(Error::config(
-                "nats.user_credentials",
-                format!("{} does not exist or is not a file", path.display()),
-            ));
-        }
+        opts = credentials_file(opts, path).await?;
+    }
+    Ok(opts)
+}
+
+/// Authenticate with the `.creds` file at `path` (`nats.user_credentials`),
+/// read here, asynchronously. A file that is missing or cannot be read is a
+/// configuration error naming the key and the path, as is one that is not
+/// a `.creds` file.
+async fn credentials_file(opts: ConnectOptions, path: &Path) -> Result<ConnectOptions> {
+    const KEY: &str = "nats.user_credentials";
+    let not_creds = || {
         // The parse error could quote the file; show only the path.
-        opts = opts.credentials_file(path).await.map_err(|_| {
-            Error::config(
-                "nats.user_credentials",
-                format!(
-                    "{} is not a valid .creds file (expected a user JWT and an NKey seed block)",
-                    path.display()
-                ),
-            )
-        })?;
-    }
+        Error::config(
+            KEY,
+            format!(
+                "{} is not a valid .creds file (expected a user JWT and an NKey seed block)",
+                path.display()
+            ),
+        )
+    };
+    // tokio's `fs` feature: async-nats turns it on (it reads .creds files the same way).
+    let contents = match tokio::fs::read_to_string(path).await {
+        Ok(contents) => contents,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::config(
+                KEY,
+                format!("file {} does not exist", path.display()),
+            ))
+        }
+        // Not UTF-8: not a .creds file.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(not_creds()),
+        Err(e) => {
+            return Err(Error::config(
+                KEY,
+                format!("file {} cannot be read: {e}", path.display()),
+            ))
+        }
+    };
+    opts.credentials(&contents).map_err(|_| not_creds())
+}
 
-    if tls_wanted(nats) {
-        let files = TlsFiles {
-            section: "nats",
-            ca_key: "tls_ca_cert",
-            cert_key: "tls_cert",
-            key_key: "tls_key",
-            ca: nats.tls_ca_cert.as_deref(),
-            cert: nats.tls_cert.as_deref(),
-            key: nats.tls_key.as_deref(),
-            verify: nats.tls_verify,
-        };
-        opts = opts
-            .require_tls(true)
-            .tls_client_config(tls::client_config(&files)?);
+/// The TLS files and switches of the section, for core's TLS setup.
+fn tls_files(nats: &NatsConfig) -> TlsFiles<'_> {
+    TlsFiles {
+        section: "nats",
+        ca_key: "tls_ca_cert",
+        cert_key: "tls_cert",
+        key_key: "tls_key",
+        ca: nats.tls_ca_cert.as_deref(),
+        cert: nats.tls_cert.as_deref(),
+        key: nats.tls_key.as_deref(),
+        verify: nats.tls_verify,
     }
+}
 
+/// Timeouts, reconnecting, buffer sizes, the client name and the event hook.
+fn connection(
+    mut opts: ConnectOptions,
+    config: &Config,
+    nats: &NatsConfig,
+    counters: Arc<Counters>,
+) -> ConnectOptions {
     let max_delay = nats.reconnect_delay_max;
     opts = opts
         .connection_timeout(config.connect_timeout)
@@ -187,7 +260,7 @@ pub(crate) async fn connect_options(
     if let Some(name) = &nats.name {
         opts = opts.name(name);
     }
-    Ok(opts)
+    opts
 }
 
 /// No wait for the first attempt, then 50 ms doubling up to `max`.
@@ -272,7 +345,7 @@ mod tests {
             servers: vec!["nats://u:p@a:1".into(), "nats://b:2".into()],
             ..Default::default()
         };
-        let s = servers(&n).unwrap();
+        let s = parse_servers(&n).unwrap();
         assert_eq!(s.addrs.len(), 2);
         assert!(
             !s.addrs[0].as_url_str().contains('@'),
@@ -281,14 +354,14 @@ mod tests {
         );
         assert_eq!(s.url_credentials, Some(("u".into(), Some("p".into()))));
         n.servers.push("nats://x:y@c:3".into());
-        assert!(servers(&n)
+        assert!(parse_servers(&n)
             .err()
             .expect("an error")
             .to_string()
             .contains("nats.servers[2]"));
         n.servers.pop();
         n.token = Some(pubsub_core::Secret::new("t"));
-        assert!(servers(&n)
+        assert!(parse_servers(&n)
             .err()
             .expect("an error")
             .to_string()

@@ -131,8 +131,8 @@ async fn bad_files_name_the_key() {
 
     let mut c = base.clone();
     c.section_mut::<NatsConfig>().unwrap().tls_ca_cert = Some(pki.dir().join("nope.pem"));
-    fails_with(&c, ErrorKind::Tls, "nats.tls_ca_cert").await;
-    fails_with(&c, ErrorKind::Tls, "does not exist").await;
+    fails_with(&c, ErrorKind::InvalidConfig, "nats.tls_ca_cert").await;
+    fails_with(&c, ErrorKind::InvalidConfig, "does not exist").await;
 
     let mut c = base.clone();
     c.section_mut::<NatsConfig>().unwrap().tls_ca_cert =

@@ -264,54 +264,7 @@ impl Section for RedisConfig {
 
     /// Checks that need no network; errors name the key at fault.
     fn validate(&self) -> Result<()> {
-        if self.unix_socket_path.is_none() && !self.cluster {
-            if self.host.trim().is_empty() {
-                return Err(Error::config("redis.host", "must not be empty"));
-            }
-            if self.host.chars().any(|c| c.is_whitespace() || c == '/') {
-                return Err(Error::config(
-                    "redis.host",
-                    format!(
-                        "expected a host name or address like \"localhost\", got {:?}",
-                        self.host
-                    ),
-                ));
-            }
-            if self.port == 0 {
-                return Err(Error::config(
-                    "redis.port",
-                    "must be a port number from 1 to 65535",
-                ));
-            }
-        }
-        if let Some(p) = &self.unix_socket_path {
-            if p.as_os_str().is_empty() {
-                return Err(Error::config("redis.unix_socket_path", "must not be empty"));
-            }
-        }
-        if self.db < 0 {
-            return Err(Error::config(
-                "redis.db",
-                format!("must be 0 or more, got {}", self.db),
-            ));
-        }
-        if self.cluster {
-            if self.unix_socket_path.is_some() {
-                return Err(Error::config(
-                    "redis.unix_socket_path",
-                    "a Unix socket cannot be used with redis.cluster = true",
-                ));
-            }
-            if self.db != 0 {
-                return Err(Error::config(
-                    "redis.db",
-                    "Redis Cluster only has database 0",
-                ));
-            }
-        }
-        for (i, node) in self.cluster_nodes.iter().enumerate() {
-            validate_node(&format!("redis.cluster_nodes[{i}]"), node)?;
-        }
+        validate_address(self)?;
         if self.password.is_none() && self.username.is_some() {
             return Err(Error::config(
                 "redis.password",
@@ -360,6 +313,60 @@ impl Section for RedisConfig {
         }
         Ok(())
     }
+}
+
+/// The checks of where to connect: host and port, Unix socket, database,
+/// cluster nodes.
+fn validate_address(r: &RedisConfig) -> Result<()> {
+    if r.unix_socket_path.is_none() && !r.cluster {
+        if r.host.trim().is_empty() {
+            return Err(Error::config("redis.host", "must not be empty"));
+        }
+        if r.host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(Error::config(
+                "redis.host",
+                format!(
+                    "expected a host name or address like \"localhost\", got {:?}",
+                    r.host
+                ),
+            ));
+        }
+        if r.port == 0 {
+            return Err(Error::config(
+                "redis.port",
+                "must be a port number from 1 to 65535",
+            ));
+        }
+    }
+    if let Some(p) = &r.unix_socket_path {
+        if p.as_os_str().is_empty() {
+            return Err(Error::config("redis.unix_socket_path", "must not be empty"));
+        }
+    }
+    if r.db < 0 {
+        return Err(Error::config(
+            "redis.db",
+            format!("must be 0 or more, got {}", r.db),
+        ));
+    }
+    if r.cluster {
+        if r.unix_socket_path.is_some() {
+            return Err(Error::config(
+                "redis.unix_socket_path",
+                "a Unix socket cannot be used with redis.cluster = true",
+            ));
+        }
+        if r.db != 0 {
+            return Err(Error::config(
+                "redis.db",
+                "Redis Cluster only has database 0",
+            ));
+        }
+    }
+    for (i, node) in r.cluster_nodes.iter().enumerate() {
+        validate_node(&format!("redis.cluster_nodes[{i}]"), node)?;
+    }
+    Ok(())
 }
 
 impl RedisConfig {
@@ -624,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn validation_names_the_key() {
+    fn address_validation_names_the_key() {
         let cases: Vec<(RedisConfig, &str)> = vec![
             (
                 RedisConfig {
@@ -683,6 +690,21 @@ mod tests {
                 },
                 "redis.db: Redis Cluster only has database 0",
             ),
+        ];
+        assert_invalid(cases);
+        // A Unix socket makes host and port irrelevant.
+        RedisConfig {
+            port: 0,
+            unix_socket_path: Some("/run/r.sock".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases: Vec<(RedisConfig, &str)> = vec![
             (
                 RedisConfig {
                     tls_cert: Some("/c".into()),
@@ -726,19 +748,16 @@ mod tests {
                 "redis.stream_consumer",
             ),
         ];
+        assert_invalid(cases);
+    }
+
+    /// Each config fails validation with an error naming its fragment.
+    fn assert_invalid(cases: Vec<(RedisConfig, &str)>) {
         for (c, fragment) in cases {
             let e = c.validate().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             assert!(e.to_string().contains(fragment), "{e}");
         }
-        // A Unix socket makes host and port irrelevant.
-        RedisConfig {
-            port: 0,
-            unix_socket_path: Some("/run/r.sock".into()),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
     }
 
     #[test]

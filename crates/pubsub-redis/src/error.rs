@@ -1,6 +1,7 @@
 //! Mapping redis-rs errors to the library's [`Error`] kinds. Messages name
 //! the address (any password replaced by `***`) and never carry credentials.
 
+use pubsub_core::error::{looks_like_tls, source_chain};
 use pubsub_core::{Error, ErrorKind};
 use redis::RedisError;
 
@@ -18,7 +19,7 @@ pub(crate) fn kind_of(e: &RedisError) -> ErrorKind {
     {
         return ErrorKind::Auth;
     }
-    if looks_like_tls(&chain(e)) {
+    if looks_like_tls(&source_chain(e)) {
         return ErrorKind::Tls;
     }
     if e.is_timeout() {
@@ -42,31 +43,6 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
         || e.is_cluster_error()
         || e.code() == Some("LOADING")
         || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
-}
-
-fn looks_like_tls(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "certificate",
-        "tls",
-        "handshake",
-        "unknownissuer",
-        "peer sent no certificates",
-        "alert",
-    ]
-    .iter()
-    .any(|k| t.contains(k))
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `what` failed against `address` (already redacted).

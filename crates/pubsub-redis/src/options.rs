@@ -1,7 +1,9 @@
-//! From the `[redis]` config section to redis-rs clients: address (Unix
-//! socket, TCP or TLS), credentials, RESP3, TLS certificates, cluster nodes.
+//! The `[redis]` config section to [`Options`], which build the redis-rs
+//! clients: address (Unix socket, TCP or TLS), credentials, RESP3, TLS
+//! certificates, cluster nodes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +27,19 @@ pub(crate) type PushCallback =
 /// Blocking stream reads use their own, longer one.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything needed to open connections, checked once at connect.
+/// Everything needed to open connections, checked once at connect. The
+/// client library's options are made per connection, by [`Options::client`]
+/// and [`Options::cluster_client`], since each connection has its own push
+/// callback and response timeout.
 #[derive(Clone)]
 pub(crate) struct Options {
     pub redis: RedisConfig,
     /// The address as shown in errors and logs, password replaced by `***`.
     pub shown: String,
+    /// Whether connections use TLS (`tls = true`, and not a Unix socket).
+    pub tls: bool,
+    /// `redis.stream_consumer`, or one generated for this handle.
+    pub consumer: String,
     pub connect_timeout: Duration,
     pub close_timeout: Duration,
     certs: Option<Arc<TlsCertificates>>,
@@ -47,28 +56,39 @@ impl std::fmt::Debug for Options {
 }
 
 impl Options {
-    /// Check the TLS files and build the options from the (checked) section.
-    pub fn new(config: &Config, r: RedisConfig) -> Result<Options> {
-        if r.unix_socket_path.is_some() && r.tls {
+    /// Build the options from the common settings and the (checked)
+    /// `[redis]` section (TLS files are read here, so their errors come
+    /// before any network traffic).
+    pub fn new(config: &Config, redis: RedisConfig) -> Result<Options> {
+        if redis.unix_socket_path.is_some() && redis.tls {
             tracing::warn!(
                 "redis.unix_socket_path is set: it takes precedence over TCP, and TLS settings are not used on it"
             );
         }
-        if r.tls {
+        if let Some(path) = &redis.unix_socket_path {
+            check_unix_socket(path)?;
+        }
+        if redis.tls {
             // One rustls provider (ring) for the process, before any TLS connect.
             pubsub_core::tls::install_default_provider();
         }
-        let certs = if r.tls && r.unix_socket_path.is_none() {
-            Some(Arc::new(tls_certificates(&r)?))
+        let tls = redis.tls && redis.unix_socket_path.is_none();
+        let certs = if tls {
+            Some(Arc::new(tls_certificates(&redis)?))
         } else {
             None
         };
         Ok(Options {
-            shown: shown_address(&r),
-            redis: r,
+            shown: shown_address(&redis),
+            tls,
+            consumer: redis
+                .stream_consumer
+                .clone()
+                .unwrap_or_else(generated_consumer),
             connect_timeout: config.connect_timeout,
             close_timeout: config.close_timeout,
             certs,
+            redis,
         })
     }
 
@@ -185,8 +205,29 @@ fn addr_is_tls(info: &redis::ConnectionInfo) -> bool {
     matches!(info.addr(), ConnectionAddr::TcpTls { .. })
 }
 
+/// A consumer name no other handle is likely to use: host, process id, a
+/// per-process counter and the time.
+fn generated_consumer() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    format!(
+        "{host}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// `redis://user:***@host:port/db`, `rediss://...`, `unix:///path`, or the cluster node list.
-pub(crate) fn shown_address(r: &RedisConfig) -> String {
+fn shown_address(r: &RedisConfig) -> String {
     let auth = match (&r.username, &r.password) {
         (Some(u), Some(_)) => format!("{u}:***@"),
         (None, Some(_)) => ":***@".to_string(),
@@ -205,6 +246,23 @@ pub(crate) fn shown_address(r: &RedisConfig) -> String {
     redact_url(&url)
 }
 
+/// The Unix socket must be there when connecting: a path that does not
+/// exist (or cannot be looked at) is a configuration error naming
+/// `redis.unix_socket_path` and the path, found before any connect.
+fn check_unix_socket(path: &Path) -> Result<()> {
+    std::fs::metadata(path).map(|_| ()).map_err(|e| {
+        let what = if e.kind() == std::io::ErrorKind::NotFound {
+            "does not exist (is redis-server running, with `unixsocket` set to it?)".to_string()
+        } else {
+            format!("cannot be read: {e}")
+        };
+        Error::config(
+            "redis.unix_socket_path",
+            format!("{} {what}", path.display()),
+        )
+    })
+}
+
 /// Check the TLS files through core (clear errors naming the key), then
 /// hand their PEM bytes to redis-rs.
 fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
@@ -220,11 +278,13 @@ fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
     };
     // Installs the `ring` provider and checks every file.
     pubsub_core::tls::client_config(&files)?;
+    // Read again for redis-rs: only a file removed or changed since the
+    // check can fail here.
     let read = |key: &str, p: &Path| {
         std::fs::read(p).map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("redis.{key}: cannot read {}: {e}", p.display()),
+            Error::config(
+                &format!("redis.{key}"),
+                format!("file {} cannot be read: {e}", p.display()),
             )
         })
     };
@@ -276,12 +336,29 @@ mod tests {
             ..RedisConfig::default()
         };
         let e = Options::new(&c, r.clone()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
+        assert!(e.to_string().contains("missing-ca.pem"), "{e}");
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
         r.tls_ca_cert = Some(not_pem);
         let e = Options::new(&c, r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
         assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_unix_socket_names_the_key_and_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("redis.sock");
+        let r = RedisConfig {
+            unix_socket_path: Some(missing.clone()),
+            ..RedisConfig::default()
+        };
+        let e = Options::new(&Config::default(), r).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        let msg = e.to_string();
+        assert!(msg.contains("redis.unix_socket_path"), "{msg}");
+        assert!(msg.contains(&missing.display().to_string()), "{msg}");
     }
 }

@@ -89,7 +89,7 @@ async fn tls_failures_are_tls_errors_that_name_the_key() {
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);
     c.section_mut::<RedisConfig>().unwrap().tls_ca_cert = Some(pki.dir().join("nope.pem"));
     let e = pubsub_redis::connect(&c).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Tls);
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
     assert!(e.to_string().contains("redis.tls_ca_cert"), "{e}");
     // A key that does not belong to the certificate.
     let mut c = tls_config(&server, &pki, RedisMode::PubSub);

@@ -350,7 +350,7 @@ fn tls_file_cases(
         config_case(
             base.clone(),
             format!("{section}.tls_ca_cert = a file that does not exist"),
-            ErrorKind::Tls,
+            ErrorKind::InvalidConfig,
             missing_fragment,
             move |c| set(c, missing.clone(), None),
         ),
@@ -592,7 +592,7 @@ async fn bad_input_table() {
         nats_case(
             &url,
             "nats.tls_ca_cert = a file that does not exist",
-            Tls,
+            InvalidConfig,
             "nats.tls_ca_cert: file",
             {
                 let p = d.join("nope.pem");

@@ -1,0 +1,342 @@
+//! The [`PubSubBackend`] of Redis, in its two modes.
+//!
+//! Tasks of one handle:
+//! - the **publisher** ([`publisher`]) drains a bounded queue of publishes
+//!   into pipelines (one round trip per batch, never per message), retries
+//!   a batch when the connection is lost, and answers `flush`/`close`
+//!   markers in order;
+//! - `pubsub` mode ([`pubsub`]): the **pump** moves the messages that
+//!   redis-rs reads from the socket (RESP3 pushes, read continuously) into
+//!   the inbox. The connection manager (or the cluster client) reconnects
+//!   and re-subscribes by itself;
+//! - `streams` mode ([`streams`]): one **reader** per subscribed topic on a
+//!   connection of its own (`XREAD`/`XREADGROUP ... BLOCK`, its response
+//!   timeout longer than the block time), plus one **acker** that sends
+//!   `XACK` for group messages once the application has taken them.
+//!
+//! [`connection`] opens the connections they use.
+
+mod connection;
+mod publisher;
+mod pubsub;
+mod streams;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pubsub_core::sync::{lock, read, write, AbortOnDrop};
+use pubsub_core::{
+    Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind,
+    PubSubBackend, Result, TopicCache, TryPublish,
+};
+use redis::RedisResult;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{RedisConfig, RedisMode};
+use crate::error::redis_error;
+use crate::options::{Options, COMMAND_TIMEOUT};
+use connection::{broker_info, open, Conn};
+use publisher::{publisher, PubCmd, PUBLISH_QUEUE};
+use streams::{acker, AckMsg};
+
+/// Most topics whose shared name is kept for reuse.
+const TOPIC_CACHE: usize = 4096;
+/// The field of a stream entry that holds the payload.
+pub const PAYLOAD_FIELD: &str = "payload";
+
+/// The Redis backend: see the crate documentation for the two modes.
+pub struct RedisBackend {
+    opts: Arc<Options>,
+    ctx: BackendContext,
+    conn: Mutex<Option<Conn>>,
+    publish_tx: mpsc::Sender<PubCmd>,
+    /// Topic names shared with the publisher task: no allocation per publish.
+    topics: TopicCache<Arc<str>>,
+    /// pubsub mode: channels subscribed now (late messages of others are discarded).
+    active: Arc<RwLock<HashSet<String>>>,
+    /// streams mode: reader task of each subscribed topic.
+    readers: Mutex<HashMap<String, AbortOnDrop>>,
+    ack_tx: Mutex<Option<mpsc::UnboundedSender<AckMsg>>>,
+    tasks: Mutex<Vec<AbortOnDrop>>,
+    closed: AtomicBool,
+    info: BrokerInfo,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("address", &self.opts.shown)
+            .field("mode", &self.opts.redis.mode)
+            .field("cluster", &self.opts.redis.cluster)
+            .field("consumer", &self.opts.consumer)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    const NAME: &'static str = "redis";
+    const CRATE: &'static str = env!("CARGO_PKG_NAME");
+    type Config = RedisConfig;
+
+    /// Connect as the `[redis]` section says.
+    async fn connect(
+        config: &Config,
+        redis: RedisConfig,
+        ctx: BackendContext,
+    ) -> Result<RedisBackend> {
+        let opts = Arc::new(Options::new(config, redis)?);
+        if config.group_id.is_some() && opts.redis.mode == RedisMode::PubSub {
+            return Err(pubsub_mode_has_no_groups(config.group_id.as_deref()));
+        }
+        let mut tasks = Vec::new();
+        let active: Arc<RwLock<HashSet<String>>> = Arc::default();
+        let push = if opts.redis.mode == RedisMode::PubSub {
+            let (push, pump) = pubsub::receiver(config, &opts, &ctx, &active);
+            tasks.push(pump);
+            Some(push)
+        } else {
+            None
+        };
+        let mut conn = open(&opts, push, COMMAND_TIMEOUT).await?;
+        let info = broker_info(&mut conn, &opts).await;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        // Not aborted on drop: a handle dropped without close still sends
+        // what it accepted (giving up after close_timeout if Redis is away).
+        tokio::spawn(publisher(publish_rx, conn.clone(), opts.clone()));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        if opts.redis.mode == RedisMode::Streams {
+            // Not aborted on drop: it ends when the last acknowledgement
+            // callback is gone, so that messages taken just before a drop
+            // are still acknowledged.
+            tokio::spawn(acker(ack_rx, conn.clone(), opts.shown.clone()));
+        }
+        tracing::debug!(address = %opts.shown, mode = ?opts.redis.mode, "connected to redis");
+        Ok(RedisBackend {
+            opts,
+            ctx,
+            conn: Mutex::new(Some(conn)),
+            publish_tx,
+            topics: TopicCache::new(TOPIC_CACHE),
+            active,
+            readers: Mutex::new(HashMap::new()),
+            ack_tx: Mutex::new(Some(ack_tx)),
+            tasks: Mutex::new(tasks),
+            closed: AtomicBool::new(false),
+            info,
+        })
+    }
+}
+
+impl RedisBackend {
+    /// The shared name of `topic` for the publisher task.
+    fn topic(&self, topic: &str) -> Result<Arc<str>> {
+        self.topics.get_or_make(topic, |t| Ok(Arc::from(t)))
+    }
+
+    /// The consumer name this handle uses in stream groups.
+    pub fn consumer_name(&self) -> &str {
+        &self.opts.consumer
+    }
+
+    /// The mode this handle was connected in.
+    pub fn mode(&self) -> RedisMode {
+        self.opts.redis.mode
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        lock(&self.conn).clone().ok_or_else(Error::closed)
+    }
+
+    fn err(&self, what: &str, e: redis::RedisError) -> Error {
+        redis_error(&self.opts.shown, what, e)
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T> {
+        let limit = self.opts.connect_timeout + COMMAND_TIMEOUT;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.map_err(|e| self.err(what, e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {}: {what} got no answer within {} s",
+                    self.opts.shown,
+                    limit.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
+    let g = group.map(|g| format!(" {g:?}")).unwrap_or_default();
+    Error::new(
+        ErrorKind::InvalidConfig,
+        format!(
+            "group_id{g}: Redis PUBLISH/SUBSCRIBE (redis.mode = \"pubsub\") has no groups and would give every message to every member; \
+             set redis.mode = \"streams\" (MSIGHT_REDIS_MESSAGE_BROKER_MODE=streams) to share messages in a consumer group, or remove group_id"
+        ),
+    )
+}
+
+#[async_trait]
+impl PubSubBackend for RedisBackend {
+    fn broker_info(&self) -> BrokerInfo {
+        self.info.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let streams = self.opts.redis.mode == RedisMode::Streams;
+        let mut c = Capabilities::default();
+        c.groups = streams;
+        c.persistence = streams;
+        c.ordering = true;
+        c.max_payload = Some(self.opts.redis.max_payload);
+        c.delivery = if streams {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        };
+        c
+    }
+
+    async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        match self.opts.redis.mode {
+            RedisMode::PubSub => {
+                if group.is_some() {
+                    return Err(pubsub_mode_has_no_groups(group));
+                }
+                let mut conn = self.conn()?;
+                write(&self.active).insert(topic.to_string());
+                let r = self
+                    .bounded(&format!("SUBSCRIBE {topic:?}"), conn.subscribe(topic))
+                    .await;
+                if r.is_err() {
+                    write(&self.active).remove(topic);
+                }
+                r
+            }
+            RedisMode::Streams => {
+                let limit = self.opts.connect_timeout + COMMAND_TIMEOUT;
+                match tokio::time::timeout(limit, self.subscribe_stream(topic, group)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "redis {}: subscribing to stream {topic:?} got no answer within {} s",
+                            self.opts.shown,
+                            limit.as_secs()
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        match self.opts.redis.mode {
+            RedisMode::PubSub => {
+                let mut conn = self.conn()?;
+                self.bounded(&format!("UNSUBSCRIBE {topic:?}"), conn.unsubscribe(topic))
+                    .await?;
+                write(&self.active).remove(topic);
+                Ok(())
+            }
+            RedisMode::Streams => {
+                // Dropping the task aborts the reader and closes its connection.
+                drop(lock(&self.readers).remove(topic));
+                Ok(())
+            }
+        }
+    }
+
+    fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
+        let topic = match self.topic(topic) {
+            Ok(t) => t,
+            Err(e) => return TryPublish::Done(Err(e)),
+        };
+        match self.publish_tx.try_send(PubCmd::Publish { topic, payload }) {
+            Ok(()) => TryPublish::Done(Ok(())),
+            Err(mpsc::error::TrySendError::Full(PubCmd::Publish { payload, .. })) => {
+                TryPublish::WouldWait(payload)
+            }
+            Err(_) => TryPublish::Done(Err(Error::closed())),
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        // Called when the queue is full (Redis slower than the application,
+        // or away); core's `publish_timeout` bounds the wait.
+        let topic = self.topic(topic)?;
+        self.publish_tx
+            .send(PubCmd::Publish { topic, payload })
+            .await
+            .map_err(|_| Error::closed())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.publish_tx
+            .send(PubCmd::Flush(tx))
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        // Everything accepted before this marker is sent first.
+        let limit = self
+            .opts
+            .close_timeout
+            .saturating_sub(Duration::from_millis(500));
+        let drained = async {
+            match self.publish_tx.send(PubCmd::Close(tx)).await {
+                Ok(()) => rx.await.unwrap_or(Ok(())),
+                Err(_) => Ok(()),
+            }
+        };
+        let sent = match tokio::time::timeout(limit, drained).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {}: close: queued messages could not all be sent within close_timeout",
+                    self.opts.shown
+                ),
+            )),
+        };
+        lock(&self.readers).clear();
+        let ack_tx = lock(&self.ack_tx).take();
+        if let Some(ack_tx) = ack_tx {
+            // Send the acknowledgements of messages already taken.
+            let (tx, rx) = oneshot::channel();
+            if ack_tx.send(AckMsg::Flush(tx)).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+            }
+        }
+        if self.opts.redis.mode == RedisMode::PubSub {
+            let topics: Vec<String> = read(&self.active).iter().cloned().collect();
+            write(&self.active).clear();
+            if let (Ok(mut conn), false) = (self.conn(), topics.is_empty()) {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), conn.unsubscribe(&topics)).await;
+            }
+        }
+        lock(&self.tasks).clear();
+        lock(&self.conn).take();
+        sent
+    }
+}
