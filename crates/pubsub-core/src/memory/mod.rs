@@ -4,7 +4,7 @@
 //!
 //! Delivery is immediate and ordered; nothing is kept for a subscriber that
 //! is not there (at most once), like core NATS. Headers and message ids
-//! are carried, and manual ack mode is emulated in full ([`acks`]):
+//! are carried, and manual ack mode is emulated in full (see `acks.rs`):
 //! redelivery after `ack_wait` or a nak's delay, attempts, `max_deliver`,
 //! the dead-letter topic, groups.
 

@@ -1,6 +1,6 @@
 //! Print what arrives on `examples/#` (an MQTT wildcard), seed-style, until
 //! 30 seconds pass without a message.
-//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example subscribe_blocking`
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_subscribe_blocking`
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Publish ten messages on your tokio runtime.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example publish_async`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example nats_publish_async`
 
 use pubsub_nats::{get_nats_config, Topic};
 

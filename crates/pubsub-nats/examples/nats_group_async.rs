@@ -1,5 +1,5 @@
 //! Three workers in the queue group `workers` share 30 jobs (async).
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example group_async`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example nats_group_async`
 
 use std::time::Duration;
 

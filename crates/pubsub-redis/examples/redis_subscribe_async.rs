@@ -1,7 +1,7 @@
 //! Print the messages of a topic as they arrive (async), for 60 s at most.
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example subscribe_async
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_subscribe_async
 //! ```
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! A member of a consumer group in streams mode, blocking API.
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example group_blocking
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_group_blocking
 //! ```
 
 use pubsub_redis::RedisConfig;

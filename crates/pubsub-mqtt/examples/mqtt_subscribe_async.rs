@@ -1,5 +1,5 @@
 //! Print what arrives on `examples/#` (an MQTT wildcard) as a `Stream`, for 30 seconds.
-//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example subscribe_async`
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_subscribe_async`
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Publish ten messages from a plain `fn main()`.
-//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example publish_blocking`
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_publish_blocking`
 
 use pubsub_mqtt::{get_mqtt_config, Topic};
 

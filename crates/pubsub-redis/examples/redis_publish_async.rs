@@ -1,7 +1,7 @@
 //! Publish ten messages (async).
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example publish_async
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_publish_async
 //! ```
 //! Set `MSIGHT_REDIS_MESSAGE_BROKER_MODE=streams` for Redis Streams.
 

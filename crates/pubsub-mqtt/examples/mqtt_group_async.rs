@@ -1,6 +1,6 @@
 //! Three workers in the group `workers` (an MQTT v5 shared subscription)
 //! share 30 jobs with the async API: each job goes to one of them.
-//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example group_async`
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_group_async`
 
 use std::time::Duration;
 

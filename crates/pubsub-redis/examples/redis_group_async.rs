@@ -3,7 +3,7 @@
 //! each message goes to one member.
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example group_async
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_group_async
 //! ```
 
 use std::time::Duration;

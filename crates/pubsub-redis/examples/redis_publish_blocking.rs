@@ -1,7 +1,7 @@
 //! Publish ten messages from a plain `fn main()` (blocking API).
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example publish_blocking
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_publish_blocking
 //! ```
 
 fn main() -> pubsub_redis::Result<()> {

@@ -1,21 +1,22 @@
-//! Three workers in the queue group `workers` share 30 jobs: each job goes to one of them.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example group_blocking`
+//! Three workers in the group `workers` (an MQTT v5 shared subscription,
+//! `$share/workers/examples/jobs`) share 30 jobs: each job goes to one of them.
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_group_blocking`
 
 use std::time::Duration;
 
-use pubsub_nats::{get_nats_config, Topic};
+use pubsub_mqtt::{get_mqtt_config, Topic};
 
-fn main() -> Result<(), pubsub_nats::Error> {
-    let config = get_nats_config(Some("workers"))?;
-    let topic = Topic::new("examples.jobs")?;
+fn main() -> Result<(), pubsub_mqtt::Error> {
+    let config = get_mqtt_config(Some("workers"))?;
+    let topic = Topic::new("examples/jobs")?;
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let w = pubsub_nats::connect_blocking(&config)?;
+            let w = pubsub_mqtt::connect_blocking(&config)?;
             w.subscribe(&topic)?; // joins the group `workers`
             Ok(w)
         })
-        .collect::<Result<_, pubsub_nats::Error>>()?;
-    let producer = pubsub_nats::connect_blocking(&get_nats_config(None)?)?;
+        .collect::<Result<_, pubsub_mqtt::Error>>()?;
+    let producer = pubsub_mqtt::connect_blocking(&get_mqtt_config(None)?)?;
     for job in 0..30u32 {
         producer.publish(&topic, job.to_be_bytes().to_vec())?;
     }

@@ -1,5 +1,5 @@
 //! Print what arrives on `examples.>` (a wildcard) as a `Stream`, for 30 seconds.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example subscribe_async`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example nats_subscribe_async`
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Runs on the in-process `memory` backend by default, so it needs no broker:
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --example nats_quickstart
 //! ```
 //!
 //! Point it at NATS with `MSIGHT_PUBSUB_BACKEND=nats MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222`.

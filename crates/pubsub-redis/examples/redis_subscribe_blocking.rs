@@ -2,7 +2,7 @@
 //! original's `listen()` loop; stops after 100 messages.
 //!
 //! ```text
-//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example subscribe_blocking
+//! MSIGHT_REDIS_MESSAGE_BROKER_HOST=127.0.0.1 cargo run -p pubsub-redis --example redis_subscribe_blocking
 //! ```
 
 fn main() -> pubsub_redis::Result<()> {

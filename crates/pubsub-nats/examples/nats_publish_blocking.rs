@@ -1,5 +1,5 @@
 //! Publish ten messages from a plain `fn main()`.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example publish_blocking`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example nats_publish_blocking`
 
 use pubsub_nats::{get_nats_config, Topic};
 

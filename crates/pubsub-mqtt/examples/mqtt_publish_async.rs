@@ -1,5 +1,5 @@
 //! Publish ten messages with the async API.
-//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example publish_async`
+//! `MSIGHT_MQTT_URL=mqtt://127.0.0.1:1883 cargo run -p pubsub-mqtt --example mqtt_publish_async`
 
 use pubsub_mqtt::{get_mqtt_config, Topic};
 

@@ -1,5 +1,5 @@
 //! Print what arrives on `examples.frames` for 30 seconds.
-//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example subscribe_blocking`
+//! `MSIGHT_NATS_SERVERS=nats://127.0.0.1:4222 cargo run -p pubsub-nats --example nats_subscribe_blocking`
 
 use std::time::{Duration, Instant};
 
