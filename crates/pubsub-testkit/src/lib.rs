@@ -6,6 +6,7 @@ pub mod brokers;
 pub mod certs;
 pub mod conformance;
 pub mod logs;
+pub mod peer;
 pub mod python;
 
 pub use futures::future::BoxFuture;

@@ -2,11 +2,11 @@
 //! that `cargo xtask install-brokers` (and `cargo xtask ci`) prepares with
 //! `nats-py` and `redis`, the clients the Python original uses.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use crate::peer::Peer;
 
 /// The Python interpreter: `$PUBSUB_TEST_PYTHON`, else the `py-venv` that
 /// `cargo xtask install-brokers` prepares in the build's target directory,
@@ -39,12 +39,9 @@ pub fn interpreter() -> PathBuf {
     })
 }
 
-/// A running Python script whose stdout lines can be awaited with a timeout.
-/// Killed on drop.
-pub struct PythonPeer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+/// A running Python script whose stdout lines can be awaited with a
+/// timeout (a [`Peer`]); killed on drop.
+pub struct PythonPeer(Peer);
 
 impl PythonPeer {
     /// Run `script` (the program text) with `args`.
@@ -55,59 +52,30 @@ impl PythonPeer {
     /// Run `script` with `args` and extra environment variables (the
     /// `MSIGHT_*` ones the Python original reads).
     pub fn spawn_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> PythonPeer {
-        let mut child = Command::new(interpreter())
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(interpreter());
+        cmd.envs(env.iter().copied())
             .arg("-c")
             .arg(script)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Python peer");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        PythonPeer { child, lines }
-    }
-
-    /// The next line of output, waiting at most `timeout`.
-    ///
-    /// # Panics
-    /// When no line comes in time (the script failed or hung).
-    pub fn line(&mut self, timeout: Duration) -> String {
-        match self.lines.recv_timeout(timeout) {
-            Ok(l) => l,
-            Err(_) => {
-                let status = self.child.try_wait().ok().flatten();
-                panic!("the Python peer printed nothing within {timeout:?} (exit status {status:?}); see its stderr above")
-            }
-        }
+            .args(args);
+        PythonPeer(Peer::spawn(cmd, "Python peer"))
     }
 
     /// Wait for the script to exit (bounded) and return whether it succeeded.
-    pub fn wait(mut self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+    pub fn wait(self, timeout: Duration) -> bool {
+        self.0.wait(timeout)
     }
 }
 
-impl Drop for PythonPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for PythonPeer {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PythonPeer {
+    fn deref_mut(&mut self) -> &mut Peer {
+        &mut self.0
     }
 }
 
