@@ -67,6 +67,18 @@ impl InFlight {
         }
     }
 
+    /// Wait until at least one more message may be held (by count), for a
+    /// backend that fetches several at a time ([`InFlight::room`]).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.room() > 0 {
+                return;
+            }
+            freed.await;
+        }
+    }
+
     /// A place for one more unsettled message, if one is free now.
     pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<Permit> {
         let mut held = lock(&self.held);

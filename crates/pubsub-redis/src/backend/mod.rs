@@ -17,8 +17,10 @@
 //! [`connection`] opens the connections they use.
 
 mod connection;
+mod entries;
 mod publisher;
 mod pubsub;
+mod settle;
 mod streams;
 
 use std::collections::{HashMap, HashSet};
@@ -30,8 +32,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pubsub_core::sync::{lock, read, write, AbortOnDrop};
 use pubsub_core::{
-    Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind,
-    PubSubBackend, Result, TopicCache, TryPublish,
+    Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind, Headers,
+    PubSubBackend, Result, Support, TopicCache, TryPublish,
 };
 use redis::RedisResult;
 use tokio::sync::{mpsc, oneshot};
@@ -40,8 +42,9 @@ use crate::config::{RedisConfig, RedisMode};
 use crate::error::redis_error;
 use crate::options::{Options, COMMAND_TIMEOUT};
 use connection::{broker_info, open, Conn};
-use publisher::{publisher, PubCmd, PUBLISH_QUEUE};
-use streams::{acker, AckMsg};
+use publisher::{publisher, Outgoing, PubCmd, PUBLISH_QUEUE};
+use settle::{acker, AckMsg, Manual};
+use streams::Subscription;
 
 /// Most topics whose shared name is kept for reuse.
 const TOPIC_CACHE: usize = 4096;
@@ -59,7 +62,9 @@ pub struct RedisBackend {
     /// pubsub mode: channels subscribed now (late messages of others are discarded).
     active: Arc<RwLock<HashSet<String>>>,
     /// streams mode: reader task of each subscribed topic.
-    readers: Mutex<HashMap<String, AbortOnDrop>>,
+    readers: Mutex<HashMap<String, Subscription>>,
+    /// Set in manual ack mode (streams mode only).
+    manual: Option<Arc<Manual>>,
     ack_tx: Mutex<Option<mpsc::UnboundedSender<AckMsg>>>,
     tasks: Mutex<Vec<AbortOnDrop>>,
     closed: AtomicBool,
@@ -93,6 +98,11 @@ impl Backend for RedisBackend {
         if config.group_id.is_some() && opts.redis.mode == RedisMode::PubSub {
             return Err(pubsub_mode_has_no_groups(config.group_id.as_deref()));
         }
+        let manual = match (streams::is_manual(config), opts.redis.mode) {
+            (false, _) => None,
+            (true, RedisMode::Streams) => Some(Arc::new(Manual::new(config, ctx.counters.clone()))),
+            (true, RedisMode::PubSub) => return Err(pubsub_mode_keeps_nothing()),
+        };
         let mut tasks = Vec::new();
         let active: Arc<RwLock<HashSet<String>>> = Arc::default();
         let push = if opts.redis.mode == RedisMode::PubSub {
@@ -113,7 +123,7 @@ impl Backend for RedisBackend {
             // Not aborted on drop: it ends when the last acknowledgement
             // callback is gone, so that messages taken just before a drop
             // are still acknowledged.
-            tokio::spawn(acker(ack_rx, conn.clone(), opts.shown.clone()));
+            tokio::spawn(acker(ack_rx, conn.clone(), opts.clone(), manual.clone()));
         }
         tracing::debug!(address = %opts.shown, mode = ?opts.redis.mode, "connected to redis");
         Ok(RedisBackend {
@@ -124,6 +134,7 @@ impl Backend for RedisBackend {
             topics: TopicCache::new(TOPIC_CACHE),
             active,
             readers: Mutex::new(HashMap::new()),
+            manual,
             ack_tx: Mutex::new(Some(ack_tx)),
             tasks: Mutex::new(tasks),
             closed: AtomicBool::new(false),
@@ -176,6 +187,14 @@ impl RedisBackend {
     }
 }
 
+fn pubsub_mode_keeps_nothing() -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        "ack = \"manual\": Redis PUBLISH/SUBSCRIBE (redis.mode = \"pubsub\") keeps no message to settle; \
+         set redis.mode = \"streams\" (MSIGHT_REDIS_MESSAGE_BROKER_MODE=streams), or use ack = \"auto\"",
+    )
+}
+
 fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
     let g = group.map(|g| format!(" {g:?}")).unwrap_or_default();
     Error::new(
@@ -205,6 +224,18 @@ impl PubSubBackend for RedisBackend {
         } else {
             Delivery::AtMostOnce
         };
+        if streams {
+            // Fields beside the payload; the entry id.
+            c.headers = true;
+            c.message_ids = true;
+            let s = &mut c.settle;
+            s.ack = Support::Native;
+            s.nak = Support::Emulated;
+            s.in_progress = Support::Emulated;
+            s.term = Support::Emulated;
+            s.redeliver_after_ack_wait = Support::Emulated;
+            s.dead_letter = Support::Emulated;
+        }
         c
     }
 
@@ -255,7 +286,10 @@ impl PubSubBackend for RedisBackend {
             }
             RedisMode::Streams => {
                 // Dropping the task aborts the reader and closes its connection.
-                drop(lock(&self.readers).remove(topic));
+                let sub = lock(&self.readers).remove(topic);
+                if let Some(g) = sub.and_then(|s| s.private_group) {
+                    self.destroy_private_group(topic, &g).await;
+                }
                 Ok(())
             }
         }
@@ -266,10 +300,15 @@ impl PubSubBackend for RedisBackend {
             Ok(t) => t,
             Err(e) => return TryPublish::Done(Err(e)),
         };
-        match self.publish_tx.try_send(PubCmd::Publish { topic, payload }) {
+        let out = Outgoing {
+            topic,
+            payload,
+            headers: Headers::new(),
+        };
+        match self.publish_tx.try_send(PubCmd::Publish(out)) {
             Ok(()) => TryPublish::Done(Ok(())),
-            Err(mpsc::error::TrySendError::Full(PubCmd::Publish { payload, .. })) => {
-                TryPublish::WouldWait(payload)
+            Err(mpsc::error::TrySendError::Full(PubCmd::Publish(out))) => {
+                TryPublish::WouldWait(out.payload)
             }
             Err(_) => TryPublish::Done(Err(Error::closed())),
         }
@@ -278,9 +317,25 @@ impl PubSubBackend for RedisBackend {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         // Called when the queue is full (Redis slower than the application,
         // or away); core's `publish_timeout` bounds the wait.
-        let topic = self.topic(topic)?;
+        self.publish_with_headers(topic, Headers::new(), payload)
+            .await
+    }
+
+    /// Streams mode only (core refuses headers in pubsub mode, whose bytes
+    /// stay those of the Python original).
+    async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<()> {
+        let out = Outgoing {
+            topic: self.topic(topic)?,
+            payload,
+            headers,
+        };
         self.publish_tx
-            .send(PubCmd::Publish { topic, payload })
+            .send(PubCmd::Publish(out))
             .await
             .map_err(|_| Error::closed())
     }
@@ -318,13 +373,19 @@ impl PubSubBackend for RedisBackend {
                 ),
             )),
         };
-        lock(&self.readers).clear();
+        let subs: Vec<(String, Subscription)> = lock(&self.readers).drain().collect();
         let ack_tx = lock(&self.ack_tx).take();
         if let Some(ack_tx) = ack_tx {
             // Send the acknowledgements of messages already taken.
             let (tx, rx) = oneshot::channel();
             if ack_tx.send(AckMsg::Flush(tx)).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+            }
+        }
+        for (topic, sub) in subs {
+            drop(sub.reader);
+            if let Some(g) = sub.private_group {
+                self.destroy_private_group(&topic, &g).await;
             }
         }
         if self.opts.redis.mode == RedisMode::PubSub {

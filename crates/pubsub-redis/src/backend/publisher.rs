@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pubsub_core::{Error, Result};
+use pubsub_core::{Error, Headers, Result};
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::Conn;
-use super::PAYLOAD_FIELD;
+use super::entries::add_fields;
 use crate::config::RedisMode;
 use crate::error::{is_connection_error, redis_error};
 use crate::options::{Options, COMMAND_TIMEOUT};
@@ -27,9 +27,17 @@ const MAX_BATCH: usize = 1_024;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 pub(super) enum PubCmd {
-    Publish { topic: Arc<str>, payload: Bytes },
+    Publish(Outgoing),
     Flush(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<Result<()>>),
+}
+
+/// A message to publish.
+pub(super) struct Outgoing {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// Streams mode only (fields beside the payload); empty in pubsub mode.
+    pub headers: Headers,
 }
 
 #[derive(Default)]
@@ -67,22 +75,22 @@ impl Failures {
 
 pub(super) async fn publisher(mut rx: mpsc::Receiver<PubCmd>, mut conn: Conn, opts: Arc<Options>) {
     let mut failures = Failures::default();
-    let mut batch: Vec<(Arc<str>, Bytes)> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut control = None;
         let mut bytes = 0;
         match first {
-            PubCmd::Publish { topic, payload } => {
-                bytes += payload.len();
-                batch.push((topic, payload));
+            PubCmd::Publish(out) => {
+                bytes += out.payload.len();
+                batch.push(out);
             }
             other => control = Some(other),
         }
         while control.is_none() && batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(PubCmd::Publish { topic, payload }) => {
-                    bytes += payload.len();
-                    batch.push((topic, payload));
+                Ok(PubCmd::Publish(out)) => {
+                    bytes += out.payload.len();
+                    batch.push(out);
                 }
                 Ok(other) => control = Some(other),
                 Err(_) => break,
@@ -105,23 +113,27 @@ pub(super) async fn publisher(mut rx: mpsc::Receiver<PubCmd>, mut conn: Conn, op
     }
 }
 
-fn publish_cmd(opts: &Options, topic: &str, payload: &Bytes) -> Cmd {
+fn publish_cmd(opts: &Options, out: &Outgoing) -> Cmd {
     match opts.redis.mode {
         RedisMode::PubSub => {
             let mut c = redis::cmd("PUBLISH");
-            c.arg(topic).arg(payload.as_ref());
+            c.arg(&*out.topic).arg(out.payload.as_ref());
             c
         }
-        RedisMode::Streams => {
-            let mut c = redis::cmd("XADD");
-            c.arg(topic);
-            if opts.redis.stream_maxlen > 0 {
-                c.arg("MAXLEN").arg("~").arg(opts.redis.stream_maxlen);
-            }
-            c.arg("*").arg(PAYLOAD_FIELD).arg(payload.as_ref());
-            c
-        }
+        RedisMode::Streams => xadd(opts, &out.topic, &out.payload, &out.headers),
     }
+}
+
+/// `XADD topic [MAXLEN ~ n] * payload <bytes> header:<k> <v> ...`
+pub(super) fn xadd(opts: &Options, topic: &str, payload: &[u8], headers: &Headers) -> Cmd {
+    let mut c = redis::cmd("XADD");
+    c.arg(topic);
+    if opts.redis.stream_maxlen > 0 {
+        c.arg("MAXLEN").arg("~").arg(opts.redis.stream_maxlen);
+    }
+    c.arg("*");
+    add_fields(&mut c, payload, headers);
+    c
 }
 
 /// Send one batch as pipelines (in a cluster, one per run of the same topic,
@@ -129,12 +141,12 @@ fn publish_cmd(opts: &Options, topic: &str, payload: &Bytes) -> Cmd {
 async fn send_batch(
     conn: &mut Conn,
     opts: &Options,
-    batch: &[(Arc<str>, Bytes)],
+    batch: &[Outgoing],
     failures: &mut Failures,
     rx: &mpsc::Receiver<PubCmd>,
 ) {
-    let runs: Vec<&[(Arc<str>, Bytes)]> = if matches!(conn, Conn::Cluster(_)) {
-        batch.chunk_by(|a, b| a.0 == b.0).collect()
+    let runs: Vec<&[Outgoing]> = if matches!(conn, Conn::Cluster(_)) {
+        batch.chunk_by(|a, b| a.topic == b.topic).collect()
     } else {
         vec![batch]
     };
@@ -148,14 +160,14 @@ async fn send_batch(
 async fn send_run(
     conn: &mut Conn,
     opts: &Options,
-    run: &[(Arc<str>, Bytes)],
+    run: &[Outgoing],
     failures: &mut Failures,
     rx: &mpsc::Receiver<PubCmd>,
 ) {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for (topic, payload) in run {
-        pipe.add_command(publish_cmd(opts, topic, payload));
+    for out in run {
+        pipe.add_command(publish_cmd(opts, out));
     }
     let mut delay = Duration::from_millis(50);
     let mut warned = false;
@@ -196,7 +208,7 @@ async fn send_run(
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
-                let topic = run.first().map(|r| r.0.to_string()).unwrap_or_default();
+                let topic = run.first().map(|r| r.topic.to_string()).unwrap_or_default();
                 failures.add(run.len() as u64, || {
                     redis_error(&opts.shown, &format!("publish to {topic:?}"), e)
                 });
@@ -209,13 +221,13 @@ async fn send_run(
 /// Count the commands of a sent pipeline that Redis refused.
 fn count_refused(
     opts: &Options,
-    run: &[(Arc<str>, Bytes)],
+    run: &[Outgoing],
     results: Vec<RedisResult<Value>>,
     failures: &mut Failures,
 ) {
     let mut failed = 0;
     let mut first = None;
-    for (r, (topic, _)) in results.into_iter().zip(run.iter()) {
+    for (r, Outgoing { topic, .. }) in results.into_iter().zip(run.iter()) {
         if let Err(e) = r {
             failed += 1;
             if first.is_none() {

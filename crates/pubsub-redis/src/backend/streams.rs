@@ -1,80 +1,58 @@
 //! `streams` mode: one reader per subscribed topic on a connection of its
 //! own (`XREAD` / `XREADGROUP ... BLOCK`, its response timeout longer than
-//! the block time), plus one acker that sends `XACK` for group messages
-//! once the application has taken them.
+//! the block time), plus the acker ([`super::settle`]).
+//!
+//! In auto ack mode a group entry is acknowledged once the application has
+//! taken it. In manual ack mode every subscription reads through a consumer
+//! group (a plain one through a group of its own, `pubsub-plain-<consumer>`,
+//! so that it still gets every entry), the application settles each entry,
+//! and entries left pending longer than `ack_wait` (at any member, this one
+//! included) are claimed again with `XAUTOCLAIM` and delivered with the
+//! attempt Redis counted; past `max_deliver` they go to the dead letter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use pubsub_core::sync::{lock, AbortOnDrop};
-use pubsub_core::{BackendContext, Error, Message, Result};
-use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use pubsub_core::{AckMode, BackendContext, Error, Message, Result};
+use redis::streams::StreamPendingCountReply;
 use redis::{PushInfo, PushKind, RedisResult, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::connection::{open, Conn};
-use super::{RedisBackend, PAYLOAD_FIELD};
+use super::entries::{autoclaim_reply, entries, read_reply, Body, Entry};
+use super::settle::{AckItem, AckMsg, Manual, StreamSettle};
+use super::RedisBackend;
 use crate::error::is_connection_error;
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
-/// A stream entry to acknowledge: (stream key, group, entry id).
-type AckItem = (Arc<str>, Arc<str>, String);
-
-pub(super) enum AckMsg {
-    Ack(AckItem),
-    /// Answered once every acknowledgement queued before it was sent.
-    Flush(oneshot::Sender<()>),
+/// A subscribed stream: its reader, and the group made for it alone (a
+/// plain subscription in manual ack mode), deleted when it ends.
+pub(super) struct Subscription {
+    pub reader: AbortOnDrop,
+    pub private_group: Option<Arc<str>>,
 }
 
 impl RedisBackend {
     pub(super) async fn subscribe_stream(&self, topic: &str, group: Option<&str>) -> Result<()> {
         let mut conn = self.conn()?;
-        let r = &self.opts.redis;
-        let start = match group {
+        let manual = self.manual.clone();
+        // Manual ack needs a pending list: a plain subscription gets a group
+        // of its own.
+        let private_group: Option<Arc<str>> = match (group, &manual) {
+            (None, Some(_)) => Some(Arc::from(format!("pubsub-plain-{}", self.opts.consumer))),
+            _ => None,
+        };
+        let group: Option<Arc<str>> = group.map(Arc::from).or_else(|| private_group.clone());
+        let start = match &group {
             Some(g) => {
-                let created: RedisResult<Value> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(topic)
-                    .arg(g)
-                    .arg("$")
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
-                    .await;
-                match created {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some("BUSYGROUP") => {}
-                    Err(e) => {
-                        return Err(self.err(
-                            &format!("XGROUP CREATE {topic:?} {g:?} (stream group subscribe)"),
-                            e,
-                        ))
-                    }
-                }
+                self.create_group(&mut conn, topic, g).await?;
                 ">".to_string()
             }
-            None => {
-                let last: Vec<StreamId> = self
-                    .bounded(
-                        &format!("XREVRANGE {topic:?} (stream subscribe)"),
-                        redis::cmd("XREVRANGE")
-                            .arg(topic)
-                            .arg("+")
-                            .arg("-")
-                            .arg("COUNT")
-                            .arg(1)
-                            .query_async::<redis::streams::StreamRangeReply>(&mut conn),
-                    )
-                    .await?
-                    .ids;
-                last.first()
-                    .map(|e| e.id.clone())
-                    .unwrap_or_else(|| "0-0".to_string())
-            }
+            None => self.last_id(&mut conn, topic).await?,
         };
-        let read_timeout = r.stream_block + COMMAND_TIMEOUT;
         // The connection manager reconnects by itself, often without the
         // reader seeing an error: its disconnection notice is the signal.
         let dropped = Arc::new(AtomicBool::new(false));
@@ -85,58 +63,81 @@ impl RedisBackend {
             }
             Ok(())
         });
+        let read_timeout = self.opts.redis.stream_block + COMMAND_TIMEOUT;
         let reader_conn = open(&self.opts, Some(on_push), read_timeout).await?;
         let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
         let reader = StreamReader {
             topic: Arc::from(topic),
-            group: group.map(Arc::from),
-            consumer: self.opts.consumer.clone(),
+            group,
             conn: reader_conn,
             ctx: self.ctx.clone(),
             opts: self.opts.clone(),
+            manual,
             ack_tx,
             last_id: start,
             dropped,
         };
-        let task = AbortOnDrop::new(tokio::spawn(reader.run()));
-        lock(&self.readers).insert(topic.to_string(), task);
+        let sub = Subscription {
+            reader: AbortOnDrop::new(tokio::spawn(reader.run())),
+            private_group,
+        };
+        lock(&self.readers).insert(topic.to_string(), sub);
         Ok(())
     }
-}
 
-pub(super) async fn acker(mut rx: mpsc::UnboundedReceiver<AckMsg>, mut conn: Conn, shown: String) {
-    while let Some(first) = rx.recv().await {
-        let mut items = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                AckMsg::Ack(i) => items.push(i),
-                AckMsg::Flush(tx) => flushes.push(tx),
-            }
-            if items.len() < 1000 {
-                next = rx.try_recv().ok();
-            }
+    async fn create_group(&self, conn: &mut Conn, topic: &str, g: &str) -> Result<()> {
+        let created: RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(topic)
+            .arg(g)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(self.err(
+                &format!("XGROUP CREATE {topic:?} {g:?} (stream group subscribe)"),
+                e,
+            )),
         }
-        let mut by_stream: HashMap<(Arc<str>, Arc<str>), Vec<String>> = HashMap::new();
-        for (key, group, id) in items {
-            by_stream.entry((key, group)).or_default().push(id);
-        }
-        for ((key, group), ids) in by_stream {
-            let mut cmd = redis::cmd("XACK");
-            cmd.arg(&*key).arg(&*group).arg(&ids);
-            let xack = cmd.query_async::<Value>(&mut conn);
-            let r = match tokio::time::timeout(COMMAND_TIMEOUT, xack).await {
-                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-                Err(_) => Err("no answer in time".to_string()),
-            };
-            if let Err(e) = r {
-                // Unacknowledged entries stay pending and are claimed again later.
-                tracing::warn!(address = %shown, stream = %key, group = %group, error = %e, "XACK failed; the entries will be delivered again");
+    }
+
+    /// The id of the newest entry: a plain reader reads what comes after it.
+    async fn last_id(&self, conn: &mut Conn, topic: &str) -> Result<String> {
+        let last: Value = self
+            .bounded(
+                &format!("XREVRANGE {topic:?} (stream subscribe)"),
+                redis::cmd("XREVRANGE")
+                    .arg(topic)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async::<Value>(conn),
+            )
+            .await?;
+        Ok(entries(last)
+            .into_iter()
+            .next()
+            .map(|e| e.id)
+            .unwrap_or_else(|| "0-0".to_string()))
+    }
+
+    /// Delete the group made for a plain subscription in manual ack mode
+    /// (best effort: a process that dies leaves it, and its pending entries).
+    pub(super) async fn destroy_private_group(&self, topic: &str, group: &str) {
+        if let Ok(mut conn) = self.conn() {
+            let cmd = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(topic)
+                .arg(group)
+                .to_owned();
+            let destroy = cmd.query_async::<Value>(&mut conn);
+            if let Ok(Err(e)) = tokio::time::timeout(COMMAND_TIMEOUT, destroy).await {
+                tracing::debug!(stream = topic, group, error = %e, "XGROUP DESTROY failed");
             }
-        }
-        for tx in flushes {
-            let _ = tx.send(());
         }
     }
 }
@@ -144,10 +145,11 @@ pub(super) async fn acker(mut rx: mpsc::UnboundedReceiver<AckMsg>, mut conn: Con
 struct StreamReader {
     topic: Arc<str>,
     group: Option<Arc<str>>,
-    consumer: String,
     conn: Conn,
     ctx: BackendContext,
     opts: Arc<Options>,
+    /// Set in manual ack mode.
+    manual: Option<Arc<Manual>>,
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     /// Plain reader: the last id read. Group reader: `>`.
     last_id: String,
@@ -159,17 +161,32 @@ impl StreamReader {
     async fn run(mut self) {
         let mut disconnected = false;
         let mut delay = Duration::from_millis(50);
-        let claim_every = (self.opts.redis.stream_claim_idle / 2).max(Duration::from_millis(50));
+        let claim_every = match &self.manual {
+            // Redelivery after ack_wait or a nak is as late as this, at most.
+            Some(m) => (m.ack_wait / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            None => (self.opts.redis.stream_claim_idle / 2).max(Duration::from_millis(50)),
+        };
         let mut next_claim = Instant::now() + claim_every;
-        if self.group.is_some() && self.opts.redis.stream_consumer.is_some() {
+        if self.group.is_some()
+            && self.manual.is_none()
+            && self.opts.redis.stream_consumer.is_some()
+        {
             // A fixed consumer name: first take back what this consumer had
             // read but not acknowledged in a previous run.
             self.read_own_pending().await;
         }
         loop {
+            if self.manual.is_some() {
+                // At max_in_flight: fetch nothing until the application
+                // settles one; the entries wait in Redis.
+                self.ctx.in_flight.wait_for_room().await;
+            }
             let result = if self.group.is_some() && Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
-                self.claim().await
+                match self.manual.clone() {
+                    Some(m) => self.claim_expired(&m).await,
+                    None => self.claim().await,
+                }
             } else {
                 self.read().await
             };
@@ -184,8 +201,11 @@ impl StreamReader {
                         // swallowed left its entries pending at this
                         // consumer, where `claim` never looks: take back
                         // everything pending here (at least once: entries
-                        // already buffered may come twice).
-                        self.read_own_pending().await;
+                        // already buffered may come twice). In manual ack
+                        // mode they are claimed after ack_wait instead.
+                        if self.manual.is_none() {
+                            self.read_own_pending().await;
+                        }
                     }
                     delay = Duration::from_millis(50);
                 }
@@ -232,12 +252,17 @@ impl StreamReader {
         self.opts.redis.stream_block.as_millis().max(1) as u64
     }
 
+    /// `XREAD` / `XREADGROUP ... BLOCK` of new entries; in manual ack mode
+    /// no more than the handle may still hold.
     async fn read(&mut self) -> RedisResult<()> {
-        let count = self.opts.redis.stream_read_count;
+        let mut count = self.opts.redis.stream_read_count;
+        if self.manual.is_some() {
+            count = count.min(self.ctx.in_flight.room()).max(1);
+        }
         let mut cmd = match &self.group {
             Some(g) => {
                 let mut c = redis::cmd("XREADGROUP");
-                c.arg("GROUP").arg(&**g).arg(&self.consumer);
+                c.arg("GROUP").arg(&**g).arg(&self.opts.consumer);
                 c
             }
             None => redis::cmd("XREAD"),
@@ -249,26 +274,25 @@ impl StreamReader {
             .arg("STREAMS")
             .arg(&*self.topic)
             .arg(&self.last_id);
-        let reply: Option<StreamReadReply> = cmd.query_async(&mut self.conn).await?;
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                if self.group.is_none() {
-                    self.last_id = entry.id.clone();
-                }
-                self.deliver(entry).await;
+        let reply: Value = cmd.query_async(&mut self.conn).await?;
+        for entry in read_reply(reply) {
+            if self.group.is_none() {
+                self.last_id = entry.id.clone();
             }
+            self.deliver(entry, 1).await;
         }
         Ok(())
     }
 
+    /// Auto ack mode: this consumer's pending entries, read again.
     async fn read_own_pending(&mut self) {
         let Some(g) = self.group.clone() else { return };
         let mut from = "0".to_string();
         for _ in 0..1000 {
-            let r: RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            let r: RedisResult<Value> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&*g)
-                .arg(&self.consumer)
+                .arg(&self.opts.consumer)
                 .arg("COUNT")
                 .arg(self.opts.redis.stream_read_count)
                 .arg("STREAMS")
@@ -276,26 +300,24 @@ impl StreamReader {
                 .arg(&from)
                 .query_async(&mut self.conn)
                 .await;
-            let entries: Vec<StreamId> = match r {
-                Ok(reply) => reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                    .unwrap_or_default(),
+            let entries = match r {
+                Ok(reply) => read_reply(reply),
                 Err(_) => return,
             };
             let Some(last) = entries.last() else { return };
             from = last.id.clone();
             for e in entries {
-                self.deliver(e).await;
+                self.deliver(e, 2).await;
             }
         }
     }
 
-    /// Take over entries pending longer than `stream_claim_idle` at *other*
-    /// members of the group (typically one that went away): `XPENDING ...
-    /// IDLE`, then `XCLAIM`. Entries pending at this consumer are left
-    /// alone (they are in this handle's buffer, or were dropped by its
-    /// overflow policy), so a slow application does not get its own
-    /// messages twice.
+    /// Auto ack mode: take over entries pending longer than
+    /// `stream_claim_idle` at *other* members of the group (typically one
+    /// that went away): `XPENDING ... IDLE`, then `XCLAIM`. Entries pending
+    /// at this consumer are left alone (they are in this handle's buffer, or
+    /// were dropped by its overflow policy), so a slow application does not
+    /// get its own messages twice.
     async fn claim(&mut self) -> RedisResult<()> {
         let Some(g) = self.group.clone() else {
             return Ok(());
@@ -316,26 +338,30 @@ impl StreamReader {
             let Some(last) = page.ids.last() else { break };
             from = format!("({}", last.id);
             let full = page.ids.len() == 1000;
-            let theirs: Vec<&str> = page
+            let theirs: Vec<(&str, usize)> = page
                 .ids
                 .iter()
-                .filter(|p| p.consumer != self.consumer)
-                .map(|p| p.id.as_str())
+                .filter(|p| p.consumer != self.opts.consumer)
+                .map(|p| (p.id.as_str(), p.times_delivered))
                 .collect();
             if !theirs.is_empty() {
-                let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+                let ids: Vec<&str> = theirs.iter().map(|t| t.0).collect();
+                let claimed: Value = redis::cmd("XCLAIM")
                     .arg(&*self.topic)
                     .arg(&*g)
-                    .arg(&self.consumer)
+                    .arg(&self.opts.consumer)
                     .arg(idle)
-                    .arg(&theirs)
+                    .arg(&ids)
                     .query_async(&mut self.conn)
                     .await?;
-                if !claimed.ids.is_empty() {
-                    tracing::info!(stream = %self.topic, group = %g, claimed = claimed.ids.len(), "claimed entries left pending by another group member");
+                let claimed = entries(claimed);
+                if !claimed.is_empty() {
+                    tracing::info!(stream = %self.topic, group = %g, claimed = claimed.len(), "claimed entries left pending by another group member");
                 }
-                for e in claimed.ids {
-                    self.deliver(e).await;
+                let delivered: HashMap<&str, usize> = theirs.into_iter().collect();
+                for e in claimed {
+                    let attempt = delivered.get(e.id.as_str()).map_or(2, |n| n + 1);
+                    self.deliver(e, attempt as u32).await;
                 }
             }
             if !full {
@@ -345,32 +371,134 @@ impl StreamReader {
         Ok(())
     }
 
-    async fn deliver(&self, entry: StreamId) {
-        let StreamId { id, mut map, .. } = entry;
-        let value = match map.remove(PAYLOAD_FIELD) {
-            Some(v) => Some(v),
-            None if map.len() == 1 => map.into_values().next(),
-            None => None,
+    /// Manual ack mode: claim what was not settled within `ack_wait`, at
+    /// any member (this one included), or was nak'ed: `XAUTOCLAIM`, then
+    /// the delivery counts (`XPENDING`). Past `max_deliver` an entry goes
+    /// to the dead letter; an entry whose body was trimmed away is
+    /// acknowledged and counted as discarded.
+    async fn claim_expired(&mut self, manual: &Manual) -> RedisResult<()> {
+        let Some(g) = self.group.clone() else {
+            return Ok(());
         };
-        let payload = match value {
-            Some(Value::BulkString(b)) => Bytes::from(b),
-            Some(Value::SimpleString(s)) => Bytes::from(s.into_bytes()),
-            _ => {
-                tracing::warn!(stream = %self.topic, id = %id, "stream entry without a {PAYLOAD_FIELD:?} field skipped");
-                if let Some(g) = &self.group {
-                    let _ = self
-                        .ack_tx
-                        .send(AckMsg::Ack((self.topic.clone(), g.clone(), id)));
-                }
-                return;
+        let mut cursor = "0-0".to_string();
+        for _ in 0..100 {
+            let room = self.ctx.in_flight.room();
+            if room == 0 {
+                break;
             }
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&*self.topic)
+                .arg(&*g)
+                .arg(&self.opts.consumer)
+                .arg(manual.ack_wait.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(room.min(100))
+                .query_async(&mut self.conn)
+                .await?;
+            let Some((next, claimed, deleted)) = autoclaim_reply(reply) else {
+                break;
+            };
+            for id in deleted {
+                self.discard_trimmed(&g, id);
+            }
+            let counts = self.delivery_counts(&g, &claimed).await?;
+            for e in claimed {
+                let times = counts.get(&e.id).copied().unwrap_or(1);
+                if times > manual.max_deliver as usize {
+                    if let Some(body) = e.body {
+                        let item = self.item(&g, e.id);
+                        manual.give_up(&self.ack_tx, item, body, times as u32 - 1, "max_deliver");
+                    }
+                    continue;
+                }
+                self.deliver(e, times as u32).await;
+            }
+            if next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+
+    /// How many times each of `claimed` was delivered (`XPENDING` extended
+    /// form over their range, at this consumer).
+    async fn delivery_counts(
+        &mut self,
+        g: &str,
+        claimed: &[Entry],
+    ) -> RedisResult<HashMap<String, usize>> {
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
+            return Ok(HashMap::new());
         };
-        let msg = Message::new(&*self.topic, payload);
-        match &self.group {
-            None => self.ctx.inbox.deliver(msg).await,
-            Some(g) => {
+        let page: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&*self.topic)
+            .arg(g)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(claimed.len().max(1) * 4)
+            .arg(&self.opts.consumer)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(page
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered))
+            .collect())
+    }
+
+    fn item(&self, group: &Arc<str>, id: String) -> AckItem {
+        AckItem {
+            stream: self.topic.clone(),
+            group: group.clone(),
+            id,
+        }
+    }
+
+    /// An entry whose body Redis no longer has (trimmed by `MAXLEN`):
+    /// acknowledged, counted as discarded, never returned as an empty message.
+    fn discard_trimmed(&self, group: &Arc<str>, id: String) {
+        tracing::warn!(stream = %self.topic, id = %id, "a pending stream entry was trimmed away before it was settled; acknowledged and counted as discarded");
+        self.ctx.counters.add_discarded(1);
+        let _ = self.ack_tx.send(AckMsg::Ack(self.item(group, id)));
+    }
+
+    async fn deliver(&self, entry: Entry, attempt: u32) {
+        let Entry { id, body } = entry;
+        let Some(Body { payload, headers }) = body else {
+            match &self.group {
+                Some(g) => self.discard_trimmed(g, id),
+                None => {
+                    tracing::warn!(stream = %self.topic, id = %id, "stream entry without a payload field skipped")
+                }
+            }
+            return;
+        };
+        if attempt > 1 {
+            self.ctx.counters.add_redelivered(1);
+        }
+        let msg = Message::new(&*self.topic, payload.clone())
+            .with_headers(headers.clone())
+            .with_id(id.clone())
+            .with_attempt(attempt);
+        match (&self.group, &self.manual) {
+            (None, _) => self.ctx.inbox.deliver(msg).await,
+            (Some(g), Some(manual)) => {
+                let permit = self.ctx.in_flight.acquire(payload.len()).await;
+                let settle = StreamSettle::new(
+                    manual.clone(),
+                    self.ack_tx.clone(),
+                    self.item(g, id),
+                    attempt,
+                    Body { payload, headers },
+                );
+                let msg = msg.with_settle(Box::new(settle), permit);
+                self.ctx.inbox.deliver(msg).await;
+            }
+            (Some(g), None) => {
                 let ack_tx = self.ack_tx.clone();
-                let item = (self.topic.clone(), g.clone(), id);
+                let item = self.item(g, id);
                 self.ctx
                     .inbox
                     .deliver_with_ack(
@@ -383,4 +511,9 @@ impl StreamReader {
             }
         }
     }
+}
+
+/// Whether `config` asks for manual ack.
+pub(super) fn is_manual(config: &pubsub_core::Config) -> bool {
+    config.ack == AckMode::Manual
 }
