@@ -9,8 +9,9 @@ mod options;
 pub use backend::{RedisBackend, PAYLOAD_FIELD};
 pub use config::{parse_node, RedisConfig, RedisMode, REDIS_ENV};
 pub use pubsub_core::{
-    self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
-    Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
+    self, blocking, AckMode, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
+    Delivery, Error, ErrorKind, Headers, Message, MessageStream, OverflowPolicy, PubSub, Result,
+    Secret, Stats, Topic,
 };
 
 /// Register the `redis` backend, so that `backend = "redis"` (or

@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod brokers;
 pub mod certs;
 pub mod conformance;
+pub mod crash;
 pub mod logs;
 pub mod peer;
 pub mod python;

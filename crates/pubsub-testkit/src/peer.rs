@@ -12,7 +12,7 @@
 //!         return hold_messages_until_killed();
 //!     }
 //!     let mut child = spawn_self("member_killed_loses_nothing", "member", &[]);
-//!     child.line_starting("ready", Duration::from_secs(20));
+//!     child.line_with("ready", Duration::from_secs(20));
 //!     child.kill();
 //!     // ... the other member gets every message
 //! }
@@ -102,18 +102,20 @@ impl Peer {
         }
     }
 
-    /// The first line that starts with `prefix` (other lines are skipped),
-    /// waiting at most `timeout` in all.
+    /// The first line with `marker` in it (other lines are skipped), from
+    /// the marker on, waiting at most `timeout` in all. (A test program's
+    /// own output may precede the child's on its line: libtest writes
+    /// `test name ... ` before the test runs.)
     ///
     /// # Panics
     /// When none comes in time.
-    pub fn line_starting(&mut self, prefix: &str, timeout: Duration) -> String {
+    pub fn line_with(&mut self, marker: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.line(left.max(Duration::from_millis(1)));
-            if line.starts_with(prefix) {
-                return line;
+            if let Some(at) = line.find(marker) {
+                return line[at..].to_string();
             }
         }
     }
