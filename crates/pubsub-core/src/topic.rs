@@ -1,8 +1,10 @@
 //! Topics and received messages.
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 
 /// The longest topic name accepted, in bytes.
@@ -181,6 +183,17 @@ impl Message {
             topic: topic.into(),
             payload: payload.into(),
         }
+    }
+
+    /// The payload as a `T`, read with `codec` ([`MsgPack`](crate::codec::MsgPack),
+    /// [`Json`](crate::codec::Json), a handle's
+    /// [`codec()`](crate::PubSub::codec), ...). A payload that is not a `T`
+    /// is an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error naming
+    /// this topic, the type and where decoding failed; it never panics.
+    /// [`Blob`](crate::Blob) fields of `T` share the payload's buffer where
+    /// the codec allows (MessagePack).
+    pub fn decode<T: DeserializeOwned>(&self, codec: impl Codec) -> Result<T> {
+        crate::codec::decode_from(&codec, &self.topic, &self.payload)
     }
 }
 

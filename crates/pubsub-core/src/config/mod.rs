@@ -42,6 +42,7 @@ pub(crate) use section::Sections;
 pub use section::{Section, SectionType};
 
 use crate::backend::Backend;
+use crate::codec::Format;
 use crate::error::{Error, Result};
 use section::AnySection;
 
@@ -116,6 +117,11 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// The receive buffer.
     pub buffer: BufferConfig,
+    /// The codec of [`PubSub::publish_value`](crate::PubSub::publish_value)
+    /// and [`PubSub::codec`](crate::PubSub::codec) (default MessagePack, the
+    /// format of the Python nodes). A codec whose cargo feature is off is an
+    /// `Unsupported` error when used.
+    pub codec: Format,
     sections: Sections,
 }
 
@@ -132,6 +138,7 @@ struct Common {
     #[serde(with = "humantime_serde")]
     publish_timeout: Duration,
     buffer: BufferConfig,
+    codec: Format,
 }
 
 /// Top-level keys that are common settings, not backend sections.
@@ -142,6 +149,7 @@ const COMMON_KEYS: &[&str] = &[
     "close_timeout",
     "publish_timeout",
     "buffer",
+    "codec",
 ];
 
 impl Default for Common {
@@ -153,6 +161,7 @@ impl Default for Common {
             close_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             buffer: BufferConfig::default(),
+            codec: Format::default(),
         }
     }
 }
@@ -166,6 +175,7 @@ impl Config {
             close_timeout: c.close_timeout,
             publish_timeout: c.publish_timeout,
             buffer: c.buffer,
+            codec: c.codec,
             sections,
         }
     }
@@ -211,6 +221,7 @@ impl fmt::Debug for Config {
             .field("close_timeout", &self.close_timeout)
             .field("publish_timeout", &self.publish_timeout)
             .field("buffer", &self.buffer)
+            .field("codec", &self.codec)
             .field("sections", &self.sections)
             .finish()
     }
@@ -234,6 +245,7 @@ impl Serialize for Config {
             #[serde(with = "humantime_serde")]
             publish_timeout: Duration,
             buffer: &'a BufferConfig,
+            codec: Format,
             #[serde(flatten)]
             sections: BTreeMap<&'static str, Box<dyn AnySection>>,
         }
@@ -245,6 +257,7 @@ impl Serialize for Config {
             close_timeout: self.close_timeout,
             publish_timeout: self.publish_timeout,
             buffer: &self.buffer,
+            codec: self.codec,
             sections,
         }
         .serialize(s)
@@ -271,6 +284,7 @@ pub const PUBSUB_ENV: &[(&str, &str)] = &[
     ("MSIGHT_PUBSUB_BUFFER_CAPACITY", "buffer.capacity"),
     ("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", "buffer.max_bytes"),
     ("MSIGHT_PUBSUB_OVERFLOW", "buffer.overflow"),
+    ("MSIGHT_PUBSUB_CODEC", "codec"),
 ];
 
 impl Config {
@@ -377,6 +391,7 @@ impl Config {
         env.number("MSIGHT_PUBSUB_BUFFER_CAPACITY", &mut self.buffer.capacity)?;
         env.number("MSIGHT_PUBSUB_BUFFER_MAX_BYTES", &mut self.buffer.max_bytes)?;
         env.parse("MSIGHT_PUBSUB_OVERFLOW", &mut self.buffer.overflow)?;
+        env.parse("MSIGHT_PUBSUB_CODEC", &mut self.codec)?;
         Ok(())
     }
 
@@ -584,6 +599,7 @@ mod tests {
         assert_eq!(kafka.brokers, ["e:1", "e:2"]);
         assert_eq!(c.group_id.as_deref(), Some("g2"));
         assert_eq!(c.buffer.overflow, OverflowPolicy::Block);
+        assert_eq!(c.codec, Format::MsgPack);
         assert_eq!(kafka.user.as_deref(), Some("u"));
         assert_eq!(kafka.password.unwrap().expose(), "p");
     }
