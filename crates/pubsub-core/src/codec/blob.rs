@@ -65,6 +65,14 @@ impl Blob {
         Blob(bytes.into())
     }
 
+    /// A blob of `slice`, read by a deserializer: a slice of the payload
+    /// being decoded (see [`with_source`]) when it lies within it, else a
+    /// copy. For `Deserialize` impls of one's own that meet bytes in
+    /// `visit_bytes` / `visit_borrowed_bytes`.
+    pub fn from_decoded(slice: &[u8]) -> Self {
+        Blob(share(slice).unwrap_or_else(|| Bytes::copy_from_slice(slice)))
+    }
+
     /// The bytes, as a shared [`Bytes`].
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
@@ -193,7 +201,7 @@ impl<'de> Visitor<'de> for BlobVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-        Ok(Blob(share(v).unwrap_or_else(|| Bytes::copy_from_slice(v))))
+        Ok(Blob::from_decoded(v))
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
