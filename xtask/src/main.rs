@@ -42,6 +42,10 @@ const FORBIDDEN_DEPS: &[(&str, &[&str])] = &[
     ("pubsub-redis", &["async-nats", "rumqttc", "aws-lc-rs"]),
     ("pubsub-mqtt", &["async-nats", "redis", "aws-lc-rs"]),
     ("pubsub-cli", &["aws-lc-rs"]),
+    (
+        "msight-data",
+        &["async-nats", "redis", "rumqttc", "aws-lc-rs"],
+    ),
 ];
 
 /// Crates of the test kit only (certificate generation, temporary
@@ -56,7 +60,13 @@ const TEST_ONLY_DEPS: &[&str] = &[
 ];
 
 /// The library crates, which must not depend on [`TEST_ONLY_DEPS`].
-const LIBRARIES: &[&str] = &["pubsub-core", "pubsub-nats", "pubsub-redis", "pubsub-mqtt"];
+const LIBRARIES: &[&str] = &[
+    "pubsub-core",
+    "pubsub-nats",
+    "pubsub-redis",
+    "pubsub-mqtt",
+    "msight-data",
+];
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();

@@ -28,12 +28,39 @@ const PACKAGE_SERVICES: &[(&str, &str)] =
     &[("redis-server", "redis-server"), ("mosquitto", "mosquitto")];
 
 /// Python modules the interop tests import, and the pip packages providing them.
-const PY_IMPORT_CHECK: &str =
-    "import nats, redis, importlib.metadata as m; m.version('msight-core')";
+/// `msight_core` asserts that a device name is set before anything loads.
+const PY_IMPORT_CHECK: &str = "import os; os.environ.setdefault('MSIGHT_EDGE_DEVICE_NAME', 'ci'); \
+     import nats, redis, msight_core.data, msight_base, importlib.metadata as m; m.version('msight-core')";
 const PY_PACKAGES: &[&str] = &["nats-py", "redis"];
-/// The Python original itself, without its heavy dependencies (OpenCV,
-/// Open3D, Kafka...): the interop tests load its pub/sub modules only.
-const PY_PACKAGES_NO_DEPS: &[&str] = &["msight-core==2.0.0"];
+/// The Python original itself, without the dependencies it declares and the
+/// tests never load (Open3D, Kafka, AWS, Sphinx, ...), and what importing
+/// `msight_core.data` and `msight_base` (the msight data types, for the
+/// msight-data interop tests) needs, pinned: msgpack, NumPy, OpenCV
+/// (headless), Zstandard, snowflake-id, and `msight_base`'s import of
+/// commonroad's lanelet module and matplotlib (without SciPy, networkx,
+/// lxml, protobuf and rtree, which that import does not touch).
+const PY_PACKAGES_NO_DEPS: &[&str] = &[
+    "msight-core==2.0.0",
+    "msight-base==0.1.2",
+    "msgpack==1.2.4",
+    "numpy==2.4.6",
+    "opencv-python-headless==5.0.0.93",
+    "zstandard==0.25.0",
+    "snowflake-id==1.0.2",
+    "commonroad-io==2026.1",
+    "shapely==2.2.0",
+    "iso3166==3.0.0",
+    "omegaconf==2.4.0",
+    "PyYAML==6.0.4",
+    "matplotlib==3.11.2",
+    "packaging==26.4",
+    "pillow==13.0.0",
+    "pyparsing==3.3.3",
+    "cycler==0.12.1",
+    "python-dateutil==4.0.0",
+    "kiwisolver==1.5.1",
+    "fonttools==4.68.0",
+];
 
 /// The current PATH with the sbin directories appended, or `None` if they are
 /// all already there.

@@ -4,6 +4,7 @@
 //! writes every figure to a JSON file.
 
 mod clients;
+mod codec;
 mod raw;
 mod scenarios;
 
@@ -71,6 +72,19 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Encode and decode of msight messages (ImageData with a 16 KiB and a
+    /// 1 MiB image, DetectionResultsData with 50 objects): Rust's
+    /// msight-data beside Python's serialize() / Data.deserialize() of the
+    /// same values, in the same run. Needs the Python venv of `cargo xtask
+    /// install-brokers`.
+    Codec {
+        /// Rounds per figure; the table shows the median.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Where to write the figures.
+        #[arg(long, default_value = "target/bench-codec.json")]
+        json: std::path::PathBuf,
+    },
     /// (internal) A subscriber that never reads; prints its peak RSS when told.
     #[command(hide = true)]
     SlowSubscriber {
@@ -92,6 +106,7 @@ fn main() {
             topic,
             target,
         }) => slow_subscriber_child(variant, topic, target),
+        Some(Cmd::Codec { rounds, json }) => codec::run(*rounds, json),
         None => run(&args),
     };
     if let Err(e) = result {

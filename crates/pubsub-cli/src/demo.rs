@@ -1,14 +1,16 @@
 //! `pubsub demo`: the roadside-sensor pipeline.
 //!
-//! A source publishes frames on `PREFIX.<run>.frames`; a group of workers
+//! A source publishes frames, msight `ImageData` messages as a Python
+//! camera node sends them, on `PREFIX.<run>.frames`; a group of workers
 //! (one connection each, all in one group) takes each frame once, computes a
 //! checksum of its payload and publishes a result on `PREFIX.<run>.results`;
 //! a sink collects the results, checks each checksum against the frame the
 //! source made, and reports frames per worker, end-to-end latency,
 //! throughput, and lost, duplicated or corrupt frames.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -18,9 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::CliError;
-use crate::frame::{
-    checksum, frame_overhead, now_us, synthetic_payload, Frame, FrameResult, MAX_SENSOR_LEN,
-};
+use crate::frame::{checksum, now_us, synthetic_payload, Frame, FrameResult};
 use crate::output::say;
 use crate::settings::{isolate_memory_namespace, parse_duration, run_id};
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies, Pacer};
@@ -58,7 +58,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "SECS", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Sensor name written in every frame (at most 255 bytes)
+    /// Sensor name written in every frame
     #[arg(long, default_value = "roadside-cam-01")]
     pub sensor: String,
 
@@ -77,12 +77,6 @@ fn parse_rate_or_zero(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &DemoArgs, config: Config) -> Result<(), CliError> {
-    if args.sensor.len() > MAX_SENSOR_LEN {
-        return Err(CliError::Usage(format!(
-            "--sensor: {} bytes long; the limit is {MAX_SENSOR_LEN}",
-            args.sensor.len()
-        )));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("pubsub-demo")
@@ -193,9 +187,10 @@ async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Re
         .map(|id| checksum(&synthetic_payload(id, args.payload_size)))
         .collect();
     let deadline = Instant::now() + args.timeout;
-    let tasks = Tasks::spawn(args, p, route, deadline);
+    let index = FrameIndex::default();
+    let tasks = Tasks::spawn(args, p, route, deadline, &index);
 
-    let mut tally = Tally::new(expected, args.payload_size, p.workers.len());
+    let mut tally = Tally::new(expected, args.payload_size, p.workers.len(), index);
     let timed_out = collect(&p.sink, &mut tally, args.frames, &tasks.failed, deadline).await?;
     let elapsed = tally.last_at.map_or(Duration::ZERO, |t| t - tasks.started);
 
@@ -225,7 +220,7 @@ async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Re
 
 /// A usage error if a frame would be over the backend's max payload.
 fn check_frame_fits(args: &DemoArgs, source: &PubSub) -> Result<(), CliError> {
-    let frame_len = frame_overhead(&args.sensor) + args.payload_size;
+    let frame_len = Frame::wire_len(&args.sensor, args.payload_size);
     if let Some(max) = source.capabilities().max_payload {
         if frame_len > max {
             return Err(CliError::Usage(format!(
@@ -275,7 +270,13 @@ struct Tasks {
 
 impl Tasks {
     /// Start the workers, then the source.
-    fn spawn(args: &DemoArgs, p: &Pipeline, route: &Route, deadline: Instant) -> Tasks {
+    fn spawn(
+        args: &DemoArgs,
+        p: &Pipeline,
+        route: &Route,
+        deadline: Instant,
+        index: &FrameIndex,
+    ) -> Tasks {
         let failed = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let workers = p
@@ -294,6 +295,7 @@ impl Tasks {
             failed.clone(),
             source(
                 p.source.clone(),
+                index.clone(),
                 route.frames.clone(),
                 args.sensor.clone(),
                 args.frames,
@@ -370,9 +372,16 @@ async fn join<T>(task: JoinHandle<Result<T, Error>>, what: &str) -> Result<T, Cl
     }
 }
 
-/// Publish `frames` frames at `rate`, then flush. Returns how many were published.
+/// Which frame (0, 1, ...) each msight frame id is: the source notes each
+/// frame before it publishes it, the sink looks results up.
+type FrameIndex = Arc<Mutex<HashMap<i64, usize>>>;
+
+/// Publish `frames` frames (msight `ImageData`) at `rate`, then flush.
+/// Returns how many were published.
+#[allow(clippy::too_many_arguments)]
 async fn source(
     ps: PubSub,
+    index: FrameIndex,
     topic: String,
     sensor: String,
     frames: u64,
@@ -387,13 +396,11 @@ async fn source(
         if Instant::now() >= deadline {
             break;
         }
-        let payload = synthetic_payload(id, payload_size);
-        let frame = Frame {
-            id,
-            capture_us: now_us(),
-            sensor: sensor.clone(),
-            payload,
-        };
+        let frame = Frame::new(&sensor, synthetic_payload(id, payload_size));
+        index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(frame.frame_id, id as usize);
         ps.publish(topic.as_str(), frame.encode()).await?;
         published += 1;
     }
@@ -417,11 +424,11 @@ async fn worker(
             _ = stop.wait_for(|s| *s) => break,
         };
         let Some(frame) = Frame::decode(&msg.payload) else {
-            tracing::warn!(worker = n, topic = %msg.topic, "not a frame; ignored");
+            tracing::warn!(worker = n, topic = %msg.topic, "not an msight ImageData; ignored");
             continue;
         };
         let result = FrameResult {
-            id: frame.id,
+            frame_id: frame.frame_id,
             capture_us: frame.capture_us,
             worker: n,
             payload_len: u32::try_from(frame.payload.len()).unwrap_or(u32::MAX),
@@ -436,6 +443,7 @@ async fn worker(
 
 /// The sink's bookkeeping.
 struct Tally {
+    index: FrameIndex,
     expected: Vec<u64>,
     payload_size: usize,
     seen: Vec<u32>,
@@ -450,8 +458,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(expected: Vec<u64>, payload_size: usize, workers: usize) -> Tally {
+    fn new(expected: Vec<u64>, payload_size: usize, workers: usize, index: FrameIndex) -> Tally {
         Tally {
+            index,
             seen: vec![0; expected.len()],
             latencies: Latencies::with_capacity(expected.len()),
             expected,
@@ -473,7 +482,13 @@ impl Tally {
             self.malformed += 1;
             return;
         };
-        let Some(i) = usize::try_from(r.id).ok().filter(|i| *i < self.seen.len()) else {
+        let found = self
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.frame_id)
+            .copied();
+        let Some(i) = found.filter(|i| *i < self.seen.len()) else {
             self.malformed += 1;
             return;
         };
@@ -573,9 +588,10 @@ impl Report {
 mod tests {
     use super::*;
 
+    /// Frame `id` (0, 1, ...) has msight frame id `1000 + id` here.
     fn result(id: u64, worker: u16, payload_size: usize) -> Vec<u8> {
         FrameResult {
-            id,
+            frame_id: 1000 + id as i64,
             capture_us: now_us(),
             worker,
             payload_len: payload_size as u32,
@@ -590,7 +606,12 @@ mod tests {
         let expected = (0..4)
             .map(|i| checksum(&synthetic_payload(i, 16)))
             .collect();
-        let mut t = Tally::new(expected, 16, 2);
+        let index = FrameIndex::default();
+        index
+            .lock()
+            .unwrap()
+            .extend((0..4).map(|i| (1000 + i as i64, i)));
+        let mut t = Tally::new(expected, 16, 2, index);
         t.add(&result(0, 1, 16));
         t.add(&result(1, 2, 16));
         t.add(&result(1, 1, 16)); // duplicate
@@ -598,7 +619,7 @@ mod tests {
         bad.checksum ^= 1;
         t.add(&bad.encode());
         t.add(b"garbage");
-        t.add(&result(99, 1, 16)); // unknown frame
+        t.add(&result(99, 1, 16)); // a frame id the source never made
         t.add(&result(3, 7, 16)); // unknown worker, still a result for frame 3
         assert_eq!(t.distinct, 4);
         assert_eq!(t.duplicated, 1);

@@ -1,40 +1,42 @@
-//! The demo's wire formats: a sensor frame and a worker's result, each a
-//! small fixed big-endian header (a 4-byte magic first) and, for a frame,
-//! the payload bytes after it.
+//! The demo's wire formats. A frame is an msight `ImageData` in the
+//! MessagePack form of Python's `Data.serialize()` (so a Python msight node
+//! can subscribe to the demo's frames and decode them with
+//! `Data.deserialize()`): the sensor name, the capture and creation
+//! timestamps, a Snowflake frame id, and the payload as a raw image of
+//! 1 x N x 1 pixels (`is_encoded` false, `size` [1, N, 1]). A worker's
+//! result is a small fixed big-endian record:
 //!
 //! ```text
-//! frame:  "MSF1" | frame_id u64 | capture_us u64 | sensor_len u8 | sensor | payload
 //! result: "MSR1" | frame_id u64 | capture_us u64 | worker u16 | payload_len u32 | checksum u64
 //! ```
 //! `capture_us` is the capture time in microseconds since the Unix epoch.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use msight_data::{ImageData, SensorData};
+use pubsub_core::codec::MsgPack;
+use pubsub_core::Codec;
 
-const FRAME_MAGIC: &[u8; 4] = b"MSF1";
 const RESULT_MAGIC: &[u8; 4] = b"MSR1";
 const RESULT_LEN: usize = 4 + 8 + 8 + 2 + 4 + 8;
-
-/// Longest sensor name, in bytes.
-pub const MAX_SENSOR_LEN: usize = u8::MAX as usize;
 
 /// A sensor frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    /// Sequence number, from 0.
-    pub id: u64,
+    /// The msight frame id: a Snowflake id (`msight_data::next_frame_id`).
+    pub frame_id: i64,
     /// Capture time, microseconds since the Unix epoch.
     pub capture_us: u64,
     /// Which sensor took it.
     pub sensor: String,
-    /// The image (or point cloud, ...) bytes.
+    /// The image bytes.
     pub payload: Bytes,
 }
 
 /// What a worker computed from a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameResult {
-    /// The frame's id.
-    pub id: u64,
+    /// The frame's msight frame id.
+    pub frame_id: i64,
     /// The frame's capture time, carried through for the end-to-end latency.
     pub capture_us: u64,
     /// Which worker processed it (from 1).
@@ -45,39 +47,60 @@ pub struct FrameResult {
     pub checksum: u64,
 }
 
-/// Header size of a frame from `sensor`.
-pub fn frame_overhead(sensor: &str) -> usize {
-    4 + 8 + 8 + 1 + sensor.len()
-}
-
 impl Frame {
-    /// The wire form. The sensor name must be at most [`MAX_SENSOR_LEN`] bytes.
-    pub fn encode(&self) -> Bytes {
-        let sensor = &self.sensor.as_bytes()[..self.sensor.len().min(MAX_SENSOR_LEN)];
-        let mut b = BytesMut::with_capacity(frame_overhead(&self.sensor) + self.payload.len());
-        b.put_slice(FRAME_MAGIC);
-        b.put_u64(self.id);
-        b.put_u64(self.capture_us);
-        b.put_u8(sensor.len() as u8);
-        b.put_slice(sensor);
-        b.put_slice(&self.payload);
-        b.freeze()
+    /// A frame of `payload` from `sensor` captured now, with a new frame id.
+    pub fn new(sensor: &str, payload: Bytes) -> Frame {
+        Frame {
+            frame_id: msight_data::next_frame_id(),
+            capture_us: now_us(),
+            sensor: sensor.to_string(),
+            payload,
+        }
     }
 
-    /// Parse the wire form; `None` if it is not a frame.
+    /// The frame as an msight `ImageData`.
+    pub fn to_image(&self) -> ImageData {
+        let sensor = SensorData {
+            sensor_name: Some(self.sensor.clone()),
+            capture_timestamp: self.capture_us as f64 / 1e6,
+            creation_timestamp: msight_data::timestamp_now(),
+            frame_id: self.frame_id,
+            device_name: std::env::var(msight_data::DEVICE_NAME_ENV).ok(),
+        };
+        ImageData {
+            sensor,
+            image: Some(self.payload.clone().into()),
+            is_encoded: false,
+            detection_results: None,
+            size: Some(vec![1, self.payload.len() as u64, 1]),
+        }
+    }
+
+    /// The wire form: the `ImageData`'s MessagePack.
+    pub fn encode(&self) -> Bytes {
+        MsgPack
+            .encode(&self.to_image())
+            .expect("an ImageData always encodes")
+    }
+
+    /// Parse the wire form; `None` if it is not an `ImageData` with an
+    /// image. The payload is a slice of `bytes` (no copy).
     pub fn decode(bytes: &Bytes) -> Option<Frame> {
-        let rest = bytes.strip_prefix(FRAME_MAGIC)?;
-        let id = u64::from_be_bytes(rest.get(0..8)?.try_into().ok()?);
-        let capture_us = u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?);
-        let sensor_len = usize::from(*rest.get(16)?);
-        let sensor = std::str::from_utf8(rest.get(17..17 + sensor_len)?).ok()?;
-        let start = FRAME_MAGIC.len() + 17 + sensor_len;
+        let image: ImageData = MsgPack.decode(bytes).ok()?;
         Some(Frame {
-            id,
-            capture_us,
-            sensor: sensor.to_string(),
-            payload: bytes.slice(start..),
+            frame_id: image.sensor.frame_id,
+            capture_us: (image.sensor.capture_timestamp * 1e6).round().max(0.0) as u64,
+            sensor: image.sensor.sensor_name.unwrap_or_default(),
+            payload: image.image?.into_bytes(),
         })
+    }
+
+    /// The size of the wire form of a frame from `sensor` with
+    /// `payload_len` bytes of payload.
+    pub fn wire_len(sensor: &str, payload_len: usize) -> usize {
+        Frame::new(sensor, Bytes::from(vec![0; payload_len]))
+            .encode()
+            .len()
     }
 }
 
@@ -86,7 +109,7 @@ impl FrameResult {
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(RESULT_LEN);
         b.put_slice(RESULT_MAGIC);
-        b.put_u64(self.id);
+        b.put_u64(self.frame_id as u64);
         b.put_u64(self.capture_us);
         b.put_u16(self.worker);
         b.put_u32(self.payload_len);
@@ -102,7 +125,7 @@ impl FrameResult {
         let rest = bytes.strip_prefix(RESULT_MAGIC)?;
         let u64_at = |i: usize| rest[i..i + 8].try_into().ok().map(u64::from_be_bytes);
         Some(FrameResult {
-            id: u64_at(0)?,
+            frame_id: u64_at(0)? as i64,
             capture_us: u64_at(8)?,
             worker: u16::from_be_bytes(rest[16..18].try_into().ok()?),
             payload_len: u32::from_be_bytes(rest[18..22].try_into().ok()?),
@@ -146,22 +169,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_round_trips() {
-        let f = Frame {
-            id: 42,
-            capture_us: now_us(),
-            sensor: "roadside-cam-01".into(),
-            payload: synthetic_payload(42, 4096),
-        };
+    fn frame_round_trips_as_image_data() {
+        let f = Frame::new("roadside-cam-01", synthetic_payload(42, 4096));
         let wire = f.encode();
-        assert_eq!(wire.len(), frame_overhead(&f.sensor) + 4096);
-        assert_eq!(Frame::decode(&wire), Some(f));
-        let empty = Frame {
-            id: 0,
-            capture_us: 1,
-            sensor: String::new(),
-            payload: Bytes::new(),
-        };
+        assert_eq!(wire.len(), Frame::wire_len("roadside-cam-01", 4096));
+        let back = Frame::decode(&wire).unwrap();
+        assert_eq!(back, f);
+        let image: ImageData = MsgPack.decode(&wire).unwrap();
+        assert_eq!(image.sensor.sensor_name.as_deref(), Some("roadside-cam-01"));
+        assert_eq!(image.size, Some(vec![1, 4096, 1]));
+        assert!(!image.is_encoded);
+        let (ms, _, _) = msight_data::frame_id_parts(f.frame_id);
+        assert!(
+            ms.abs_diff(f.capture_us / 1000) < 60_000,
+            "the id is made now"
+        );
+        let empty = Frame::new("", Bytes::new());
         assert_eq!(Frame::decode(&empty.encode()), Some(empty));
     }
 
@@ -169,20 +192,14 @@ mod tests {
     fn garbage_is_not_a_frame_or_result() {
         for bad in [
             &b""[..],
-            b"MSF1",
-            b"MSF1\0\0\0\0\0\0\0\x01",
+            b"MSR1",
+            b"\x81\xa9data_type\xa3abc",
             b"hello world, not a frame",
         ] {
             assert_eq!(Frame::decode(&Bytes::copy_from_slice(bad)), None);
             assert_eq!(FrameResult::decode(bad), None);
         }
-        let mut truncated = Frame {
-            id: 1,
-            capture_us: 2,
-            sensor: "abc".into(),
-            payload: Bytes::new(),
-        }
-        .encode();
+        let mut truncated = Frame::new("abc", Bytes::from_static(b"xyz")).encode();
         truncated.truncate(truncated.len() - 1);
         assert_eq!(Frame::decode(&truncated), None);
     }
@@ -190,7 +207,7 @@ mod tests {
     #[test]
     fn result_round_trips() {
         let r = FrameResult {
-            id: 7,
+            frame_id: 7_533_631_717_965_074_433,
             capture_us: 123_456,
             worker: 3,
             payload_len: 4096,

@@ -14,6 +14,10 @@ use std::io::{self, Write};
 
 use base64::Engine as _;
 use clap::ValueEnum;
+use msight_data::json::BytesAs;
+use msight_data::Value;
+use pubsub_core::codec::MsgPack;
+use pubsub_core::{Bytes, Codec};
 
 /// Output format of `pubsub sub`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,6 +30,11 @@ pub enum Format {
     Hex,
     /// One JSON object per line: {"topic", "len", "payload_base64"}.
     Json,
+    /// Each msight message (MessagePack, as Python's `Data.serialize()`
+    /// writes it) as one line of its JSON form; byte fields as
+    /// `"<N bytes>"`, or base64 with --base64 (then the line is Python's
+    /// `to_json()`). Other payloads are reported on standard error.
+    Msight,
 }
 
 /// `pub` and `sub` talk to other processes; the in-process `memory`
@@ -39,14 +48,28 @@ pub fn warn_if_in_process(ps: &pubsub_core::blocking::PubSub, consequence: &str)
     }
 }
 
-/// Write one message in `format`.
+/// Write one message in `format`; with [`Format::Msight`], byte fields as `bytes` says.
 pub fn write_message(
     out: &mut dyn Write,
     format: Format,
     topic: &str,
-    payload: &[u8],
+    payload: &Bytes,
+    bytes: BytesAs,
 ) -> io::Result<()> {
     match format {
+        Format::Msight => match msight_line(payload, bytes) {
+            Ok(line) => {
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")
+            }
+            Err(why) => {
+                eprintln!(
+                    "{topic}: not an msight message ({} bytes): {why}",
+                    payload.len()
+                );
+                Ok(())
+            }
+        },
         Format::Raw => out.write_all(payload),
         Format::Line => {
             for chunk in payload.utf8_chunks() {
@@ -78,6 +101,15 @@ pub fn write_message(
     }
 }
 
+/// The JSON form of the msight message in `payload`.
+fn msight_line(payload: &Bytes, bytes: BytesAs) -> Result<String, String> {
+    let value: Value = MsgPack.decode(payload).map_err(|e| e.to_string())?;
+    if value.get("data_type").and_then(Value::as_str).is_none() {
+        return Err("a MessagePack value without a data_type".into());
+    }
+    msight_data::json::display(&value, bytes).map_err(|e| e.to_string())
+}
+
 /// One line of `--format json`, fields in this order.
 #[derive(serde::Serialize)]
 struct JsonMessage<'a> {
@@ -94,8 +126,38 @@ mod tests {
 
     fn render(format: Format, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        write_message(&mut out, format, "t.x", payload).unwrap();
+        let payload = Bytes::copy_from_slice(payload);
+        write_message(&mut out, format, "t.x", &payload, BytesAs::Length).unwrap();
         out
+    }
+
+    #[test]
+    fn msight_messages_as_json_lines() {
+        use msight_data::{ImageData, SensorData};
+        let mut sensor = SensorData::new("cam");
+        (
+            sensor.capture_timestamp,
+            sensor.creation_timestamp,
+            sensor.frame_id,
+        ) = (1.5, 2.0, 7);
+        sensor.device_name = None;
+        let img = ImageData::new(sensor, vec![0u8; 3000], [30, 100, 1]);
+        let payload = MsgPack.encode(&img).unwrap();
+        let line = String::from_utf8(render(Format::Msight, &payload)).unwrap();
+        assert_eq!(
+            line,
+            "{\"data_type\": \"msight_core.data.image.ImageData\", \"sensor_name\": \"cam\", \
+             \"capture_timestamp\": 1.5, \"creation_timestamp\": 2.0, \"frame_id\": 7, \
+             \"device_name\": null, \"image\": \"<3000 bytes>\", \"is_encoded\": true, \
+             \"detection_results\": null, \"size\": [30, 100, 1]}\n"
+        );
+        let mut out = Vec::new();
+        write_message(&mut out, Format::Msight, "t", &payload, BytesAs::Base64).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.trim_end(), msight_data::json::to_json(&img).unwrap());
+        // Not msight: nothing on standard output.
+        assert!(render(Format::Msight, b"plain text").is_empty());
+        assert!(render(Format::Msight, &MsgPack.encode(&[1, 2]).unwrap()).is_empty());
     }
 
     #[test]

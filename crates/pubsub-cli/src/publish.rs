@@ -1,11 +1,13 @@
 //! `pubsub pub TOPIC [MESSAGE]`.
 
 use std::ffi::OsString;
-use std::io::{self, BufRead};
-use std::path::PathBuf;
+use std::io::{self, BufRead, Read};
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use pubsub_core::{blocking::PubSub, validate_topic_name, Bytes, Config};
+use msight_data::Data;
+use pubsub_core::codec::MsgPack;
+use pubsub_core::{blocking::PubSub, validate_topic_name, Bytes, Codec, Config};
 
 use crate::error::CliError;
 use crate::settings::parse_rate;
@@ -17,14 +19,22 @@ pub struct PubArgs {
     /// Topic to publish to
     pub topic: String,
 
-    /// The message; without it (and without --file) each line of standard
-    /// input is one message, sent as it is read
-    #[arg(conflicts_with = "file")]
+    /// The message; without it (and without --file or --msight-json) each
+    /// line of standard input is one message, sent as it is read
+    #[arg(conflicts_with_all = ["file", "msight_json"])]
     pub message: Option<OsString>,
 
     /// Send this file's bytes as one message
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "msight_json")]
     pub file: Option<PathBuf>,
+
+    /// Read msight messages in their JSON form (Python's `Data.to_json()`:
+    /// an object with a "data_type", bytes in base64) from PATH, or from
+    /// standard input with "-", and publish each in the msight MessagePack
+    /// form (Python's `Data.serialize()`). Several objects may follow each
+    /// other; sensor fields left out get Python's defaults (now, a new frame id)
+    #[arg(long, value_name = "PATH")]
+    pub msight_json: Option<PathBuf>,
 
     /// Send each message this many times
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -37,14 +47,15 @@ pub struct PubArgs {
 
 pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
     validate_topic_name(&args.topic)?;
-    let fixed: Option<Bytes> = match (&args.message, &args.file) {
-        (Some(m), _) => Some(Bytes::from(m.clone().into_encoded_bytes())),
-        (None, Some(path)) => {
-            Some(Bytes::from(std::fs::read(path).map_err(|e| {
+    let fixed: Option<Vec<Bytes>> = match (&args.message, &args.file, &args.msight_json) {
+        (Some(m), _, _) => Some(vec![Bytes::from(m.clone().into_encoded_bytes())]),
+        (None, Some(path), _) => {
+            Some(vec![Bytes::from(std::fs::read(path).map_err(|e| {
                 CliError::Usage(format!("--file {}: {e}", path.display()))
-            })?))
+            })?)])
         }
-        (None, None) => None,
+        (None, None, Some(path)) => Some(msight_payloads(path)?),
+        (None, None, None) => None,
     };
     let ps = PubSub::connect(config)?;
     tracing::info!(backend = ps.backend_name(), topic = %args.topic, "connected");
@@ -60,7 +71,7 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
         Ok(())
     };
     let result = match &fixed {
-        Some(payload) => send(payload),
+        Some(payloads) => payloads.iter().try_for_each(&mut send),
         None => each_stdin_line(|line| send(&line)),
     };
     // Whatever happened, send what was accepted and disconnect.
@@ -76,6 +87,35 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
     }
     tracing::info!(messages = sent, topic = %args.topic, "published and flushed");
     Ok(())
+}
+
+/// The msight MessagePack payloads of the JSON objects in `path` (`-`:
+/// standard input).
+fn msight_payloads(path: &Path) -> Result<Vec<Bytes>, CliError> {
+    let shown = path.display();
+    let text = if path == Path::new("-") {
+        let mut text = Vec::new();
+        io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|e| CliError::Failed(format!("reading standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read(path).map_err(|e| CliError::Usage(format!("--msight-json {shown}: {e}")))?
+    };
+    let mut payloads = Vec::new();
+    for data in serde_json::Deserializer::from_slice(&text).into_iter::<Data>() {
+        let data = data.map_err(|e| CliError::Usage(format!("--msight-json {shown}: {e}")))?;
+        let payload = MsgPack
+            .encode(&data)
+            .map_err(|e| CliError::Usage(format!("--msight-json {shown}: {e}")))?;
+        payloads.push(payload);
+    }
+    if payloads.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--msight-json {shown}: no JSON object in it"
+        )));
+    }
+    Ok(payloads)
 }
 
 /// Call `f` with each line of standard input, without its line ending

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use msight_data::json::BytesAs;
 use pubsub_core::{blocking::PubSub, validate_topic_name, Config};
 
 use crate::error::CliError;
@@ -29,9 +30,19 @@ pub struct SubArgs {
     /// How to print each message
     #[arg(long, value_enum, default_value_t = Format::Line)]
     pub format: Format,
+
+    /// With --format msight: byte fields (an image) as base64 instead of
+    /// their length; each line is then what Python's `Data.to_json()` writes
+    #[arg(long)]
+    pub base64: bool,
 }
 
 pub fn run(args: &SubArgs, config: &Config) -> Result<(), CliError> {
+    if args.base64 && args.format != Format::Msight {
+        return Err(CliError::Usage(
+            "--base64 goes with --format msight".to_string(),
+        ));
+    }
     for t in &args.topics {
         validate_topic_name(t)?;
     }
@@ -76,7 +87,12 @@ fn receive(ps: &PubSub, args: &SubArgs) -> Result<(), CliError> {
             }));
         };
         received += 1;
-        let written = write_message(&mut out, args.format, &msg.topic, &msg.payload)
+        let bytes = if args.base64 {
+            BytesAs::Base64
+        } else {
+            BytesAs::Length
+        };
+        let written = write_message(&mut out, args.format, &msg.topic, &msg.payload, bytes)
             .and_then(|()| out.flush());
         match written {
             Ok(()) => {}

@@ -179,6 +179,37 @@ impl PubSub {
             .publish_with_headers(topic.topic_name(), headers, payload.into()))
     }
 
+    /// Publish `value` to `topic`, encoded with `codec`
+    /// ([`MsgPack`](crate::codec::MsgPack), [`Json`](crate::codec::Json), a
+    /// [`Format`](crate::Format), ...). A value the codec cannot write is an
+    /// [`ErrorKind::Encode`] error and nothing is published.
+    pub fn publish_as<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: impl TopicName,
+        value: &T,
+        codec: impl crate::Codec,
+    ) -> Result<()> {
+        let name = topic.topic_name();
+        let payload = crate::codec::encode_for(&codec, name, value)?;
+        self.publish(name, payload)
+    }
+
+    /// Publish `value` to `topic`, encoded with this handle's codec (the
+    /// `codec` setting, MessagePack by default: [`PubSub::codec`]).
+    pub fn publish_value<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: impl TopicName,
+        value: &T,
+    ) -> Result<()> {
+        self.publish_as(topic, value, self.inner.codec())
+    }
+
+    /// This handle's codec: the `codec` setting of the configuration it
+    /// was connected with. Decode with it: `msg.decode::<T>(ps.codec())`.
+    pub fn codec(&self) -> crate::Format {
+        self.inner.codec()
+    }
+
     /// Wait until everything accepted has been written to the broker.
     pub fn flush(&self) -> Result<()> {
         run(self.inner.flush())

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use crate::backend::{
     BackendContext, BrokerInfo, Capabilities, Counters, PubSubBackend, Stats, TryPublish,
 };
+use crate::codec::{Codec, Format};
 use crate::config::{AckMode, BufferConfig, Config, OverflowPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::flight::InFlight;
@@ -70,6 +71,7 @@ struct Inner {
     group_id: Option<String>,
     close_timeout: Duration,
     publish_timeout: Duration,
+    codec: Format,
     subscriptions: Mutex<BTreeSet<String>>,
     closed: AtomicBool,
     /// Serialises subscribe / unsubscribe / close.
@@ -185,6 +187,7 @@ impl PubSub {
                 group_id: config.group_id.clone(),
                 close_timeout: config.close_timeout,
                 publish_timeout: config.publish_timeout,
+                codec: config.codec,
                 subscriptions: Mutex::new(BTreeSet::new()),
                 closed: AtomicBool::new(false),
                 control: tokio::sync::Mutex::new(()),
@@ -324,6 +327,51 @@ impl PubSub {
             ));
         }
         Ok(())
+    }
+
+    /// Publish `value` to `topic`, encoded with `codec`
+    /// ([`MsgPack`](crate::codec::MsgPack), [`Json`](crate::codec::Json), a
+    /// [`Format`], ...). A value the codec cannot write is an
+    /// [`ErrorKind::Encode`] error and nothing is published.
+    ///
+    /// ```
+    /// # #[cfg(feature = "msgpack")]
+    /// # async fn demo() -> pubsub_core::Result<()> {
+    /// use pubsub_core::{codec::MsgPack, Config, PubSub};
+    /// let ps = PubSub::connect(&Config::default()).await?;
+    /// ps.subscribe("counts").await?;
+    /// ps.publish_as("counts", &(1u32, "one"), MsgPack).await?;
+    /// let (n, word): (u32, String) = ps.recv().await?.decode(MsgPack)?;
+    /// assert_eq!((n, word.as_str()), (1, "one"));
+    /// # Ok(()) }
+    /// # #[cfg(feature = "msgpack")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn publish_as<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: impl TopicName,
+        value: &T,
+        codec: impl Codec,
+    ) -> Result<()> {
+        let name = topic.topic_name();
+        let payload = crate::codec::encode_for(&codec, name, value)?;
+        self.publish(name, payload).await
+    }
+
+    /// Publish `value` to `topic`, encoded with this handle's codec (the
+    /// `codec` setting, MessagePack by default: [`PubSub::codec`]).
+    pub async fn publish_value<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: impl TopicName,
+        value: &T,
+    ) -> Result<()> {
+        self.publish_as(topic, value, self.inner.codec).await
+    }
+
+    /// This handle's codec: the `codec` setting of the configuration it
+    /// was connected with. Decode with it: `msg.decode::<T>(ps.codec())`.
+    pub fn codec(&self) -> Format {
+        self.inner.codec
     }
 
     /// The publish fast path, synchronous and needing no runtime (the

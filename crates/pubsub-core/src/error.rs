@@ -36,6 +36,13 @@ pub enum ErrorKind {
     NotSubscribed,
     /// Any other failure reported by the broker or its client library.
     Backend,
+    /// A received payload is not a value of the expected type in the
+    /// codec's format: the message names the topic, the type and where
+    /// decoding failed (`pubsub_core::codec`).
+    Decode,
+    /// A value cannot be written in the codec's format (a JSON map whose
+    /// keys are not strings, for example).
+    Encode,
 }
 
 impl fmt::Display for ErrorKind {
@@ -53,6 +60,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidHeader => "invalid header",
             ErrorKind::NotSubscribed => "not subscribed",
             ErrorKind::Backend => "backend error",
+            ErrorKind::Decode => "decode error",
+            ErrorKind::Encode => "encode error",
         };
         f.write_str(s)
     }

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod blocking;
 mod client;
+pub mod codec;
 pub mod config;
 pub mod error;
 mod flight;
@@ -21,6 +22,7 @@ pub use backend::{
 };
 pub use bytes::Bytes;
 pub use client::{MessageStream, PubSub, TopicName};
+pub use codec::{Blob, Codec, Format};
 pub use config::{AckMode, BufferConfig, Config, OverflowPolicy, Secret, Section};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use flight::{InFlight, Permit};

@@ -267,6 +267,17 @@ impl Message {
         self
     }
 
+    /// The payload as a `T`, read with `codec` ([`MsgPack`](crate::codec::MsgPack),
+    /// [`Json`](crate::codec::Json), a handle's
+    /// [`codec()`](crate::PubSub::codec), ...). A payload that is not a `T`
+    /// is an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error naming
+    /// this topic, the type and where decoding failed; it never panics.
+    /// [`Blob`](crate::Blob) fields of `T` share the payload's buffer where
+    /// the codec allows (MessagePack).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, codec: impl crate::Codec) -> Result<T> {
+        crate::codec::decode_from(&codec, &self.topic, &self.payload)
+    }
+
     /// Whether the application must settle this message (manual ack mode).
     pub fn needs_settling(&self) -> bool {
         matches!(self.settlement, Settlement::Manual(..))

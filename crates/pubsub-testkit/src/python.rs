@@ -1,9 +1,10 @@
 //! A Python peer for interoperability tests: the interpreter of the venv
 //! that `cargo xtask install-brokers` (and `cargo xtask ci`) prepares with
-//! `nats-py` and `redis`, the clients the Python original uses.
+//! `nats-py` and `redis`, the clients the Python original uses, and the
+//! msight data classes (`msight_core.data`, `msight_base`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::peer::Peer;
@@ -102,3 +103,74 @@ _topics.Topic = Topic
 sys.modules["msight_core.topics"] = _topics
 msight_core.topics = _topics
 "#;
+
+/// Python code that loads the msight data classes the way a Python node
+/// does: `msight_core.data` (with its `Data`, `ImageData`, ...), `msight_base`
+/// (`DetectionResultBase`, `RoadUserPoint`, ...), `msgpack`, `numpy`, plus
+/// `sys`, `json` and `base64`. The venv has them (see `cargo xtask
+/// install-brokers`). Prepend it to a script.
+pub const MSIGHT_DATA_PRELUDE: &str = r#"
+import os, sys, json, base64
+os.environ.setdefault("MSIGHT_EDGE_DEVICE_NAME", "pubsub-interop-test")
+import msgpack
+import numpy as np
+from dataclasses import dataclass, field
+from msight_core.data import (Data, SensorData, SensorDataSequence, ImageData, DetectionResultsData,
+                              RoadUserListData, BytesData, VideoData, PointCloudData)
+from msight_base import DetectionResultBase, RoadUserPoint
+from msight_base.road_user import RoadUserCategory
+"#;
+
+/// Run `script` (program text) with `args` to its end, `input` on its
+/// stdin, and return its stdout.
+///
+/// # Panics
+/// When it exits with an error or runs longer than `timeout` (it is then
+/// killed); the panic message has its stderr.
+pub fn run_script(script: &str, args: &[&str], input: &[u8], timeout: Duration) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut child = Command::new(interpreter())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Python peer");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A script that exits early closes the pipe; its exit status tells.
+        let _ = stdin.write_all(&input);
+    });
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the Python peer") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    let out = stdout.join().unwrap_or_default();
+    let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+    match status {
+        Some(s) if s.success() => out,
+        Some(s) => panic!("the Python script failed ({s}):\n{err}"),
+        None => panic!("the Python script ran longer than {timeout:?}; killed:\n{err}"),
+    }
+}

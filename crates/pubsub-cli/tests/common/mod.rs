@@ -144,6 +144,16 @@ impl Background {
         }
     }
 
+    /// Spawn `cmd` with `input` written to its stdin, which is then closed.
+    pub fn spawn_with_input(what: &str, cmd: &mut Command, input: &[u8]) -> Background {
+        use std::io::Write;
+        let mut bg = Background::spawn(what, cmd, Stdio::piped());
+        let mut stdin = bg.child.stdin.take().expect("stdin piped");
+        // A process that exits early closes the pipe; its exit status tells.
+        let _ = stdin.write_all(input);
+        bg
+    }
+
     /// What it wrote on stdout so far.
     pub fn stdout_now(&self) -> Vec<u8> {
         self.out.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -42,6 +42,7 @@ pub(crate) use section::Sections;
 pub use section::{Section, SectionType};
 
 use crate::backend::Backend;
+use crate::codec::Format;
 use crate::error::{Error, Result};
 use section::AnySection;
 
@@ -161,6 +162,11 @@ pub struct Config {
     /// Manual ack: the most payload bytes of unsettled messages one handle
     /// holds (default 64 MiB).
     pub max_in_flight_bytes: usize,
+    /// The codec of [`PubSub::publish_value`](crate::PubSub::publish_value)
+    /// and [`PubSub::codec`](crate::PubSub::codec) (default MessagePack, the
+    /// format of the Python nodes). A codec whose cargo feature is off is an
+    /// `Unsupported` error when used.
+    pub codec: Format,
     sections: Sections,
 }
 
@@ -184,6 +190,7 @@ struct Common {
     dead_letter_topic: Option<String>,
     max_in_flight: usize,
     max_in_flight_bytes: usize,
+    codec: Format,
 }
 
 /// Top-level keys that are common settings, not backend sections.
@@ -200,6 +207,7 @@ const COMMON_KEYS: &[&str] = &[
     "dead_letter_topic",
     "max_in_flight",
     "max_in_flight_bytes",
+    "codec",
 ];
 
 impl Default for Common {
@@ -217,6 +225,7 @@ impl Default for Common {
             dead_letter_topic: None,
             max_in_flight: 1000,
             max_in_flight_bytes: 64 * 1024 * 1024,
+            codec: Format::default(),
         }
     }
 }
@@ -236,6 +245,7 @@ impl Config {
             dead_letter_topic: c.dead_letter_topic,
             max_in_flight: c.max_in_flight,
             max_in_flight_bytes: c.max_in_flight_bytes,
+            codec: c.codec,
             sections,
         }
     }
@@ -287,6 +297,7 @@ impl fmt::Debug for Config {
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("codec", &self.codec)
             .field("sections", &self.sections)
             .finish()
     }
@@ -317,6 +328,7 @@ impl Serialize for Config {
             dead_letter_topic: &'a Option<String>,
             max_in_flight: usize,
             max_in_flight_bytes: usize,
+            codec: Format,
             #[serde(flatten)]
             sections: BTreeMap<&'static str, Box<dyn AnySection>>,
         }
@@ -334,6 +346,7 @@ impl Serialize for Config {
             dead_letter_topic: &self.dead_letter_topic,
             max_in_flight: self.max_in_flight,
             max_in_flight_bytes: self.max_in_flight_bytes,
+            codec: self.codec,
             sections,
         }
         .serialize(s)
@@ -366,6 +379,7 @@ pub const PUBSUB_ENV: &[(&str, &str)] = &[
     ("MSIGHT_PUBSUB_DEAD_LETTER_TOPIC", "dead_letter_topic"),
     ("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "max_in_flight"),
     ("MSIGHT_PUBSUB_MAX_IN_FLIGHT_BYTES", "max_in_flight_bytes"),
+    ("MSIGHT_PUBSUB_CODEC", "codec"),
 ];
 
 impl Config {
@@ -484,6 +498,7 @@ impl Config {
             "MSIGHT_PUBSUB_MAX_IN_FLIGHT_BYTES",
             &mut self.max_in_flight_bytes,
         )?;
+        env.parse("MSIGHT_PUBSUB_CODEC", &mut self.codec)?;
         Ok(())
     }
 
@@ -710,6 +725,7 @@ mod tests {
         assert_eq!(kafka.brokers, ["e:1", "e:2"]);
         assert_eq!(c.group_id.as_deref(), Some("g2"));
         assert_eq!(c.buffer.overflow, OverflowPolicy::Block);
+        assert_eq!(c.codec, Format::MsgPack);
         assert_eq!(kafka.user.as_deref(), Some("u"));
         assert_eq!(kafka.password.unwrap().expose(), "p");
     }
