@@ -45,6 +45,13 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
+/// Whether Redis refused a command for now and takes it later: `LOADING`
+/// (reading its data after a restart), `TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`.
+pub(crate) fn is_transient(e: &RedisError) -> bool {
+    matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry)
+}
+
 /// `what` failed against `address` (already redacted).
 pub(crate) fn redis_error(address: &str, what: &str, e: RedisError) -> Error {
     let kind = kind_of(&e);
