@@ -68,6 +68,16 @@ fn run<F: Future>(fut: F) -> F::Output {
     block_on(tokio::task::unconstrained(fut))
 }
 
+/// Run `fut` on the background runtime of the blocking handles and wait
+/// for it, from a plain thread (or, without panicking, from inside another
+/// runtime): for the blocking helpers of a backend crate, as
+/// `pubsub_redis::BlockingTopicRegistry`. Fails only when the runtime
+/// cannot start.
+pub fn block_on_runtime<F: Future>(fut: F) -> Result<F::Output> {
+    runtime()?;
+    Ok(run(fut))
+}
+
 /// Wakes the thread that waits in [`block_on`].
 struct ThreadWaker(std::thread::Thread);
 

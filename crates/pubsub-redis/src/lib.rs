@@ -5,6 +5,7 @@ mod backend;
 mod config;
 mod error;
 mod options;
+mod topics;
 
 pub use backend::{RedisBackend, PAYLOAD_FIELD};
 pub use config::{parse_node, RedisConfig, RedisMode, REDIS_ENV};
@@ -13,6 +14,7 @@ pub use pubsub_core::{
     Delivery, Error, ErrorKind, Headers, Message, MessageStream, OverflowPolicy, PubSub, Result,
     Secret, Stats, Topic,
 };
+pub use topics::{BlockingTopicRegistry, TopicRegistry, TOPICS_KEY};
 
 /// Register the `redis` backend, so that `backend = "redis"` (or
 /// `MSIGHT_PUBSUB_BACKEND=redis`) works with [`PubSub::connect`] and

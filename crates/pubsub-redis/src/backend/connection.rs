@@ -14,7 +14,7 @@ use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
 /// A connection for commands: standalone (reconnecting manager) or cluster.
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -69,7 +69,7 @@ impl Conn {
 /// Open a connection: first one plain attempt, so that a wrong password,
 /// TLS trouble or a dead port fail at once with the right kind (the manager
 /// would retry them), then the reconnecting manager / cluster connection.
-pub(super) async fn open(
+pub(crate) async fn open(
     opts: &Options,
     push: Option<PushCallback>,
     response_timeout: Duration,

@@ -16,7 +16,7 @@
 //!
 //! [`connection`] opens the connections they use.
 
-mod connection;
+pub(crate) mod connection;
 mod entries;
 mod publisher;
 mod pubsub;
