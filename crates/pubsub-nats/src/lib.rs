@@ -4,10 +4,12 @@
 mod backend;
 mod config;
 mod error;
+mod headers;
 mod options;
 
 pub use backend::NatsBackend;
 pub use config::{validate_server_url, NatsConfig, NATS_ENV};
+pub use headers::HEADER_ORDER;
 pub use pubsub_core::{
     self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
     Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
