@@ -28,9 +28,10 @@ const PACKAGE_SERVICES: &[(&str, &str)] =
     &[("redis-server", "redis-server"), ("mosquitto", "mosquitto")];
 
 /// Python modules the interop tests import, and the pip packages providing them.
+/// `paho-mqtt` (2.x, MQTT v5) is the MQTT peer of the header tests.
 const PY_IMPORT_CHECK: &str =
-    "import nats, redis, importlib.metadata as m; m.version('msight-core')";
-const PY_PACKAGES: &[&str] = &["nats-py", "redis"];
+    "import nats, redis, paho.mqtt.client, importlib.metadata as m; m.version('msight-core')";
+const PY_PACKAGES: &[&str] = &["nats-py", "redis", "paho-mqtt"];
 /// The Python original itself, without its heavy dependencies (OpenCV,
 /// Open3D, Kafka...): the interop tests load its pub/sub modules only.
 const PY_PACKAGES_NO_DEPS: &[&str] = &["msight-core==2.0.0"];
@@ -220,7 +221,7 @@ fn stop_system_services(ctx: &Ctx, installed: &[&str]) {
     }
 }
 
-/// Step 2: a venv at target/py-venv with nats-py, redis and msight-core; exports
+/// Step 2: a venv at target/py-venv with nats-py, redis, paho-mqtt and msight-core; exports
 /// PUBSUB_TEST_PYTHON to child processes.
 pub fn ensure_python_peer(ctx: &mut Ctx) -> Result<()> {
     let venv = ctx.root.join("target").join("py-venv");
