@@ -4,6 +4,7 @@
 mod backend;
 mod config;
 mod error;
+mod headers;
 mod options;
 
 pub use backend::MqttBackend;
