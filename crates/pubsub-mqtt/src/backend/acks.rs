@@ -40,7 +40,7 @@
 //! messages here, never waits.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -87,6 +87,10 @@ pub(super) struct Acks {
     qos0_room: usize,
     warned_discard: AtomicBool,
     warned_qos0: AtomicBool,
+    /// Messages being given up (dead letter, then ack), which `close`
+    /// waits for; woken as each is done.
+    giving_up: AtomicUsize,
+    given_up: Notify,
 }
 
 #[derive(Default)]
@@ -179,6 +183,8 @@ impl Acks {
             qos0_room: config.buffer.capacity.max(config.max_in_flight),
             warned_discard: AtomicBool::new(false),
             warned_qos0: AtomicBool::new(false),
+            giving_up: AtomicUsize::new(0),
+            given_up: Notify::new(),
         })
     }
 
@@ -374,9 +380,33 @@ impl Acks {
                     st.by_pkid.remove(&pkid);
                 }
                 drop(st);
-                tokio::spawn(self.clone().give_up(token, e, why));
+                self.giving_up.fetch_add(1, Ordering::AcqRel);
+                let acks = self.clone();
+                tokio::spawn(async move {
+                    acks.clone().give_up(token, e, why).await;
+                    acks.giving_up.fetch_sub(1, Ordering::AcqRel);
+                    acks.given_up.notify_waiters();
+                });
             }
         }
+    }
+
+    /// Wait (at most `within`) until the messages being given up are done:
+    /// their dead letters published and acknowledged, and they acknowledged.
+    /// The caller stopped the clock first, so no more start.
+    pub(super) async fn finish_giving_up(&self, within: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.given_up.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.giving_up.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     /// Past `max_deliver`, or `term`: to the dead-letter topic, then

@@ -353,6 +353,17 @@ impl PubSubBackend for MqttBackend {
         self.shared.closing.store(true, Ordering::Release);
         // Leave time for the disconnect within core's close_timeout.
         let budget = self.opts.close_timeout.mul_f64(0.8);
+        let t0 = tokio::time::Instant::now();
+        // Unsettled messages stay unacknowledged in the broker's session:
+        // it sends them again when this client id connects again. Messages
+        // already being given up get their dead letter and their ack.
+        if let Some((acks, tasks)) = &self.acks {
+            for t in tasks {
+                t.abort();
+            }
+            acks.finish_giving_up(budget / 2).await;
+        }
+        let budget = budget.saturating_sub(t0.elapsed());
         let flushed = match tokio::time::timeout(budget, self.flush()).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
@@ -364,17 +375,10 @@ impl PubSubBackend for MqttBackend {
                 ),
             )),
         };
-        // Unsettled messages stay unacknowledged in the broker's session:
-        // it sends them again when this client id connects again.
-        if let Some((_, tasks)) = &self.acks {
-            for t in tasks {
-                t.abort();
-            }
-        }
         let _ = self.client.try_disconnect();
         let task = lock(&self.task).take();
         if let Some(mut h) = task.map(AbortOnDrop::detach) {
-            let rest = self.opts.close_timeout.saturating_sub(budget);
+            let rest = self.opts.close_timeout.saturating_sub(t0.elapsed());
             if tokio::time::timeout(rest, &mut h).await.is_err() {
                 h.abort();
             }
