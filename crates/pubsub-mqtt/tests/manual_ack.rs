@@ -385,3 +385,62 @@ fn hold_until_killed() {
         }
     }
 }
+
+/// Messages held unsettled across a restart of a broker with persistence:
+/// after the reconnect the broker sends them again (same packet ids, DUP);
+/// the handle, which still holds them, does not deliver them twice, and
+/// the application's acks of the deliveries it has settle them on the
+/// broker: the client id connecting again later gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_across_a_broker_restart_are_settled_once() {
+    pubsub_testkit::logs::capture();
+    let mut broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
+    let id = client_id("restart");
+    let config = manual(&broker.url(), 1, &id);
+    let topic = unique("restart");
+    let sub = pubsub_mqtt::connect(&config).await.expect("connect");
+    sub.subscribe(&topic).await.expect("subscribe");
+    let publ = pubsub_mqtt::connect(&config_for(&broker.url(), 1))
+        .await
+        .expect("connect publisher");
+    for i in 0..10 {
+        publ.publish(&topic, seq(i)).await.expect("publish");
+    }
+    publ.flush().await.expect("flush");
+    publ.close().await.expect("close publisher");
+    let held = common::recv_n(&sub, 10, WAIT).await;
+    assert_eq!(held.len(), 10);
+
+    tokio::task::block_in_place(|| broker.restart());
+    let deadline = Instant::now() + WAIT;
+    while sub.stats().reconnects == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sub.stats().reconnects, 1, "reconnected");
+    assert!(
+        sub.recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("recv")
+            .is_none(),
+        "the broker's resends of messages the handle holds are not delivered twice"
+    );
+    let resent = pubsub_testkit::logs::captured()
+        .matches("a message this handle still holds was sent again")
+        .count();
+    assert_eq!(resent, 10, "the broker sent every held message again");
+    for m in held {
+        m.ack().expect("ack after the restart");
+    }
+    sub.close().await.expect("close");
+    let again = pubsub_mqtt::connect(&config).await.expect("connect again");
+    again.subscribe(&topic).await.expect("subscribe again");
+    assert!(
+        again
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("recv")
+            .is_none(),
+        "the acks sent after the restart settled every message on the broker"
+    );
+    assert_eq!(sub.stats().acked, 10);
+}

@@ -3,7 +3,10 @@
 //! while it holds unsettled messages). Its standard output is read line by
 //! line in the background; it is killed (`SIGKILL`) and reaped on drop.
 //!
-//! A test that needs a child checks [`child_role`] first:
+//! A test that needs a child checks [`child_role`] first. The child's
+//! first line of output follows libtest's `test <name> ... ` on the same
+//! line, so it prints a line break before the line the parent waits for
+//! (`println!("\nready")`):
 //!
 //! ```ignore
 //! #[test]

@@ -1,6 +1,7 @@
 //! A Python peer for interoperability tests: the interpreter of the venv
 //! that `cargo xtask install-brokers` (and `cargo xtask ci`) prepares with
-//! `nats-py` and `redis`, the clients the Python original uses.
+//! `nats-py` and `redis`, the clients the Python original uses, and
+//! `paho-mqtt` (MQTT v5) for the MQTT header tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +34,7 @@ pub fn interpreter() -> PathBuf {
     from_exe.or_else(from_cwd).unwrap_or_else(|| {
         panic!(
             "no Python peer (py-venv/bin/python) in the target directory of {:?} nor under the current directory, \
-             and PUBSUB_TEST_PYTHON is not set: run `cargo xtask install-brokers` (it creates target/py-venv with nats-py and redis)",
+             and PUBSUB_TEST_PYTHON is not set: run `cargo xtask install-brokers` (it creates target/py-venv with nats-py, redis and paho-mqtt)",
             std::env::current_exe().ok()
         )
     })
