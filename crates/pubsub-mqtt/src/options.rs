@@ -55,6 +55,7 @@ impl Options {
         let qos = qos(mqtt.qos)?;
         if config.ack == AckMode::Manual {
             check_manual_ack(&mqtt, qos)?;
+            check_dead_letter_topic(config.dead_letter_topic.as_deref())?;
         }
         let client_id = match &mqtt.client_id {
             Some(id) => id.clone(),
@@ -131,6 +132,17 @@ fn check_manual_ack(mqtt: &MqttConfig, qos: QoS) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Dead letters are published: the topic cannot have MQTT wildcards.
+fn check_dead_letter_topic(topic: Option<&str>) -> Result<()> {
+    match topic {
+        Some(t) if t.contains(['+', '#']) => Err(Error::config(
+            "dead_letter_topic",
+            format!("{t:?}: MQTT cannot publish to a topic with the wildcards `+` or `#`"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `mqtt.qos` as rumqttc's level.
@@ -291,6 +303,10 @@ mod tests {
             assert!(e.to_string().contains(&format!("{key}: ")), "{key}: {e}");
             assert!(e.to_string().contains("ack = \"manual\""), "{e}");
         }
+        let mut wild = c.clone();
+        wild.dead_letter_topic = Some("dead/#".into());
+        let e = Options::new(&wild, session.clone()).err().unwrap();
+        assert!(e.to_string().contains("dead_letter_topic: "), "{e}");
         // Auto mode: rumqttc acknowledges by itself.
         let s = Options::new(&Config::default(), session).unwrap();
         assert!(!s.client_options.manual_acks());
