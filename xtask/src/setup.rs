@@ -28,10 +28,11 @@ const PACKAGE_SERVICES: &[(&str, &str)] =
     &[("redis-server", "redis-server"), ("mosquitto", "mosquitto")];
 
 /// Python modules the interop tests import, and the pip packages providing them.
-/// `msight_core` asserts that a device name is set before anything loads.
+/// `msight_core` asserts that a device name is set before anything loads;
+/// `paho-mqtt` (2.x, MQTT v5) is the MQTT peer of the header tests.
 const PY_IMPORT_CHECK: &str = "import os; os.environ.setdefault('MSIGHT_EDGE_DEVICE_NAME', 'ci'); \
-     import nats, redis, msight_core.data, msight_base, importlib.metadata as m; m.version('msight-core')";
-const PY_PACKAGES: &[&str] = &["nats-py", "redis"];
+     import nats, redis, paho.mqtt.client, msight_core.data, msight_base, importlib.metadata as m; m.version('msight-core')";
+const PY_PACKAGES: &[&str] = &["nats-py", "redis", "paho-mqtt"];
 /// The Python original itself, without the dependencies it declares and the
 /// tests never load (Open3D, Kafka, AWS, Sphinx, ...), and what importing
 /// `msight_core.data` and `msight_base` (the msight data types, for the
@@ -247,7 +248,7 @@ fn stop_system_services(ctx: &Ctx, installed: &[&str]) {
     }
 }
 
-/// Step 2: a venv at target/py-venv with nats-py, redis and msight-core; exports
+/// Step 2: a venv at target/py-venv with nats-py, redis, paho-mqtt and msight-core; exports
 /// PUBSUB_TEST_PYTHON to child processes.
 pub fn ensure_python_peer(ctx: &mut Ctx) -> Result<()> {
     let venv = ctx.root.join("target").join("py-venv");

@@ -85,9 +85,10 @@ impl Headers {
     }
 
     /// Check every pair: a key is 1 to 256 printable ASCII characters other
-    /// than `:`; a value has no control characters other than tab. Every
-    /// backend with headers can carry such pairs unchanged (NATS headers
-    /// are lines of text).
+    /// than `:`; a value has no control characters other than tab. A
+    /// backend refuses with [`ErrorKind::InvalidHeader`] what its broker
+    /// would not carry unchanged (NATS trims whitespace at either end of a
+    /// value; MQTT brokers refuse a tab), never sends it altered.
     pub fn validate(&self) -> Result<()> {
         for (k, v) in &self.0 {
             if k.is_empty()

@@ -4,13 +4,15 @@
 mod backend;
 mod config;
 mod error;
+mod headers;
 mod options;
 
 pub use backend::MqttBackend;
 pub use config::{MqttBroker, MqttConfig, MQTT_ENV, MQTT_MAX_PACKET_SIZE, MQTT_PACKET_OVERHEAD};
 pub use pubsub_core::{
-    self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
-    Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
+    self, blocking, AckMode, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
+    Delivery, Error, ErrorKind, Headers, Message, MessageStream, OverflowPolicy, PubSub, Result,
+    Secret, Stats, Topic,
 };
 
 /// Register the `mqtt` backend, so that `backend = "mqtt"` (or

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::{MqttBroker, MqttConfig};
 use pubsub_core::tls::TlsFiles;
-use pubsub_core::{Config, Error, Result};
+use pubsub_core::{AckMode, Config, Error, Result};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
@@ -52,6 +52,11 @@ impl Options {
     pub fn new(config: &Config, mqtt: MqttConfig) -> Result<Options> {
         let broker = mqtt.broker()?;
         let persistent = mqtt.session_expiry_secs().is_some();
+        let qos = qos(mqtt.qos)?;
+        if config.ack == AckMode::Manual {
+            check_manual_ack(&mqtt, qos)?;
+            check_dead_letter_topic(config.dead_letter_topic.as_deref())?;
+        }
         let client_id = match &mqtt.client_id {
             Some(id) => id.clone(),
             None => {
@@ -66,6 +71,13 @@ impl Options {
         let mut client_options =
             MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
         session_and_limits(&mut client_options, config, &mqtt, persistent);
+        if config.ack == AckMode::Manual {
+            // PUBACK / PUBREC only when the application acks; the broker
+            // sends at most max_in_flight unacknowledged messages at once.
+            client_options.set_manual_acks(true);
+            let window = u16::try_from(config.max_in_flight.max(1)).unwrap_or(u16::MAX);
+            client_options.set_receive_maximum(Some(window));
+        }
         if let Some(user) = &mqtt.username {
             let pass = mqtt
                 .password
@@ -87,12 +99,49 @@ impl Options {
             shown: shown_address(&broker),
             tls: broker.tls,
             client_id,
-            qos: qos(mqtt.qos)?,
+            qos,
             persistent,
             connect_timeout: config.connect_timeout,
             close_timeout: config.close_timeout,
             mqtt,
         })
+    }
+}
+
+/// Manual ack needs what lets the broker keep a message until it is
+/// acknowledged, and send it again to this client after a crash: QoS 1 or
+/// 2, a session kept after a disconnect, and a client id that stays the
+/// same from one start to the next.
+fn check_manual_ack(mqtt: &MqttConfig, qos: QoS) -> Result<()> {
+    if qos == QoS::AtMostOnce {
+        return Err(Error::config(
+            "mqtt.qos",
+            "ack = \"manual\" needs QoS 1 or 2: at QoS 0 the broker keeps nothing to deliver again; set mqtt.qos = 1 (MSIGHT_MQTT_QOS)",
+        ));
+    }
+    if mqtt.session_expiry_secs().is_none() {
+        return Err(Error::config(
+            "mqtt.session_expiry",
+            "ack = \"manual\" needs a persistent session, or the broker forgets unacknowledged messages when the connection drops: set mqtt.session_expiry (MSIGHT_MQTT_SESSION_EXPIRY, e.g. \"1h\") and a fixed mqtt.client_id (MSIGHT_MQTT_CLIENT_ID)",
+        ));
+    }
+    if mqtt.client_id.is_none() {
+        return Err(Error::config(
+            "mqtt.client_id",
+            "ack = \"manual\" needs a fixed client id: the broker sends unacknowledged messages again only to the session's client id, and a generated one changes on every start; set mqtt.client_id (MSIGHT_MQTT_CLIENT_ID), one per process",
+        ));
+    }
+    Ok(())
+}
+
+/// Dead letters are published: the topic cannot have MQTT wildcards.
+fn check_dead_letter_topic(topic: Option<&str>) -> Result<()> {
+    match topic {
+        Some(t) if t.contains(['+', '#']) => Err(Error::config(
+            "dead_letter_topic",
+            format!("{t:?}: MQTT cannot publish to a topic with the wildcards `+` or `#`"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -211,6 +260,57 @@ mod tests {
         assert!(s.client_id.starts_with("msight-"));
         assert_ne!(s.client_id, Options::new(&c, m).unwrap().client_id);
         assert_eq!(s.qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn manual_ack_needs_a_persistent_session_and_qos_1() {
+        let mut c = Config::default();
+        c.ack = AckMode::Manual;
+        c.max_in_flight = 70_000;
+        let session = MqttConfig {
+            session_expiry: Some(Duration::from_secs(60)),
+            client_id: Some("fixed".into()),
+            ..MqttConfig::default()
+        };
+        let s = Options::new(&c, session.clone()).unwrap();
+        assert!(s.client_options.manual_acks());
+        assert_eq!(s.client_options.receive_maximum(), Some(u16::MAX));
+        for (m, key) in [
+            (
+                MqttConfig {
+                    qos: 0,
+                    ..session.clone()
+                },
+                "mqtt.qos",
+            ),
+            (
+                MqttConfig {
+                    session_expiry: None,
+                    ..session.clone()
+                },
+                "mqtt.session_expiry",
+            ),
+            (
+                MqttConfig {
+                    client_id: None,
+                    ..session.clone()
+                },
+                "mqtt.client_id",
+            ),
+        ] {
+            let e = Options::new(&c, m).err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(&format!("{key}: ")), "{key}: {e}");
+            assert!(e.to_string().contains("ack = \"manual\""), "{e}");
+        }
+        let mut wild = c.clone();
+        wild.dead_letter_topic = Some("dead/#".into());
+        let e = Options::new(&wild, session.clone()).err().unwrap();
+        assert!(e.to_string().contains("dead_letter_topic: "), "{e}");
+        // Auto mode: rumqttc acknowledges by itself.
+        let s = Options::new(&Config::default(), session).unwrap();
+        assert!(!s.client_options.manual_acks());
+        assert_eq!(s.client_options.receive_maximum(), None);
     }
 
     #[test]

@@ -5,12 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use common::{config_for, seq, seq_of, start_broker, unique, MqttHarness};
-use pubsub_mqtt::{BackendFactory, Config, MqttConfig};
-use pubsub_testkit::brokers::Mosquitto;
-use pubsub_testkit::conformance::{restart_under_load, Harness, Outcome};
+use common::{config_for, seq, seq_of, start_broker, unique, SessionsHarness};
+use pubsub_mqtt::MqttConfig;
+use pubsub_testkit::conformance::{restart_under_load, Outcome};
 
 /// With clean sessions (the default) and one publisher, what is lost is one
 /// stretch of its sequence around the outage: everything before it and
@@ -173,67 +170,13 @@ async fn broker_gone_calls_stay_bounded() {
 /// threads publish 10,000 messages through one blocking handle, the broker
 /// restarts at one third; every message reaches a plain subscriber. A
 /// member of a shared subscription loses only what was published around
-/// the outage (see [`SessionsHarness::groups_survive_broker_restart`]).
+/// the outage (see `SessionsHarness::groups_survive_broker_restart`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_with_sessions_loses_nothing() {
-    let broker = tokio::task::block_in_place(|| Mosquitto::builder().persistence(true).start());
-    let mut h = SessionsHarness {
-        inner: MqttHarness { broker, qos: 1 },
-        clients: AtomicU32::new(0),
-    };
+    let mut h = SessionsHarness::start(1);
     assert_eq!(
         restart_under_load(&mut h).await,
         Outcome::Passed,
         "a broker with sessions keeps everything"
     );
-}
-
-/// Every client with a session of its own; the broker stopped gracefully,
-/// since mosquitto writes its database on shutdown (and only once a second
-/// otherwise).
-struct SessionsHarness {
-    inner: MqttHarness,
-    clients: AtomicU32,
-}
-
-#[pubsub_mqtt::pubsub_core::async_trait]
-impl Harness for SessionsHarness {
-    fn factory(&self) -> BackendFactory {
-        self.inner.factory()
-    }
-
-    fn config(&self) -> Config {
-        let mut config = self.inner.config();
-        let mqtt = config.section_mut::<MqttConfig>().unwrap();
-        mqtt.reconnect_delay_max = Duration::from_millis(200);
-        mqtt.session_expiry = Some(Duration::from_secs(300));
-        mqtt.request_channel_capacity = 20_000;
-        let n = self.clients.fetch_add(1, Ordering::Relaxed);
-        mqtt.client_id = Some(format!("sessions-{}-{n}", std::process::id()));
-        config
-    }
-
-    async fn stop_broker(&mut self) {
-        tokio::task::block_in_place(|| self.inner.broker.terminate());
-    }
-
-    async fn start_broker(&mut self) {
-        self.inner.start_broker().await;
-    }
-
-    fn dead_config(&self) -> Option<Config> {
-        self.inner.dead_config()
-    }
-
-    fn label(&self) -> String {
-        "mqtt qos=1 with sessions".into()
-    }
-
-    /// mosquitto 2.0.11 restored the session's shared subscription after its
-    /// restart but routed nothing more to it (6,640 of 10,000 lost) until the
-    /// backend subscribed again on reconnect; what arrives before that
-    /// SUBSCRIBE is lost (2 of 10,000 in the run that found it).
-    fn groups_survive_broker_restart(&self) -> bool {
-        false
-    }
 }

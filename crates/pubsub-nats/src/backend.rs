@@ -1,4 +1,6 @@
-//! The NATS backend: core NATS publish/subscribe with queue groups.
+//! The NATS backend: core NATS publish/subscribe with queue groups and
+//! headers ([`crate::headers`]). Core NATS keeps no message, so manual ack
+//! mode is refused at connect.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,11 +10,12 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use pubsub_core::sync::{lock, AbortOnDrop};
 use pubsub_core::{
-    async_trait, Backend, BackendContext, BrokerInfo, Capabilities, Config, Error, Inbox, Message,
-    PubSubBackend, Result, TopicCache, TryPublish,
+    async_trait, AckMode, Backend, BackendContext, BrokerInfo, Capabilities, Config, Error,
+    Headers, Inbox, Message, PubSubBackend, Result, TopicCache, TryPublish,
 };
 
 use crate::error::{connect_error, op_error, publish_error};
+use crate::headers;
 use crate::options::Options;
 use crate::NatsConfig;
 
@@ -61,11 +64,19 @@ impl Backend for NatsBackend {
     type Config = NatsConfig;
 
     /// Connect with the `[nats]` section; received messages go to `ctx.inbox`.
+    /// `ack = "manual"` is refused before any network traffic: core NATS
+    /// keeps no message that could be delivered again.
     async fn connect(
         config: &Config,
         nats: NatsConfig,
         ctx: BackendContext,
     ) -> Result<NatsBackend> {
+        if config.ack == AckMode::Manual {
+            return Err(Error::config(
+                "ack",
+                "\"manual\" is not available for core NATS: the server keeps no message, so none can be held until settled or delivered again (JetStream, which keeps them, is not supported yet); use ack = \"auto\", or for manual ack Redis streams (redis.mode = \"streams\") or MQTT with a persistent session (mqtt.session_expiry and a fixed mqtt.client_id, QoS 1 or 2) for now",
+            ));
+        }
         let opts = Options::new(config, nats, ctx.counters.clone()).await?;
         let client = opts
             .client_options
@@ -196,6 +207,7 @@ impl PubSubBackend for NatsBackend {
         c.ordering = true;
         c.wildcards = Some("* >");
         c.max_payload = Some(self.client.server_info().max_payload);
+        c.headers = true;
         c
     }
 
@@ -226,7 +238,13 @@ impl PubSubBackend for NatsBackend {
             // What the client has received already goes into the buffer in
             // one step: one lock and one wake-up per batch, not per message.
             let mut batch = Vec::with_capacity(Inbox::BATCH);
-            let message = |m: async_nats::Message| Message::new(m.subject.into_string(), m.payload);
+            let message = |m: async_nats::Message| {
+                let msg = Message::new(m.subject.into_string(), m.payload);
+                match &m.headers {
+                    Some(h) if !h.is_empty() => msg.with_headers(headers::from_nats(h)),
+                    _ => msg,
+                }
+            };
             while let Some(m) = sub.next().await {
                 let mut bytes = m.payload.len();
                 batch.push(message(m));
@@ -284,6 +302,21 @@ impl PubSubBackend for NatsBackend {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         self.client
             .publish(self.subject(topic)?, payload)
+            .await
+            .map_err(|e| publish_error(topic, e))
+    }
+
+    /// NATS headers (`HPUB`); a message without headers takes
+    /// [`PubSubBackend::try_publish`] / [`PubSubBackend::publish`] as before.
+    async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<()> {
+        let map = headers::to_nats(&headers)?;
+        self.client
+            .publish_with_headers(self.subject(topic)?, map, payload)
             .await
             .map_err(|e| publish_error(topic, e))
     }

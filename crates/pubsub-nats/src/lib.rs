@@ -4,13 +4,16 @@
 mod backend;
 mod config;
 mod error;
+mod headers;
 mod options;
 
 pub use backend::NatsBackend;
 pub use config::{validate_server_url, NatsConfig, NATS_ENV};
+pub use headers::HEADER_ORDER;
 pub use pubsub_core::{
-    self, blocking, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config, Delivery,
-    Error, ErrorKind, Message, MessageStream, OverflowPolicy, PubSub, Result, Secret, Stats, Topic,
+    self, blocking, AckMode, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
+    Delivery, Error, ErrorKind, Headers, Message, MessageStream, OverflowPolicy, PubSub, Result,
+    Secret, Stats, Topic,
 };
 
 /// Register the `nats` backend, so that `backend = "nats"` (or

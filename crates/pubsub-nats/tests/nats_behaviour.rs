@@ -239,3 +239,97 @@ async fn broker_info_describes_the_server() {
     assert!(!info.tls);
     assert!(info.address.unwrap().contains(&s.port().to_string()));
 }
+
+/// Core NATS keeps no message: `ack = "manual"` is refused at connect with
+/// what to use instead, before any network traffic (a dead address gives
+/// the same error, not a connect error).
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_ack_is_refused_with_what_to_use_instead() {
+    let server = start();
+    for url in [server.url(), format!("nats://127.0.0.1:{}", free_port())] {
+        let mut c = Config::default();
+        c.section_mut::<NatsConfig>().unwrap().servers = vec![url];
+        c.ack = pubsub_core::AckMode::Manual;
+        let e = pubsub_nats::connect(&c)
+            .await
+            .expect_err("manual ack on core NATS");
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        let text = e.to_string();
+        for hint in [
+            "ack",
+            "core NATS",
+            "redis.mode = \"streams\"",
+            "mqtt.session_expiry",
+        ] {
+            assert!(text.contains(hint), "{hint:?} missing from: {text}");
+        }
+        let e = pubsub_nats::connect_blocking(&c).expect_err("blocking too");
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    }
+}
+
+/// Headers: order across keys and repeated keys kept (whatever order
+/// async-nats's hash map gives), values NATS would trim refused, the
+/// reserved order header refused, and a message with headers too large for
+/// the server's `max_payload` refused as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_keep_their_order_and_bad_ones_are_refused() {
+    use pubsub_core::Headers;
+    let server = start();
+    let mut c = Config::default();
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
+    let ps = pubsub_nats::connect(&c).await.unwrap();
+    assert!(ps.capabilities().headers);
+    ps.subscribe("headers.order").await.unwrap();
+    let sent: Vec<Headers> = (0..20)
+        .map(|i| {
+            Headers::from([
+                ("z-last", format!("{i}")),
+                ("hop", "camera".into()),
+                ("a-first", "x".into()),
+                ("hop", "detector".into()),
+                ("Mixed-Case", "Ünïcode inside".into()),
+            ])
+        })
+        .collect();
+    for h in &sent {
+        ps.publish_with_headers("headers.order", h.clone(), "p")
+            .await
+            .unwrap();
+    }
+    ps.flush().await.unwrap();
+    for h in &sent {
+        let m = ps
+            .recv_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a message with headers");
+        assert_eq!(&m.headers, h);
+        assert!(m.headers.get(pubsub_nats::HEADER_ORDER).is_none());
+    }
+    for bad in [
+        Headers::from([("k", "trailing ")]),
+        Headers::from([(pubsub_nats::HEADER_ORDER, "k")]),
+    ] {
+        let e = ps
+            .publish_with_headers("headers.order", bad, "p")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidHeader, "{e}");
+    }
+    let max = ps.capabilities().max_payload.unwrap();
+    let e = ps
+        .publish_with_headers(
+            "headers.order",
+            Headers::from([("k", "v".repeat(100))]),
+            vec![0u8; max - 10],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert!(ps
+        .recv_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+}

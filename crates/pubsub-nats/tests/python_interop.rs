@@ -155,3 +155,105 @@ async fn with_the_python_original_msight_core() {
         .expect("the message from NATSPubSub.publish()");
     assert_eq!(&m.payload[..], &data[..]);
 }
+
+/// A nats-py peer that prints the headers it receives as JSON, or publishes
+/// the headers given as JSON (a dict: one value per key, in order).
+const HEADERS_PEER: &str = r#"
+import asyncio, json, sys, nats
+async def main():
+    url, mode, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+    nc = await nats.connect(url)
+    if mode == "sub":
+        got = asyncio.get_running_loop().create_future()
+        async def cb(msg):
+            if not got.done():
+                got.set_result(msg)
+        await nc.subscribe(topic, cb=cb)
+        await nc.flush()
+        print("ready", flush=True)
+        msg = await asyncio.wait_for(got, 20)
+        print(json.dumps({"data": msg.data.hex(), "headers": list((msg.headers or {}).items())}), flush=True)
+    else:
+        await nc.publish(topic, bytes.fromhex(sys.argv[4]), headers=json.loads(sys.argv[5]))
+        await nc.flush()
+        print("sent", flush=True)
+    await nc.close()
+asyncio.run(main())
+"#;
+
+/// Headers reach a nats-py peer, and headers from it reach Rust. nats-py
+/// keeps headers in a dict: of a repeated key it sees the last value, and
+/// it sees the order header that keeps the order of unsorted keys (see
+/// `pubsub_nats::HEADER_ORDER`). What it publishes arrives sorted by key,
+/// since its order between keys cannot be told from async-nats's map.
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_to_python_and_back() {
+    use pubsub_core::Headers;
+    let server = tokio::task::block_in_place(NatsServer::start);
+    let mut c = Config::default();
+    c.section_mut::<NatsConfig>().unwrap().servers = vec![server.url()];
+    let ps = pubsub_nats::connect(&c).await.unwrap();
+    let data = payload();
+
+    let mut py = tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn(HEADERS_PEER, &[&server.url(), "sub", "hdr.to_python"]);
+        assert_eq!(py.line(Duration::from_secs(20)), "ready");
+        py
+    });
+    let sent = Headers::from([
+        ("trace-id", "7f3a"),
+        ("hop", "camera"),
+        ("note", "ünïcode, spaces inside"),
+        ("hop", "detector"),
+    ]);
+    ps.publish_with_headers("hdr.to_python", sent, data.clone())
+        .await
+        .unwrap();
+    ps.flush().await.unwrap();
+    let line = tokio::task::block_in_place(|| py.line(Duration::from_secs(20)));
+    let got: serde_json::Value = serde_json::from_str(&line).expect("JSON from the peer");
+    assert_eq!(
+        got["data"],
+        to_hex(&data),
+        "payload changed on the way to Python"
+    );
+    let mut seen: Vec<(String, String)> = serde_json::from_value(got["headers"].clone()).unwrap();
+    seen.sort();
+    let mut want = vec![
+        (
+            "Msight-Header-Order".to_string(),
+            "trace-id hop note hop".to_string(),
+        ),
+        ("hop".into(), "detector".into()),
+        ("note".into(), "ünïcode, spaces inside".into()),
+        ("trace-id".into(), "7f3a".into()),
+    ];
+    want.sort();
+    assert_eq!(seen, want, "headers as nats-py sees them");
+
+    ps.subscribe("hdr.to_rust").await.unwrap();
+    let hex = to_hex(&data);
+    let json = r#"{"trace-id": "7f3a", "hop": "camera", "note": "ünïcode, spaces inside"}"#;
+    tokio::task::block_in_place(|| {
+        let mut py = PythonPeer::spawn(
+            HEADERS_PEER,
+            &[&server.url(), "pub", "hdr.to_rust", &hex, json],
+        );
+        assert_eq!(py.line(Duration::from_secs(20)), "sent");
+    });
+    let m = ps
+        .recv_timeout(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the Python message");
+    assert_eq!(&m.payload[..], &data[..]);
+    assert_eq!(
+        m.headers,
+        Headers::from([
+            ("hop", "camera"),
+            ("note", "ünïcode, spaces inside"),
+            ("trace-id", "7f3a"),
+        ]),
+        "headers from nats-py, sorted by key"
+    );
+}

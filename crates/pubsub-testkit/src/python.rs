@@ -1,7 +1,8 @@
 //! A Python peer for interoperability tests: the interpreter of the venv
 //! that `cargo xtask install-brokers` (and `cargo xtask ci`) prepares with
-//! `nats-py` and `redis`, the clients the Python original uses, and the
-//! msight data classes (`msight_core.data`, `msight_base`).
+//! `nats-py` and `redis`, the clients the Python original uses, the msight
+//! data classes (`msight_core.data`, `msight_base`), and `paho-mqtt` (MQTT
+//! v5) for the MQTT header tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,7 +35,7 @@ pub fn interpreter() -> PathBuf {
     from_exe.or_else(from_cwd).unwrap_or_else(|| {
         panic!(
             "no Python peer (py-venv/bin/python) in the target directory of {:?} nor under the current directory, \
-             and PUBSUB_TEST_PYTHON is not set: run `cargo xtask install-brokers` (it creates target/py-venv with nats-py and redis)",
+             and PUBSUB_TEST_PYTHON is not set: run `cargo xtask install-brokers` (it creates target/py-venv with nats-py, redis and paho-mqtt)",
             std::env::current_exe().ok()
         )
     })

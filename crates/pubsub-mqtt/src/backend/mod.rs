@@ -1,12 +1,14 @@
 //! The MQTT backend: one rumqttc v5 connection per handle, its event loop
 //! polled all the time by a background task ([`poller`]); subscribe and
-//! unsubscribe wait for the broker's acknowledgement ([`control`]).
+//! unsubscribe wait for the broker's acknowledgement ([`control`]); in
+//! manual ack mode, received messages are held until settled ([`acks`]).
 //!
 //! Publishes are counted when the client accepts them and
 //! again when they are done (QoS 0: written; QoS 1: PUBACK; QoS 2:
 //! PUBCOMP; or dropped with a lost clean session), which is what `flush`
 //! waits for.
 
+mod acks;
 mod control;
 mod poller;
 
@@ -18,8 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pubsub_core::sync::{lock, AbortOnDrop};
 use pubsub_core::{
-    Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind,
-    PubSubBackend, Result, TryPublish,
+    AckMode, Backend, BackendContext, BrokerInfo, Capabilities, Config, Delivery, Error, ErrorKind,
+    Headers, PubSubBackend, Result, SettleSupport, Support, TryPublish,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, Request};
@@ -28,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::config::{MqttConfig, MQTT_PACKET_OVERHEAD};
 use crate::error::{suback_error, unsuback_error};
 use crate::options::Options;
+use acks::Acks;
 use control::{Ack, Shared};
 use poller::Poller;
 
@@ -37,6 +40,9 @@ pub struct MqttBackend {
     shared: Arc<Shared>,
     /// The poll task; dropping the handle aborts it.
     task: Mutex<Option<AbortOnDrop>>,
+    /// Manual ack mode: the unsettled messages, and the tasks that deliver
+    /// them and keep their time (aborted on close or drop).
+    acks: Option<(Arc<Acks>, Vec<AbortOnDrop>)>,
     opts: Arc<Options>,
     max_packet_size: usize,
     /// The broker's own packet limit from its CONNACK, if it gave one.
@@ -76,6 +82,8 @@ impl Backend for MqttBackend {
             opts.mqtt.request_channel_capacity,
         );
         let shared = Arc::new(Shared::new());
+        let acks = (config.ack == AckMode::Manual)
+            .then(|| Acks::new(config, client.clone(), shared.clone(), opts.clone(), &ctx));
         let (first_tx, first_rx) = oneshot::channel();
         let poller = Poller::new(
             eventloop,
@@ -83,6 +91,7 @@ impl Backend for MqttBackend {
             shared.clone(),
             &ctx,
             opts.clone(),
+            acks.clone(),
             first_tx,
         );
         // Aborts the poll task if `connect` is cancelled (core's connect
@@ -115,10 +124,15 @@ impl Backend for MqttBackend {
             );
         }
         tracing::debug!(broker = %opts.shown, client_id = %opts.client_id, session_present = connack.session_present, "MQTT connected");
+        let acks = acks.map(|a| {
+            let tasks = a.clone().start();
+            (a, tasks)
+        });
         Ok(MqttBackend {
             client,
             shared,
             task: Mutex::new(Some(guard)),
+            acks,
             opts,
             max_packet_size,
             broker_max_packet,
@@ -127,18 +141,10 @@ impl Backend for MqttBackend {
 }
 
 impl MqttBackend {
-    /// Whether a message of `len` bytes for `topic` may be published now.
-    fn admit(&self, topic: &str, len: usize) -> Result<()> {
-        let packet = len + topic.len() + 16;
-        if packet > self.max_packet_size {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "payload of {len} bytes for topic {topic:?} makes an MQTT packet over the limit of {} bytes (mqtt.max_packet_size or the broker's maximum)",
-                    self.max_packet_size
-                ),
-            ));
-        }
+    /// Whether a message of `len` bytes for `topic`, with `headers` bytes
+    /// of user properties, may be published now.
+    fn admit(&self, topic: &str, len: usize, headers: usize) -> Result<()> {
+        check_packet_size(topic, len, headers, self.max_packet_size)?;
         self.check_running()
     }
 
@@ -168,6 +174,10 @@ impl PubSubBackend for MqttBackend {
     fn capabilities(&self) -> Capabilities {
         let persistence = self.opts.persistent && self.opts.qos != QoS::AtMostOnce;
         let mut c = Capabilities::default();
+        c.headers = true;
+        if persistence {
+            c.settle = settle_support();
+        }
         c.groups = true;
         c.persistence = persistence;
         c.ordering = true;
@@ -256,7 +266,7 @@ impl PubSubBackend for MqttBackend {
     }
 
     fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
-        if let Err(e) = self.admit(topic, payload.len()) {
+        if let Err(e) = self.admit(topic, payload.len(), 0) {
             return TryPublish::Done(Err(e));
         }
         let mut guard = self.accept();
@@ -280,7 +290,7 @@ impl PubSubBackend for MqttBackend {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
-        self.admit(topic, payload.len())?;
+        self.admit(topic, payload.len(), 0)?;
         // Core gives up on a publish the client does not take within
         // publish_timeout (its queue stays full while the broker is away)
         // by dropping this future; the guard then counts the message as
@@ -288,6 +298,32 @@ impl PubSubBackend for MqttBackend {
         let mut guard = self.accept();
         self.client
             .publish(topic, self.opts.qos, self.opts.mqtt.retain, payload)
+            .await
+            .map_err(|e| refused(topic, e))?;
+        guard.queued = true;
+        Ok(())
+    }
+
+    /// Headers as MQTT v5 user properties (see the crate README); a message
+    /// without headers takes [`PubSubBackend::try_publish`] /
+    /// [`PubSubBackend::publish`] as before.
+    async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<()> {
+        let (properties, size) = crate::headers::to_properties(&headers)?;
+        self.admit(topic, payload.len(), size)?;
+        let mut guard = self.accept();
+        self.client
+            .publish_with_properties(
+                topic,
+                self.opts.qos,
+                self.opts.mqtt.retain,
+                payload,
+                properties,
+            )
             .await
             .map_err(|e| refused(topic, e))?;
         guard.queued = true;
@@ -317,6 +353,17 @@ impl PubSubBackend for MqttBackend {
         self.shared.closing.store(true, Ordering::Release);
         // Leave time for the disconnect within core's close_timeout.
         let budget = self.opts.close_timeout.mul_f64(0.8);
+        let t0 = tokio::time::Instant::now();
+        // Unsettled messages stay unacknowledged in the broker's session:
+        // it sends them again when this client id connects again. Messages
+        // already being given up get their dead letter and their ack.
+        if let Some((acks, tasks)) = &self.acks {
+            for t in tasks {
+                t.abort();
+            }
+            acks.finish_giving_up(budget / 2).await;
+        }
+        let budget = budget.saturating_sub(t0.elapsed());
         let flushed = match tokio::time::timeout(budget, self.flush()).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
@@ -331,7 +378,7 @@ impl PubSubBackend for MqttBackend {
         let _ = self.client.try_disconnect();
         let task = lock(&self.task).take();
         if let Some(mut h) = task.map(AbortOnDrop::detach) {
-            let rest = self.opts.close_timeout.saturating_sub(budget);
+            let rest = self.opts.close_timeout.saturating_sub(t0.elapsed());
             if tokio::time::timeout(rest, &mut h).await.is_err() {
                 h.abort();
             }
@@ -341,6 +388,45 @@ impl PubSubBackend for MqttBackend {
         self.shared.progress.notify_waiters();
         flushed
     }
+}
+
+/// How manual ack mode is done with a persistent session at QoS 1 or 2:
+/// the broker holds each message until its PUBACK / PUBREC, which is sent
+/// on `ack`; everything else is done by this backend ([`acks`]).
+fn settle_support() -> SettleSupport {
+    let mut s = SettleSupport::default();
+    s.ack = Support::Native;
+    s.nak = Support::Emulated;
+    s.in_progress = Support::Emulated;
+    s.term = Support::Emulated;
+    s.redeliver_after_ack_wait = Support::Emulated;
+    s.dead_letter = Support::Emulated;
+    s
+}
+
+/// Whether a PUBLISH of `len` payload bytes to `topic` with `headers`
+/// bytes of user properties fits in `max_packet_size`.
+pub(crate) fn check_packet_size(
+    topic: &str,
+    len: usize,
+    headers: usize,
+    max_packet_size: usize,
+) -> Result<()> {
+    let packet = len + headers + topic.len() + 16;
+    if packet > max_packet_size {
+        let with_headers = if headers > 0 {
+            format!(" and {headers} bytes of headers")
+        } else {
+            String::new()
+        };
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "payload of {len} bytes{with_headers} for topic {topic:?} makes an MQTT packet over the limit of {max_packet_size} bytes (mqtt.max_packet_size or the broker's maximum)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn refused(topic: &str, e: ClientError) -> Error {

@@ -1,5 +1,6 @@
 //! The poll task: the only reader of rumqttc's event loop, polled all the
-//! time. It delivers received messages, counts publishes done, matches
+//! time. It delivers received messages (in manual ack mode it records them
+//! in [`super::acks`], which delivers them), counts publishes done, matches
 //! SUBACK / UNSUBACK to the waiting callers (see [`super::control`]), and
 //! reconnects with back-off.
 //!
@@ -24,6 +25,7 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Request, State
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 
+use super::acks::Acks;
 use super::control::{answer_parked, Ack, Expect, Shared, Waiter};
 use crate::error::{connection_error, first_connection_error, suback_error};
 use crate::options::Options;
@@ -39,6 +41,8 @@ pub(super) struct Poller {
     inbox: Inbox,
     counters: Arc<Counters>,
     opts: Arc<Options>,
+    /// Manual ack mode: where received messages go.
+    acks: Option<Arc<Acks>>,
     /// Answered with the first CONNACK, or the error of the first connect.
     first: Option<oneshot::Sender<Result<ConnAck>>>,
     /// The pause before the next reconnect attempt.
@@ -57,6 +61,7 @@ impl Poller {
         shared: Arc<Shared>,
         ctx: &BackendContext,
         opts: Arc<Options>,
+        acks: Option<Arc<Acks>>,
         first: oneshot::Sender<Result<ConnAck>>,
     ) -> Poller {
         Poller {
@@ -67,6 +72,7 @@ impl Poller {
             counters: ctx.counters.clone(),
             backoff: opts.mqtt.reconnect_delay_min,
             opts,
+            acks,
             first: Some(first),
             connected_at: Instant::now(),
             lost: false,
@@ -94,10 +100,20 @@ impl Poller {
     async fn on_event(&mut self, event: Event) -> ControlFlow<()> {
         let qos = self.opts.qos;
         match event {
-            Event::Incoming(Packet::Publish(p)) => {
-                let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                self.inbox.deliver(Message::new(topic, p.payload)).await;
-            }
+            Event::Incoming(Packet::Publish(p)) => match &self.acks {
+                Some(acks) => acks.received(p),
+                None => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let msg = Message::new(topic, p.payload)
+                        .with_headers(crate::headers::from_properties(p.properties))
+                        .with_redelivered(p.dup);
+                    if p.dup {
+                        // Sent again after a reconnect of a kept session.
+                        self.counters.add_redelivered(1);
+                    }
+                    self.inbox.deliver(msg).await;
+                }
+            },
             Event::Incoming(Packet::PubAck(a)) => {
                 if a.reason != PubAckReason::Success
                     && a.reason != PubAckReason::NoMatchingSubscribers
@@ -307,6 +323,9 @@ impl Poller {
                 .collect();
             self.resubscribe(shared, Vec::new());
             return;
+        }
+        if let Some(acks) = &self.acks {
+            acks.session_lost();
         }
         if lost_publishes > 0 {
             tracing::warn!(

@@ -66,6 +66,16 @@ pub trait Harness: Send + Sync {
     fn groups_survive_broker_restart(&self) -> bool {
         true
     }
+    /// Why the unsettled messages of a group member that goes away stay
+    /// with it instead of going to another member, for a broker that keeps
+    /// them in that member's session and sends them again only when it
+    /// comes back (MQTT). `None` (the default): another member gets them,
+    /// as `group_member_gone_its_messages_go_to_another` checks; otherwise
+    /// that case is skipped with this reason, and the backend's own tests
+    /// show what happens instead.
+    fn gone_member_keeps_its_messages(&self) -> Option<String> {
+        None
+    }
     /// Extra label printed with results, e.g. `"qos=1"`.
     fn label(&self) -> String {
         self.factory().name().to_string()
