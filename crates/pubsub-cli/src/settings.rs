@@ -14,8 +14,9 @@ use crate::error::CliError;
 /// The backend and its settings, as the library takes them.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Backend: memory, nats, redis or mqtt (those compiled in) [default:
-    /// `backend` of the config, else MSIGHT_PUBSUB_BACKEND, else memory]
+    /// Backend: memory, nats, redis or mqtt (those compiled in), any case
+    /// [default: MSIGHT_PUBSUB_BACKEND, else `backend` of the config file,
+    /// else memory]
     #[arg(
         long,
         global = true,
@@ -115,12 +116,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// A positive, finite rate (messages per second).
+/// A rate per second, with one meaning for every command: a positive
+/// number, or `0` for no limit (as fast as the backend accepts).
 pub fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r.abs()),
         _ => Err(format!(
-            "{text:?} is not a rate; write a number of messages per second above 0"
+            "{text:?} is not a rate; write a number per second, or 0 for no limit"
         )),
     }
 }
@@ -150,10 +152,12 @@ mod tests {
     }
 
     #[test]
-    fn rates_must_be_positive() {
+    fn rates_are_positive_or_zero_for_no_limit() {
         assert_eq!(parse_rate("100").unwrap(), 100.0);
         assert_eq!(parse_rate("0.5").unwrap(), 0.5);
-        for bad in ["0", "-3", "fast", "inf", "NaN"] {
+        assert_eq!(parse_rate("0").unwrap(), 0.0);
+        assert_eq!(parse_rate("-0").unwrap(), 0.0);
+        for bad in ["-3", "fast", "inf", "NaN", "-0.5"] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
     }

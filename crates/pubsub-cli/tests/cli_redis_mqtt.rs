@@ -138,6 +138,35 @@ mod redis {
         assert!(o.stdout.is_empty());
     }
 
+    /// A site-wide group id does not stop a publisher on Redis pubsub mode
+    /// (issue 16, item 10): the group applies to subscriptions only.
+    #[test]
+    fn pub_with_a_group_id_on_redis_pubsub_mode_publishes() {
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "pubsub");
+        vars.push(("MSIGHT_PUBSUB_GROUP_ID", "node-group".to_string()));
+        let env = as_refs(&vars);
+        let topic = "cli.grouped-publisher";
+        let mut plain = redis_env(&server, "pubsub");
+        plain.push(("MSIGHT_PUBSUB_GROUP_ID", String::new()));
+        let mut cmd = pubsub(&as_refs(&plain));
+        cmd.args(["sub", topic, "--count", "1", "--timeout", "30"]);
+        let sub = start_sub(cmd, &[topic]);
+        let o = run(pubsub(&env).args(["pub", topic, "hi", "--group", "g"]));
+        assert_code(&o, 0);
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert_eq!(out, b"hi\n");
+        // Subscribing in the group is what is refused.
+        let o = run(pubsub(&env).args(["sub", topic, "--timeout", "5"]));
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).contains("set redis.mode = \"streams\""),
+            "{}",
+            stderr(&o)
+        );
+    }
+
     #[test]
     fn check_against_live_redis_succeeds_in_both_modes() {
         let server = RedisServer::start();
@@ -422,11 +451,11 @@ mod mqtt {
         let text = String::from_utf8(out).unwrap();
         // The real topics, not the filter nor the `$share/...` form.
         assert!(
-            text.contains("{\"topic\":\"cli/sensors/a\",\"len\":1,\"payload_base64\":\"MQ==\"}"),
+            text.contains("{\"topic\":\"cli/sensors/a\",\"len\":1,\"payload_base64\":\"MQ==\","),
             "{text}"
         );
         assert!(
-            text.contains("{\"topic\":\"cli/sensors/b/c\",\"len\":1,\"payload_base64\":\"Mg==\"}"),
+            text.contains("{\"topic\":\"cli/sensors/b/c\",\"len\":1,\"payload_base64\":\"Mg==\","),
             "{text}"
         );
         assert!(
