@@ -303,3 +303,53 @@ fn kill_worker_needs_manual_ack() {
         stderr(&o)
     );
 }
+
+/// TLS files given while TLS is off are warned about on every backend,
+/// in the same words (NATS and Redis ignored them silently).
+#[cfg(all(feature = "nats", feature = "redis", feature = "mqtt"))]
+#[test]
+fn tls_files_without_tls_are_warned_about_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not read").unwrap();
+    let ca = ca.to_str().unwrap();
+    let port = pubsub_testkit::brokers::free_port().to_string();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    for (backend, vars) in [
+        (
+            "nats",
+            vec![
+                ("MSIGHT_NATS_SERVERS", nats_url.as_str()),
+                ("MSIGHT_NATS_TLS_CA_CERT_FILE", ca),
+            ],
+        ),
+        (
+            "redis",
+            vec![
+                ("MSIGHT_REDIS_MESSAGE_BROKER_HOST", "127.0.0.1"),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_PORT", port.as_str()),
+                ("MSIGHT_REDIS_MESSAGE_BROKER_TLS_CA_CERT_FILE", ca),
+            ],
+        ),
+        (
+            "mqtt",
+            vec![
+                ("MSIGHT_MQTT_HOST", "127.0.0.1"),
+                ("MSIGHT_MQTT_PORT", port.as_str()),
+                ("MSIGHT_MQTT_TLS_CA_CERT_FILE", ca),
+            ],
+        ),
+    ] {
+        let mut env = vars.clone();
+        env.push(("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "2"));
+        let o = run(pubsub(&env).args(["pub", "--backend", backend, "t", "m"]));
+        assert_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!(
+                "{backend}.tls_ca_cert is set but TLS is off, so it is not used: set {backend}.tls = true"
+            )),
+            "{backend}: {err}"
+        );
+    }
+}
