@@ -563,6 +563,24 @@ mod nats {
         );
     }
 
+    /// Core NATS keeps nothing: `demo --ack manual` is refused, saying which
+    /// backends can (exit 2), not run at most once.
+    #[test]
+    fn demo_with_manual_ack_is_refused_clearly_on_core_nats() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o =
+            run(pubsub(&as_refs(&vars)).args(["demo", "--ack", "manual", "--kill-worker", "10"]));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.starts_with("error: demo --ack manual: "), "{err}");
+        assert!(
+            err.contains("nats backend") && err.contains("redis.mode = \"streams\""),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    }
+
     #[test]
     fn bench_on_nats_with_a_group() {
         let server = NatsServer::start();

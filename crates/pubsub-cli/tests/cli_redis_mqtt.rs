@@ -167,6 +167,174 @@ mod redis {
         );
     }
 
+    /// `demo`, `check` and `bench` in streams mode leave no stream and no
+    /// consumer group behind (issue 16, item 13), also after a failure.
+    #[test]
+    fn streams_mode_commands_leave_nothing_behind() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let env = as_refs(&vars);
+        assert_clean_demo(&run(pubsub(&env).args(["demo", "--frames", "200"])), 200, 3);
+        assert_code(&run(pubsub(&env).arg("check")), 0);
+        let o = run(pubsub(&env)
+            .args(["bench", "--msgs", "2000", "--subs", "2", "--group", "g"])
+            .args(["--latency-samples", "20", "--no-progress"]));
+        assert_code(&o, 0);
+        // A demo that fails (out of time) cleans up too.
+        let o = run(pubsub(&env).args([
+            "demo",
+            "--frames",
+            "1000",
+            "--rate",
+            "50",
+            "--timeout",
+            "1s",
+        ]));
+        assert_code(&o, 1);
+        assert_eq!(
+            server.cli(&["DBSIZE"]).trim(),
+            "0",
+            "{}",
+            server.cli(&["KEYS", "*"])
+        );
+    }
+
+    /// `demo --ack manual --kill-worker N` on Redis streams: the frames the
+    /// killed worker held are claimed by the others after ack_wait; lost 0.
+    #[test]
+    fn demo_with_a_killed_worker_loses_nothing_on_redis_streams() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "demo",
+            "--ack",
+            "manual",
+            "--kill-worker",
+            "100",
+            "--ack-wait",
+            "1s",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        println!("{out}");
+        assert!(
+            out.contains("(killed after 100 frames, holding one)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("1000 published") && out.contains("lost 0,"),
+            "{out}"
+        );
+        assert!(out.contains("redelivered: "), "{out}");
+        assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
+    }
+
+    /// At least once on the command line (issue 12): two `sub --group g
+    /// --ack manual` share a stream; one blocks writing its output (nobody
+    /// reads its stdout) and is killed with SIGKILL. It acknowledged only
+    /// what it had written and flushed, so the other member, or the test
+    /// reading the killed one's pipe, has every message.
+    #[test]
+    fn a_subscriber_killed_while_writing_loses_nothing_with_manual_ack() {
+        const N: usize = 3000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_PUBSUB_ACK_WAIT", "4s".into()));
+        vars.push(("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "100".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.at-least-once";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "manual"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        // 4 KiB lines: the 64 KiB pipe is full after about 16.
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        // The healthy member takes all it can; then its count stands still
+        // (the rest is held by the blocked member, not yet past ack_wait).
+        let mut last = 0;
+        let mut still_since = Instant::now();
+        let t0 = Instant::now();
+        loop {
+            let n = ids(&healthy.stdout_now()).len();
+            if n != last {
+                last = n;
+                still_since = Instant::now();
+            }
+            if still_since.elapsed() >= Duration::from_millis(800) && n > 0 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no progress: {n}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!blocked.exited(), "the blocked member is still there");
+        let before_kill = last;
+        assert!(before_kill < N, "the blocked member holds some");
+        let killed_at = Instant::now();
+        let _ = blocked.kill();
+        let mut written_by_killed = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written_by_killed).unwrap();
+        }
+        let killed_ids = ids(&written_by_killed);
+        assert!(
+            !killed_ids.is_empty(),
+            "the killed member wrote some before it blocked"
+        );
+        // The healthy member now gets what the killed one held.
+        let complete = healthy.wait_until(Duration::from_secs(30), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(killed_ids.iter().copied());
+            all.len() == N
+        });
+        let redelivered_after = killed_at.elapsed();
+        let healthy_ids = ids(&healthy.stdout_now());
+        healthy.signal(libc::SIGTERM);
+        let (status, _, err) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = healthy_ids.iter().copied().collect();
+        let duplicates =
+            healthy_ids.len() - all.len() + killed_ids.iter().filter(|i| all.contains(i)).count();
+        all.extend(killed_ids.iter().copied());
+        println!(
+            "{N} published; the healthy member had {before_kill} before the kill; the killed one wrote {} (acknowledged) and held {} unsettled; all {} reached the healthy member {:?} after the kill (ack_wait 4 s); lost {}, duplicates {duplicates}",
+            killed_ids.len(),
+            N - before_kill - killed_ids.len(),
+            healthy_ids.len() - before_kill,
+            redelivered_after,
+            N - all.len()
+        );
+        assert!(complete, "lost {} of {N}", N - all.len());
+        assert_eq!(all.len(), N);
+        assert_eq!(status.code(), Some(143), "{err}");
+        assert!(err.contains("pubsub sub: stopped by SIGTERM: "), "{err}");
+    }
+
     #[test]
     fn check_against_live_redis_succeeds_in_both_modes() {
         let server = RedisServer::start();
@@ -462,6 +630,19 @@ mod mqtt {
             broker.log_contents().contains("$share/g/cli/sensors/#"),
             "a shared subscription"
         );
+    }
+
+    /// A NATS wildcard on MQTT is refused, naming MQTT's own (issue 16,
+    /// item 11); it was subscribed to as a plain topic name.
+    #[test]
+    fn a_nats_wildcard_on_mqtt_is_refused_naming_mqtts_own() {
+        let broker = Mosquitto::start();
+        let vars = mqtt_env(&broker);
+        let o = run(pubsub(&as_refs(&vars)).args(["sub", "sensors.>", "--timeout", "5"]));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains("`>` is a NATS wildcard"), "{err}");
+        assert!(err.contains("`+` (one level) and `#` (the rest)"), "{err}");
     }
 
     #[test]

@@ -153,6 +153,29 @@ impl Background {
         }
     }
 
+    /// Spawn `cmd` with stdout piped but not read: the pipe is handed back,
+    /// so that the process blocks once the pipe's buffer is full (a reader
+    /// that does not read). Its stderr is collected as with [`Background::spawn`].
+    pub fn spawn_unread_stdout(
+        what: &str,
+        cmd: &mut Command,
+    ) -> (Background, std::process::ChildStdout) {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (err, err_reader) = collect(child.stderr.take().expect("stderr piped"));
+        let bg = Background {
+            what: what.to_string(),
+            child,
+            out: Arc::default(),
+            err,
+            readers: vec![err_reader],
+        };
+        (bg, stdout)
+    }
+
     /// Spawn `cmd` with `input` written to its stdin, which is then closed.
     pub fn spawn_with_input(what: &str, cmd: &mut Command, input: &[u8]) -> Background {
         use std::io::Write;
