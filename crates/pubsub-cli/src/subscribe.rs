@@ -70,6 +70,8 @@ pub struct SubArgs {
 struct Tally {
     received: u64,
     acked: u64,
+    /// Taken but not written, and released.
+    released: u64,
 }
 
 pub fn run(args: &SubArgs, config: &Config) -> Result<(), CliError> {
@@ -102,8 +104,9 @@ pub fn run(args: &SubArgs, config: &Config) -> Result<(), CliError> {
             let mut summary = format!("{} messages received", tally.received);
             if config.ack == AckMode::Manual {
                 summary.push_str(&format!(
-                    ", {} acknowledged, {released} released for redelivery",
-                    tally.acked
+                    ", {} acknowledged, {} released for redelivery",
+                    tally.acked,
+                    released + tally.released
                 ));
             }
             Err(CliError::interrupted(signal, summary))
@@ -223,8 +226,8 @@ fn receive(ps: &PubSub, args: &SubArgs, tally: &mut Tally) -> Result<(), CliErro
             }
             Written::Stopped(sig) => {
                 // Not (wholly) written: not settled, released at once.
-                if msg.needs_settling() {
-                    nak_now(msg);
+                if msg.needs_settling() && nak_now(msg) {
+                    tally.released += 1;
                 }
                 return Err(CliError::interrupted(sig, ""));
             }

@@ -335,6 +335,91 @@ mod redis {
         assert!(err.contains("pubsub sub: stopped by SIGTERM: "), "{err}");
     }
 
+    /// Stopped by SIGTERM while its output is blocked, a `sub --ack manual`
+    /// settles nothing it did not write and releases what it holds at
+    /// once (nak 0): the other member has them in about a second, not
+    /// after ack_wait (30 s here).
+    #[test]
+    fn a_stopped_manual_ack_subscriber_releases_what_it_holds_at_once() {
+        const N: usize = 1000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_PUBSUB_ACK_WAIT", "30s".into()));
+        vars.push(("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "100".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.released";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "manual"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+        // It has read its first batch and blocked writing it; the other
+        // member joins only now, so the blocked one surely holds some.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        let stopped_at = Instant::now();
+        blocked.signal(libc::SIGTERM);
+        let (status, _, err) = blocked.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(143), "{err}");
+        let summary = err.lines().last().unwrap_or_default().to_string();
+        let released: usize = summary
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" released for redelivery"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a summary: {err}"));
+        assert!(released > 0, "it held some: {summary}");
+        let mut written = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written).unwrap();
+        }
+        let written_ids = ids(&written);
+        let complete = healthy.wait_until(Duration::from_secs(10), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(written_ids.iter().copied());
+            all.len() == N
+        });
+        let took = stopped_at.elapsed();
+        healthy.signal(libc::SIGTERM);
+        let (_, out, _) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = ids(&out).into_iter().collect();
+        all.extend(written_ids.iter().copied());
+        println!(
+            "{summary}; all {N} at the other member {took:?} after SIGTERM; lost {}",
+            N - all.len()
+        );
+        assert!(complete, "lost {}", N - all.len());
+        assert!(
+            took < Duration::from_secs(10),
+            "released at once, not after ack_wait: {took:?}"
+        );
+    }
+
     #[test]
     fn check_against_live_redis_succeeds_in_both_modes() {
         let server = RedisServer::start();
