@@ -420,6 +420,44 @@ mod redis {
         );
     }
 
+    /// `pub --header` publishes headers in order (a key may repeat), and
+    /// `sub --format json` shows them with the entry id and the attempt;
+    /// Redis pubsub mode, which has no headers, refuses them (exit 2).
+    #[test]
+    fn pub_headers_reach_sub_json_with_id_and_attempt() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let env = as_refs(&vars);
+        let topic = "cli.headers";
+        let mut cmd = pubsub(&env);
+        cmd.args(["sub", topic, "--count", "1", "--timeout", "30", "--format", "json"]);
+        let sub = start_sub(cmd, &[topic]);
+        let o = run(pubsub(&env).args([
+            "pub", topic, "hi", "--header", "trace=7f3a", "--header", "hop=camera", "--header",
+            "hop=detector",
+        ]));
+        assert_code(&o, 0);
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["headers"],
+            serde_json::json!([["trace", "7f3a"], ["hop", "camera"], ["hop", "detector"]])
+        );
+        assert_eq!(v["attempt"], 1);
+        let id = v["id"].as_str().expect("the entry id");
+        assert!(id.contains('-') && id.starts_with(|c: char| c.is_ascii_digit()), "{id}");
+        assert_eq!(v["payload_base64"], "aGk=");
+
+        let vars = redis_env(&server, "pubsub");
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", topic, "hi", "--header", "a=1"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("headers"), "{}", stderr(&o));
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", topic, "hi", "--header", "novalue"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
+    }
+
     #[test]
     fn check_against_live_redis_succeeds_in_both_modes() {
         let server = RedisServer::start();
