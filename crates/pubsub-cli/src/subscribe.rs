@@ -95,8 +95,14 @@ pub fn run(args: &SubArgs, config: &Config) -> Result<(), CliError> {
     let mut tally = Tally::default();
     let result = subscribe_all(&ps, &args.topics).and_then(|()| receive(&ps, args, &mut tally));
     // Whatever happened: release what is held and not written, then close.
-    let held_at_most = config.buffer.capacity.max(config.max_in_flight) + 1;
-    let released = release(&ps, held_at_most);
+    let released = if config.ack == AckMode::Manual {
+        release(&ps, config.buffer.capacity.max(config.max_in_flight) + 1)
+    } else {
+        // Auto mode: what is buffered and not taken stays unacknowledged
+        // (Redis streams give it to another member later); taking it here
+        // would acknowledge it unwritten.
+        0
+    };
     let closed = ps.close();
     match result {
         Err(CliError::Interrupted { signal, .. }) => {
@@ -131,9 +137,9 @@ fn subscribe_all(ps: &PubSub, topics: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Stop fetching and give back, for redelivery at once, every message the
-/// handle holds unsettled (manual ack mode; nothing in auto mode). Returns
-/// how many were released.
+/// Manual ack mode: stop fetching and give back, for redelivery at once,
+/// every message the handle holds unsettled (at most `most`). Returns how
+/// many were released.
 fn release(ps: &PubSub, most: usize) -> u64 {
     if ps.is_closed() {
         return 0;

@@ -430,10 +430,26 @@ mod redis {
         let env = as_refs(&vars);
         let topic = "cli.headers";
         let mut cmd = pubsub(&env);
-        cmd.args(["sub", topic, "--count", "1", "--timeout", "30", "--format", "json"]);
+        cmd.args([
+            "sub",
+            topic,
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+            "--format",
+            "json",
+        ]);
         let sub = start_sub(cmd, &[topic]);
         let o = run(pubsub(&env).args([
-            "pub", topic, "hi", "--header", "trace=7f3a", "--header", "hop=camera", "--header",
+            "pub",
+            topic,
+            "hi",
+            "--header",
+            "trace=7f3a",
+            "--header",
+            "hop=camera",
+            "--header",
             "hop=detector",
         ]));
         assert_code(&o, 0);
@@ -446,7 +462,10 @@ mod redis {
         );
         assert_eq!(v["attempt"], 1);
         let id = v["id"].as_str().expect("the entry id");
-        assert!(id.contains('-') && id.starts_with(|c: char| c.is_ascii_digit()), "{id}");
+        assert!(
+            id.contains('-') && id.starts_with(|c: char| c.is_ascii_digit()),
+            "{id}"
+        );
         assert_eq!(v["payload_base64"], "aGk=");
 
         let vars = redis_env(&server, "pubsub");
@@ -456,6 +475,75 @@ mod redis {
         let o = run(pubsub(&as_refs(&vars)).args(["pub", topic, "hi", "--header", "novalue"]));
         assert_code(&o, 2);
         assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
+    }
+
+    /// In auto ack mode a stopped `sub` leaves what it buffered and did not
+    /// take unacknowledged, so another group member gets it after
+    /// `redis.stream_claim_idle`; only the message it was writing when
+    /// stopped (taken, so acknowledged) may be lost.
+    #[test]
+    fn a_stopped_auto_ack_subscriber_leaves_its_buffer_to_the_group() {
+        const N: usize = 1000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_REDIS_MESSAGE_BROKER_STREAM_CLAIM_IDLE", "1s".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.auto-stopped";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "auto"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        std::thread::sleep(Duration::from_millis(500));
+        blocked.signal(libc::SIGTERM);
+        let (status, _, err) = blocked.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(143), "{err}");
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        let mut written = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written).unwrap();
+        }
+        let written_ids = ids(&written);
+        let all_but_one = healthy.wait_until(Duration::from_secs(15), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(written_ids.iter().copied());
+            all.len() >= N - 1
+        });
+        healthy.signal(libc::SIGTERM);
+        let (_, out, _) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = ids(&out).into_iter().collect();
+        all.extend(written_ids.iter().copied());
+        assert!(
+            all_but_one,
+            "lost {} of {N} (at most the one being written may be)",
+            N - all.len()
+        );
     }
 
     #[test]
