@@ -237,3 +237,34 @@ fn pub_flushes_before_exiting_and_a_second_signal_exits_at_once() {
         "{err}"
     );
 }
+
+/// While it connects (here to a port that accepts and never answers)
+/// there is nothing to finish: a signal ends `check` at once, saying so.
+#[cfg(feature = "nats")]
+#[test]
+fn a_signal_while_connecting_exits_at_once() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let mut cmd = pubsub(&[
+        ("MSIGHT_PUBSUB_BACKEND", "nats"),
+        ("MSIGHT_NATS_SERVERS", url.as_str()),
+        ("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "30s"),
+    ]);
+    cmd.arg("check");
+    let mut check = Background::spawn("pubsub check", &mut cmd, Stdio::null());
+    let printed = check.wait_until(READY_TIMEOUT, |out, _| {
+        String::from_utf8_lossy(out).contains("[nats]")
+    });
+    assert!(printed, "{}", check.stderr_now());
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    check.signal(libc::SIGTERM);
+    let (status, _, err) = check.finish(STOP_WITHIN);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert_eq!(
+        last_line(&err),
+        "pubsub check: stopped by SIGTERM before anything was sent or received"
+    );
+    drop(silent);
+}
