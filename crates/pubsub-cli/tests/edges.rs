@@ -353,3 +353,37 @@ fn tls_files_without_tls_are_warned_about_on_every_backend() {
         );
     }
 }
+
+/// A number where a duration belongs, in the common settings or in any
+/// backend's section: the error says it is a number and what to write
+/// (it said `invalid value: string "5"`).
+#[test]
+fn a_number_for_a_duration_says_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key, n) in [
+        ("connect_timeout = 5\n", "connect_timeout", "5"),
+        ("[nats]\nping_interval = 30\n", "nats.ping_interval", "30"),
+        ("[mqtt]\nkeep_alive = 60\n", "mqtt.keep_alive", "60"),
+        ("[redis]\nstream_block = 2\n", "redis.stream_block", "2"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let o = run(pubsub(&[]).arg("--config").arg(&path).arg("check"));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(
+            err.contains(&format!("the number {n} is not a duration"))
+                && err.contains(&format!("\"{n}s\"")),
+            "{key}: {err}"
+        );
+        assert!(!err.contains("string"), "{err}");
+    }
+    let o = run(pubsub(&[("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "fast")]).arg("check"));
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).trim_end().ends_with("got \"fast\""),
+        "{}",
+        stderr(&o)
+    );
+}

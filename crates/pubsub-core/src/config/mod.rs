@@ -726,6 +726,8 @@ mod tests {
         brokers: Vec<String>,
         user: Option<String>,
         password: Option<Secret>,
+        #[serde(with = "humantime_serde")]
+        retry: Duration,
     }
 
     impl Section for Kafka {
@@ -886,6 +888,17 @@ mod tests {
         let msg = Config::from_file(&f).unwrap_err().to_string();
         assert!(
             msg.contains("ack_wait") && msg.contains("\"soon\" is not a duration"),
+            "{msg}"
+        );
+        // In a backend's section too, whatever its own deserializer.
+        let f = write(&dir, "s.toml", "[kafka]\nretry = 30\n");
+        let msg = Config::from_file(&f)
+            .unwrap()
+            .section::<Kafka>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("kafka.retry: the number 30 is not a duration") && msg.contains("\"30s\""),
             "{msg}"
         );
         let f = write(&dir, "ok.toml", "close_timeout = \"1m 30s\"\n");
