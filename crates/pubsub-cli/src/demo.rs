@@ -318,7 +318,9 @@ async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Re
         latencies: tally.latencies,
         elapsed,
         dropped,
-        timed_out: timed_out.then_some(args.timeout),
+        // The source stops at the deadline too: if it stopped short, the
+        // run timed out even when `collect` saw every published frame first.
+        timed_out: (timed_out || published < args.frames).then_some(args.timeout),
         redelivered,
         killed,
     })

@@ -51,6 +51,81 @@ fn a_member_killed_holding_unsettled_messages_loses_none() {
     }
 }
 
+/// A group member that closes while it holds unsettled entries, has more
+/// in its receive buffer and a read under way releases them all at close:
+/// the other member has every one long before `ack_wait` (30 s here), and
+/// nothing stays pending at the closed consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_releases_what_the_member_still_has_pending() {
+    const N: u32 = 300;
+    let server = start(RedisServer::start);
+    let mut c = manual(&server);
+    c.ack_wait = Duration::from_secs(30);
+    c.max_in_flight = 100;
+    c.group_id = Some("releasing".into());
+    let closing_consumer = "closingconsumer";
+    let mut closing_config = c.clone();
+    closing_config
+        .section_mut::<RedisConfig>()
+        .unwrap()
+        .stream_consumer = Some(closing_consumer.into());
+    let topic = unique("release");
+    let closing = pubsub_redis::connect(&closing_config).await.unwrap();
+    closing.subscribe(&topic).await.unwrap();
+    let publ = pubsub_redis::connect(&config_for(&server, RedisMode::Streams))
+        .await
+        .unwrap();
+    for i in 0..N {
+        publ.publish(&topic, seq(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    // It takes 10 and settles 5; the rest of its reads wait in its buffer.
+    let mut settled = std::collections::BTreeSet::new();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let m = closing
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .expect("a message");
+        if held.len() < 5 {
+            held.push(m);
+        } else {
+            settled.insert(seq_of(&m));
+            m.ack().unwrap();
+        }
+    }
+    let pending =
+        tokio::task::block_in_place(|| pending_at(&server, &topic, "releasing", closing_consumer));
+    assert!(pending > 5, "it has more than it holds pending: {pending}");
+    let other = pubsub_redis::connect(&c).await.unwrap();
+    other.subscribe(&topic).await.unwrap();
+    let t0 = std::time::Instant::now();
+    closing.close().await.unwrap();
+    drop(held);
+    let mut got = settled.clone();
+    while got.len() < N as usize && t0.elapsed() < Duration::from_secs(20) {
+        if let Some(m) = other.recv_timeout(Duration::from_secs(1)).await.unwrap() {
+            got.insert(seq_of(&m));
+            m.ack().unwrap();
+        }
+    }
+    let took = t0.elapsed();
+    println!(
+        "closed holding {pending} pending (5 held); all {} at the other member {took:?} after close",
+        got.len()
+    );
+    assert_eq!(got.len(), N as usize, "lost {}", N as usize - got.len());
+    assert!(
+        took < Duration::from_secs(20),
+        "released at close: {took:?}"
+    );
+    let left =
+        tokio::task::block_in_place(|| pending_at(&server, &topic, "releasing", closing_consumer));
+    assert_eq!(left, 0, "nothing stays pending at the closed consumer");
+    other.close().await.unwrap();
+}
+
 /// With `max_in_flight = 5`, the server never has more than 5 entries
 /// pending at the handle while it holds them; the next is read when one
 /// is settled.

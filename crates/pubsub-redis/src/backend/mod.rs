@@ -374,6 +374,7 @@ impl PubSubBackend for RedisBackend {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + self.opts.close_timeout;
         let (tx, rx) = oneshot::channel();
         // Everything accepted before this marker is sent first.
         let limit = self
@@ -399,16 +400,22 @@ impl PubSubBackend for RedisBackend {
         let subs: Vec<(String, Subscription)> = lock(&self.readers).drain().collect();
         let ack_tx = lock(&self.ack_tx).take();
         if let Some(ack_tx) = ack_tx {
-            // Send the acknowledgements of messages already taken.
+            // Send the settlements asked for before the close (a sub
+            // releasing a hundred held messages asks for a hundred), within
+            // what is left of close_timeout, and at least half a second.
             let (tx, rx) = oneshot::channel();
             if ack_tx.send(AckMsg::Flush(tx)).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let _ = tokio::time::timeout(left.max(Duration::from_millis(500)), rx).await;
             }
         }
         for (topic, sub) in subs {
             drop(sub.reader);
             if let Some(g) = sub.private_group {
                 self.destroy_private_group(&topic, &g).await;
+            }
+            if let Some(g) = sub.shared_group {
+                self.release_pending(&topic, &g).await;
             }
         }
         if self.opts.redis.mode == RedisMode::PubSub {

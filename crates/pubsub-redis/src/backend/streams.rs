@@ -29,10 +29,13 @@ use crate::error::is_connection_error;
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 
 /// A subscribed stream: its reader, and the group made for it alone (a
-/// plain subscription in manual ack mode), deleted when it ends.
+/// plain subscription in manual ack mode), deleted when it ends, or, in
+/// manual ack mode, the caller's group, where what is still pending at
+/// this consumer is released at close.
 pub(super) struct Subscription {
     pub reader: AbortOnDrop,
     pub private_group: Option<Arc<str>>,
+    pub shared_group: Option<Arc<str>>,
 }
 
 impl RedisBackend {
@@ -45,6 +48,7 @@ impl RedisBackend {
             (None, Some(_)) => Some(Arc::from(format!("pubsub-plain-{}", self.opts.consumer))),
             _ => None,
         };
+        let shared_group: Option<Arc<str>> = group.filter(|_| manual.is_some()).map(Arc::from);
         let group: Option<Arc<str>> = group.map(Arc::from).or_else(|| private_group.clone());
         let start = match &group {
             Some(g) => {
@@ -80,6 +84,7 @@ impl RedisBackend {
         let sub = Subscription {
             reader: AbortOnDrop::new(tokio::spawn(reader.run())),
             private_group,
+            shared_group,
         };
         lock(&self.readers).insert(topic.to_string(), sub);
         Ok(())
@@ -123,6 +128,66 @@ impl RedisBackend {
             .next()
             .map(|e| e.id)
             .unwrap_or_else(|| "0-0".to_string()))
+    }
+
+    /// At close in manual ack mode: the entries still pending at this
+    /// consumer in `group` (held unsettled by the application, in the
+    /// receive buffer, or in a read the close cut off) can no longer be
+    /// settled here, so they are released at once, as `nak(0)` would
+    /// release them (idle time set to `ack_wait`, which the other members'
+    /// claim takes), instead of waiting out `ack_wait`. Best effort and
+    /// bounded: a failure leaves them to be claimed after `ack_wait`.
+    pub(super) async fn release_pending(&self, topic: &str, group: &str) {
+        let (Some(m), Ok(mut conn)) = (&self.manual, self.conn()) else {
+            return;
+        };
+        let idle = m.ack_wait.as_millis() as u64;
+        let consumer = &self.opts.consumer;
+        let release = async {
+            let mut from = "-".to_string();
+            for _ in 0..100 {
+                let page: StreamPendingCountReply = redis::cmd("XPENDING")
+                    .arg(topic)
+                    .arg(group)
+                    .arg(&from)
+                    .arg("+")
+                    .arg(1000)
+                    .arg(consumer)
+                    .query_async(&mut conn)
+                    .await?;
+                let Some(last) = page.ids.last() else { break };
+                from = format!("({}", last.id);
+                let ids: Vec<&str> = page.ids.iter().map(|p| p.id.as_str()).collect();
+                redis::cmd("XCLAIM")
+                    .arg(topic)
+                    .arg(group)
+                    .arg(consumer)
+                    .arg(0)
+                    .arg(&ids)
+                    .arg("IDLE")
+                    .arg(idle)
+                    .arg("JUSTID")
+                    .query_async::<Value>(&mut conn)
+                    .await?;
+                if ids.len() < 1000 {
+                    break;
+                }
+            }
+            RedisResult::Ok(())
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(stream = topic, group, error = %e, "releasing pending entries at close failed; they are claimed after ack_wait")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    stream = topic,
+                    group,
+                    "releasing pending entries at close timed out; they are claimed after ack_wait"
+                )
+            }
+        }
     }
 
     /// Delete the group made for a plain subscription in manual ack mode
