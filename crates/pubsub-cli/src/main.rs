@@ -12,6 +12,8 @@ mod settings;
 mod signals;
 mod stats;
 mod subscribe;
+#[cfg(feature = "redis")]
+mod topics;
 
 use std::process::ExitCode;
 
@@ -49,12 +51,16 @@ enum Command {
     Check(check::CheckArgs),
     /// Run the roadside-sensor pipeline: source, a group of workers, a sink.
     Demo(demo::DemoArgs),
+    /// List, show or register topics in the msight topic registry (Redis).
+    #[cfg(feature = "redis")]
+    Topics(topics::TopicsArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // usage errors exit with 2, --help and --version with 0
-                            // bench and demo count and report dropped messages themselves; the
-                            // buffer's own warnings would bury their output.
+    // Usage errors exit with 2, --help and --version with 0.
+    let cli = Cli::parse();
+    // bench and demo count and report dropped messages themselves; the
+    // buffer's own warnings would bury their output.
     let reports_drops = matches!(cli.command, Command::Bench(_) | Command::Demo(_));
     init_tracing(cli.common.verbose, reports_drops);
     let name = cli.command.name();
@@ -82,6 +88,8 @@ impl Command {
             Command::Bench(_) => "bench",
             Command::Check(_) => "check",
             Command::Demo(_) => "demo",
+            #[cfg(feature = "redis")]
+            Command::Topics(_) => "topics",
         }
     }
 }
@@ -94,6 +102,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(&args, config),
         Command::Check(args) => check::run(&args, &config),
         Command::Demo(args) => demo::run(&args, config),
+        #[cfg(feature = "redis")]
+        Command::Topics(args) => topics::run(&args, &config),
     }
 }
 

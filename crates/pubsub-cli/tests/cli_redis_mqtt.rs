@@ -232,6 +232,149 @@ mod redis {
         assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
     }
 
+    /// `pubsub topics` on the msight registry (`MSIGHT:TOPICS`): register,
+    /// get and list, as a table and as JSON, in the form Python's
+    /// `Topic.register()` writes and reads; whichever backend is chosen.
+    #[test]
+    fn topics_register_get_and_list() {
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "pubsub");
+        // The registry is Redis' whichever backend carries the messages.
+        vars[0].1 = "nats".into();
+        let env = as_refs(&vars);
+        let topics = |args: &[&str]| run(pubsub(&env).arg("topics").args(args));
+
+        let o = topics(&[
+            "register",
+            "camera.front",
+            "--data-type",
+            "msight_core.data.image.ImageData",
+            "--description",
+            "front camera",
+        ]);
+        assert_code(&o, 0);
+        assert_eq!(
+            stdout(&o),
+            "NAME          DATA TYPE                         DESCRIPTION\n\
+             camera.front  msight_core.data.image.ImageData  front camera\n"
+        );
+        // Written as Python's json.dumps writes it.
+        let raw = redis_cli(&server)
+            .args(["HGET", "MSIGHT:TOPICS", "camera.front"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&raw.stdout).trim_end(),
+            r#"{"name": "camera.front", "description": "front camera", "data_type": "msight_core.data.image.ImageData"}"#
+        );
+        // An entry as a Python node registers it.
+        let py = r#"{"name": "lidar.roof", "description": null, "data_type": "msight_core.data.PointCloudData"}"#;
+        let o = redis_cli(&server)
+            .args(["HSET", "MSIGHT:TOPICS", "lidar.roof", py])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+
+        let o = topics(&["get", "lidar.roof", "--format", "json"]);
+        assert_code(&o, 0);
+        assert_eq!(
+            stdout(&o),
+            "{\"name\":\"lidar.roof\",\"description\":null,\"data_type\":\"msight_core.data.PointCloudData\"}\n"
+        );
+        let o = topics(&["list", "--format", "json"]);
+        assert_code(&o, 0);
+        let listed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let names: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["camera.front", "lidar.roof"]);
+
+        // --if-missing keeps what is there and prints it.
+        let o = topics(&[
+            "register",
+            "camera.front",
+            "--data-type",
+            "Other",
+            "--if-missing",
+            "--format",
+            "json",
+        ]);
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains("\"data_type\":\"msight_core.data.image.ImageData\""),
+            "{}",
+            stdout(&o)
+        );
+        // Without it, the entry is replaced, as Topic.register() does.
+        let o = topics(&["register", "camera.front", "--data-type", "Other"]);
+        assert_code(&o, 0);
+        let o = topics(&["get", "camera.front", "--format", "json"]);
+        assert!(
+            stdout(&o).contains("\"data_type\":\"Other\""),
+            "{}",
+            stdout(&o)
+        );
+    }
+
+    /// What goes wrong gives the other commands' exit codes: a missing
+    /// topic or a malformed entry 1 (the listing goes on), bad input 2, no
+    /// Redis 1.
+    #[test]
+    fn topics_errors_and_exit_codes() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "pubsub");
+        let env = as_refs(&vars);
+        let topics = |args: &[&str]| run(pubsub(&env).arg("topics").args(args));
+        assert_code(&topics(&["register", "ok.topic", "--data-type", "T"]), 0);
+
+        let o = topics(&["get", "missing.topic"]);
+        assert_code(&o, 1);
+        assert!(
+            stderr(&o).contains("no topic \"missing.topic\""),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty());
+
+        let o = redis_cli(&server)
+            .args(["HSET", "MSIGHT:TOPICS", "broken.entry", "{\"name\": 3"])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let o = topics(&["list"]);
+        assert_code(&o, 1);
+        assert!(stdout(&o).contains("ok.topic"), "{}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("\"broken.entry\"") && err.contains("1 malformed entry"),
+            "{err}"
+        );
+        let o = topics(&["get", "broken.entry"]);
+        assert_code(&o, 1);
+        assert!(stderr(&o).contains("\"broken.entry\""), "{}", stderr(&o));
+
+        // Bad input: no data type (clap), a name that is not a topic.
+        assert_code(&topics(&["register", "x.y"]), 2);
+        let o = topics(&["register", "bad topic", "--data-type", "T"]);
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("\"bad topic\""), "{}", stderr(&o));
+
+        // Nothing listening: a connection error, exit 1, in bounded time.
+        let dead = free_port().to_string();
+        let t0 = Instant::now();
+        let o = run(pubsub(&[
+            ("MSIGHT_REDIS_MESSAGE_BROKER_HOST", "127.0.0.1"),
+            ("MSIGHT_REDIS_MESSAGE_BROKER_PORT", &dead),
+        ])
+        .args(["topics", "list"]));
+        assert_code(&o, 1);
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+        assert!(stderr(&o).contains(&dead), "{}", stderr(&o));
+    }
+
     /// At least once on the command line (issue 12): two `sub --group g
     /// --ack manual` share a stream; one blocks writing its output (nobody
     /// reads its stdout) and is killed with SIGKILL. It acknowledged only
