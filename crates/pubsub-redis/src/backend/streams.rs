@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::connection::{open, Conn};
 use super::entries::{autoclaim_reply, entries, read_reply, Body, Entry};
-use super::settle::{AckItem, AckMsg, Manual, StreamSettle};
+use super::settle::{AckItem, AckMsg, EntryId, Manual, Settler, StreamGroup, StreamSettle};
 use super::RedisBackend;
 use crate::error::is_connection_error;
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
@@ -66,9 +66,26 @@ impl RedisBackend {
         let read_timeout = self.opts.redis.stream_block + COMMAND_TIMEOUT;
         let reader_conn = open(&self.opts, Some(on_push), read_timeout).await?;
         let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
+        let topic: Arc<str> = Arc::from(topic);
+        let key = group.clone().map(|group| {
+            Arc::new(StreamGroup {
+                stream: topic.clone(),
+                group,
+            })
+        });
+        let settler = match (&key, &manual) {
+            (Some(key), Some(manual)) => Some(Arc::new(Settler {
+                manual: manual.clone(),
+                tx: ack_tx.clone(),
+                key: key.clone(),
+            })),
+            _ => None,
+        };
         let reader = StreamReader {
-            topic: Arc::from(topic),
+            topic: topic.clone(),
             group,
+            key,
+            settler,
             conn: reader_conn,
             ctx: self.ctx.clone(),
             opts: self.opts.clone(),
@@ -145,6 +162,10 @@ impl RedisBackend {
 struct StreamReader {
     topic: Arc<str>,
     group: Option<Arc<str>>,
+    /// The stream and group, when reading through a group.
+    key: Option<Arc<StreamGroup>>,
+    /// What the settle handles share, in manual ack mode.
+    settler: Option<Arc<Settler>>,
     conn: Conn,
     ctx: BackendContext,
     opts: Arc<Options>,
@@ -400,16 +421,18 @@ impl StreamReader {
             let Some((next, claimed, deleted)) = autoclaim_reply(reply) else {
                 break;
             };
-            for id in deleted {
-                self.discard_trimmed(&g, id);
+            if let Some(key) = &self.key {
+                for id in deleted {
+                    self.discard_trimmed(key, &id);
+                }
             }
             let counts = self.delivery_counts(&g, &claimed).await?;
             let mut again = Vec::with_capacity(claimed.len());
             for e in claimed {
                 let times = counts.get(&e.id).copied().unwrap_or(1);
                 if times > manual.max_deliver as usize {
-                    if let Some(body) = e.body {
-                        let item = self.item(&g, e.id);
+                    if let (Some(body), Some(key)) = (e.body, &self.key) {
+                        let item = item(key, &e.id);
                         manual.give_up(&self.ack_tx, item, body, times as u32 - 1, "max_deliver");
                     }
                     continue;
@@ -451,20 +474,12 @@ impl StreamReader {
             .collect())
     }
 
-    fn item(&self, group: &Arc<str>, id: String) -> AckItem {
-        AckItem {
-            stream: self.topic.clone(),
-            group: group.clone(),
-            id,
-        }
-    }
-
     /// An entry whose body Redis no longer has (trimmed by `MAXLEN`):
     /// acknowledged, counted as discarded, never returned as an empty message.
-    fn discard_trimmed(&self, group: &Arc<str>, id: String) {
+    fn discard_trimmed(&self, key: &Arc<StreamGroup>, id: &str) {
         tracing::warn!(stream = %self.topic, id = %id, "a pending stream entry was trimmed away before it was settled; acknowledged and counted as discarded");
         self.ctx.counters.add_discarded(1);
-        let _ = self.ack_tx.send(AckMsg::Ack(self.item(group, id)));
+        let _ = self.ack_tx.send(AckMsg::Ack(item(key, id)));
     }
 
     /// Entries read together, each with its delivery attempt, to the
@@ -481,8 +496,8 @@ impl StreamReader {
         let mut batch = Batch::default();
         for (Entry { id, body }, attempt) in entries {
             let Some(Body { payload, headers }) = body else {
-                match &self.group {
-                    Some(g) => self.discard_trimmed(g, id),
+                match &self.key {
+                    Some(key) => self.discard_trimmed(key, &id),
                     None => {
                         tracing::warn!(stream = %self.topic, id = %id, "stream entry without a payload field skipped")
                     }
@@ -492,13 +507,14 @@ impl StreamReader {
             if attempt > 1 {
                 self.ctx.counters.add_redelivered(1);
             }
+            // Settled by its id as numbers; the text goes to the message.
+            let entry_id = self.key.as_ref().map(|_| EntryId::new(&id));
             let msg = Message::new(&*self.topic, payload.clone())
                 .with_headers(headers.clone())
-                .with_id(id.clone())
+                .with_id(id)
                 .with_attempt(attempt);
-            let msg = match (&self.group, &self.manual) {
-                (None, _) => msg,
-                (Some(g), Some(manual)) => {
+            let msg = match (&self.key, &self.settler, entry_id) {
+                (Some(_), Some(settler), Some(entry_id)) => {
                     let permit = match self.ctx.in_flight.try_acquire(payload.len()) {
                         Some(permit) => permit,
                         None => {
@@ -507,18 +523,20 @@ impl StreamReader {
                         }
                     };
                     let settle = StreamSettle::new(
-                        manual.clone(),
-                        self.ack_tx.clone(),
-                        self.item(g, id),
+                        settler.clone(),
+                        entry_id,
                         attempt,
                         Body { payload, headers },
                     );
                     msg.with_settle(Box::new(settle), permit)
                 }
-                (Some(g), None) => {
+                (Some(key), None, Some(id)) => {
                     batch.deliver(&self.ctx.inbox).await;
                     let ack_tx = self.ack_tx.clone();
-                    let item = self.item(g, id);
+                    let item = AckItem {
+                        key: key.clone(),
+                        id,
+                    };
                     self.ctx
                         .inbox
                         .deliver_with_ack(
@@ -530,6 +548,8 @@ impl StreamReader {
                         .await;
                     continue;
                 }
+                // A plain subscription (no group, no id to settle): as it is.
+                _ => msg,
             };
             batch.push(msg, &self.ctx.inbox).await;
         }
@@ -561,6 +581,14 @@ impl Batch {
             inbox.deliver_batch(&mut self.messages).await;
         }
         self.bytes = 0;
+    }
+}
+
+/// The entry `id` of the reader's stream and group, to settle.
+fn item(key: &Arc<StreamGroup>, id: &str) -> AckItem {
+    AckItem {
+        key: key.clone(),
+        id: EntryId::new(id),
     }
 }
 
