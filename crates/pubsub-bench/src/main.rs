@@ -5,6 +5,7 @@
 
 mod clients;
 mod codec;
+mod manual_ack;
 mod raw;
 mod scenarios;
 
@@ -54,7 +55,8 @@ struct Args {
     /// Where to write every figure.
     #[arg(long, default_value = "target/bench.json")]
     json: std::path::PathBuf,
-    /// Measure only these scenarios (publish, e2e_1to1, e2e_group4, rtt, slow_rss).
+    /// Measure only these scenarios (publish, e2e_1to1, e2e_group4, e2e_ack,
+    /// e2e_ack_each, rtt, slow_rss).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the table with a description of the machine, as Markdown.
@@ -321,6 +323,11 @@ fn plan<'a>(args: &Args, targets: &'a [Target]) -> Vec<Step<'a>> {
                     add(scenario, size, rounds);
                 }
             }
+            for scenario in manual_ack::scenarios(target) {
+                if wanted(args, scenario) {
+                    add(scenario, size, rounds);
+                }
+            }
         }
         if wanted(args, "rtt") {
             add("rtt", 16, rounds);
@@ -426,6 +433,13 @@ fn measure(args: &Args, rt: &tokio::runtime::Runtime, step: &Step) -> Result<Sam
                 subscribers,
             )))
         }
+        manual_ack::ACK | manual_ack::ACK_EACH => block_on(Box::pin(manual_ack::end_to_end(
+            t,
+            v,
+            scenario,
+            size,
+            count_for(args, size) / 2,
+        ))),
         "rtt" => block_on(Box::pin(scenarios::round_trip(t, v, args.rtt))),
         _ => rt.block_on(scenarios::slow_subscriber(t, v, size, args.slow)),
     }

@@ -14,7 +14,7 @@ const IDLE: Duration = Duration::from_secs(3);
 /// How often a group member that waits looks whether the group is done: a
 /// member that gets no more messages stops this soon after the last one
 /// arrived elsewhere, not `IDLE` later.
-const LOOK: Duration = Duration::from_millis(20);
+pub const LOOK: Duration = Duration::from_millis(20);
 /// No scenario runs longer than this.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -37,7 +37,7 @@ pub struct Sample {
 }
 
 impl Sample {
-    fn new(t: &Target, scenario: &'static str, size: usize, variant: Variant) -> Sample {
+    pub fn new(t: &Target, scenario: &'static str, size: usize, variant: Variant) -> Sample {
         Sample {
             target: t.name(),
             scenario,
@@ -55,7 +55,7 @@ impl Sample {
         }
     }
 
-    fn rate(mut self, count: u64, elapsed: Duration) -> Sample {
+    pub fn rate(mut self, count: u64, elapsed: Duration) -> Sample {
         self.secs = elapsed.as_secs_f64();
         let secs = self.secs.max(1e-9);
         self.msgs_per_s = count as f64 / secs;
@@ -73,7 +73,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn payload(size: usize) -> Bytes {
+pub fn payload(size: usize) -> Bytes {
     Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
 }
 
@@ -248,18 +248,18 @@ impl EndToEnd<'_> {
 /// One receiver of an end-to-end run: it adds each arrival to the shared
 /// count and waits on until all arrived, the run's time limit, or `IDLE`
 /// without a message.
-struct Arrivals {
+pub struct Arrivals {
     received: Arc<AtomicU64>,
     count: u64,
     start: Instant,
     waiting_since: Instant,
     /// When this receiver's last message arrived.
-    last: Option<Instant>,
+    pub last: Option<Instant>,
 }
 
 impl Arrivals {
     /// A receiver that starts waiting now.
-    fn new(received: Arc<AtomicU64>, count: u64, start: Instant) -> Arrivals {
+    pub fn new(received: Arc<AtomicU64>, count: u64, start: Instant) -> Arrivals {
         Arrivals {
             received,
             count,
@@ -270,13 +270,13 @@ impl Arrivals {
     }
 
     /// Whether to wait for another message.
-    fn want_more(&self) -> bool {
+    pub fn want_more(&self) -> bool {
         self.received.load(Ordering::Relaxed) < self.count && self.start.elapsed() < LIMIT
     }
 
     /// Count a wait of `LOOK` that brought a message or not; false when
     /// the receiver should give up.
-    fn note(&mut self, arrived: bool) -> bool {
+    pub fn note(&mut self, arrived: bool) -> bool {
         if arrived {
             self.received.fetch_add(1, Ordering::Relaxed);
             self.last = Some(Instant::now());

@@ -169,6 +169,55 @@ async fn max_in_flight_is_what_redis_has_pending() {
     assert_eq!(max_pending, 5, "the bound was reached");
 }
 
+/// One read brings more entries than `max_in_flight_bytes` lets the
+/// handle hold: the entries of the read that fit are delivered (as one
+/// batch), the next waits until one is settled, and every entry arrives
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_bytes_cuts_a_read_and_keeps_the_order() {
+    let server = start(RedisServer::start);
+    let mut c = manual(&server);
+    c.max_in_flight_bytes = 300;
+    c.group_id = Some("bytes".into());
+    let sub = pubsub_redis::connect(&c).await.unwrap();
+    let topic = unique("bytes");
+    sub.subscribe(&topic).await.unwrap();
+    let publ = pubsub_redis::connect(&config_for(&server, RedisMode::Streams))
+        .await
+        .unwrap();
+    let payload = |i: u32| {
+        let mut p = seq(i);
+        p.resize(100, b'.');
+        p
+    };
+    for i in 0..20 {
+        publ.publish(&topic, payload(i)).await.unwrap();
+    }
+    publ.flush().await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let m = sub.recv_timeout(WAIT).await.unwrap().expect("a message");
+        assert_eq!(seq_of(&m), i);
+        held.push(m);
+    }
+    let more = sub.recv_timeout(Duration::from_millis(300)).await.unwrap();
+    assert!(
+        more.is_none(),
+        "a fourth message of 100 bytes with max_in_flight_bytes 300"
+    );
+    for m in held {
+        m.ack().unwrap();
+    }
+    for i in 3..20 {
+        let m = sub.recv_timeout(WAIT).await.unwrap().expect("a message");
+        assert_eq!(seq_of(&m), i, "in order");
+        assert_eq!(m.attempt, 1);
+        m.ack().unwrap();
+    }
+    let extra = sub.recv_timeout(Duration::from_millis(300)).await.unwrap();
+    assert!(extra.is_none(), "each entry once: {extra:?}");
+}
+
 /// An entry trimmed away (MAXLEN) while pending is acknowledged and
 /// counted as discarded when it would be delivered again, never returned
 /// as an empty message.

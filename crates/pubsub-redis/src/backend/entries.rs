@@ -76,27 +76,37 @@ fn entry(v: Value) -> Option<Entry> {
     })
 }
 
+/// The payload and headers of an entry's fields. Field names are compared
+/// as they came, without a `String` each (this runs for every entry read).
 fn body(fields: Value) -> Option<Body> {
-    let pairs: Vec<(Value, Value)> = match fields {
-        Value::Array(flat) => {
-            let mut it = flat.into_iter();
-            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
-        }
-        Value::Map(pairs) => pairs,
-        _ => return None,
-    };
     let mut payload = None;
     let mut headers = Headers::new();
     let mut others = Vec::new();
-    for (k, v) in pairs {
-        let key = text(k)?;
-        if key == PAYLOAD_FIELD && payload.is_none() {
+    let mut field = |k: Value, v: Value| -> Option<()> {
+        let key = field_name(&k)?;
+        if key == PAYLOAD_FIELD.as_bytes() && payload.is_none() {
             payload = Some(bytes(v)?);
-        } else if let Some(h) = key.strip_prefix(HEADER_PREFIX) {
-            headers.append(h, String::from_utf8_lossy(&bytes(v)?).into_owned());
+        } else if let Some(h) = key.strip_prefix(HEADER_PREFIX.as_bytes()) {
+            let value = String::from_utf8_lossy(&bytes(v)?).into_owned();
+            headers.append(String::from_utf8_lossy(h), value);
         } else {
             others.push(v);
         }
+        Some(())
+    };
+    match fields {
+        Value::Array(flat) => {
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                field(k, v)?;
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                field(k, v)?;
+            }
+        }
+        _ => return None,
     }
     // An entry written by another program with a single field: its value.
     let payload = match payload {
@@ -105,6 +115,16 @@ fn body(fields: Value) -> Option<Body> {
         None => return None,
     };
     Some(Body { payload, headers })
+}
+
+/// The bytes of a field name (a string of any RESP kind).
+fn field_name(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
 }
 
 fn bytes(v: Value) -> Option<Bytes> {

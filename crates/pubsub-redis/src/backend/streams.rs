@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pubsub_core::sync::{lock, AbortOnDrop};
-use pubsub_core::{AckMode, BackendContext, Error, Message, Result};
+use pubsub_core::{AckMode, BackendContext, Error, Inbox, Message, Result};
 use redis::streams::StreamPendingCountReply;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
 use super::connection::{open, Conn};
 use super::entries::{autoclaim_reply, entries, read_reply, Body, Entry};
-use super::settle::{AckItem, AckMsg, Manual, StreamSettle};
+use super::settle::{AckItem, AckMsg, EntryId, Manual, Settler, StreamGroup, StreamSettle};
 use super::RedisBackend;
 use crate::error::is_connection_error;
 use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
@@ -70,9 +70,26 @@ impl RedisBackend {
         let read_timeout = self.opts.redis.stream_block + COMMAND_TIMEOUT;
         let reader_conn = open(&self.opts, Some(on_push), read_timeout).await?;
         let ack_tx = lock(&self.ack_tx).clone().ok_or_else(Error::closed)?;
+        let topic: Arc<str> = Arc::from(topic);
+        let key = group.clone().map(|group| {
+            Arc::new(StreamGroup {
+                stream: topic.clone(),
+                group,
+            })
+        });
+        let settler = match (&key, &manual) {
+            (Some(key), Some(manual)) => Some(Arc::new(Settler {
+                manual: manual.clone(),
+                tx: ack_tx.clone(),
+                key: key.clone(),
+            })),
+            _ => None,
+        };
         let reader = StreamReader {
-            topic: Arc::from(topic),
+            topic: topic.clone(),
             group,
+            key,
+            settler,
             conn: reader_conn,
             ctx: self.ctx.clone(),
             opts: self.opts.clone(),
@@ -210,6 +227,10 @@ impl RedisBackend {
 struct StreamReader {
     topic: Arc<str>,
     group: Option<Arc<str>>,
+    /// The stream and group, when reading through a group.
+    key: Option<Arc<StreamGroup>>,
+    /// What the settle handles share, in manual ack mode.
+    settler: Option<Arc<Settler>>,
     conn: Conn,
     ctx: BackendContext,
     opts: Arc<Options>,
@@ -340,12 +361,11 @@ impl StreamReader {
             .arg(&*self.topic)
             .arg(&self.last_id);
         let reply: Value = cmd.query_async(&mut self.conn).await?;
-        for entry in read_reply(reply) {
-            if self.group.is_none() {
-                self.last_id = entry.id.clone();
-            }
-            self.deliver(entry, 1).await;
+        let entries = read_reply(reply);
+        if let (None, Some(last)) = (&self.group, entries.last()) {
+            self.last_id = last.id.clone();
         }
+        self.deliver_all(entries.into_iter().map(|e| (e, 1))).await;
         Ok(())
     }
 
@@ -371,9 +391,7 @@ impl StreamReader {
             };
             let Some(last) = entries.last() else { return };
             from = last.id.clone();
-            for e in entries {
-                self.deliver(e, 2).await;
-            }
+            self.deliver_all(entries.into_iter().map(|e| (e, 2))).await;
         }
     }
 
@@ -424,10 +442,14 @@ impl StreamReader {
                     tracing::info!(stream = %self.topic, group = %g, claimed = claimed.len(), "claimed entries left pending by another group member");
                 }
                 let delivered: HashMap<&str, usize> = theirs.into_iter().collect();
-                for e in claimed {
-                    let attempt = delivered.get(e.id.as_str()).map_or(2, |n| n + 1);
-                    self.deliver(e, attempt as u32).await;
-                }
+                let claimed: Vec<(Entry, u32)> = claimed
+                    .into_iter()
+                    .map(|e| {
+                        let attempt = delivered.get(e.id.as_str()).map_or(2, |n| n + 1);
+                        (e, attempt as u32)
+                    })
+                    .collect();
+                self.deliver_all(claimed).await;
             }
             if !full {
                 break;
@@ -464,21 +486,25 @@ impl StreamReader {
             let Some((next, claimed, deleted)) = autoclaim_reply(reply) else {
                 break;
             };
-            for id in deleted {
-                self.discard_trimmed(&g, id);
+            if let Some(key) = &self.key {
+                for id in deleted {
+                    self.discard_trimmed(key, &id);
+                }
             }
             let counts = self.delivery_counts(&g, &claimed).await?;
+            let mut again = Vec::with_capacity(claimed.len());
             for e in claimed {
                 let times = counts.get(&e.id).copied().unwrap_or(1);
                 if times > manual.max_deliver as usize {
-                    if let Some(body) = e.body {
-                        let item = self.item(&g, e.id);
+                    if let (Some(body), Some(key)) = (e.body, &self.key) {
+                        let item = item(key, &e.id);
                         manual.give_up(&self.ack_tx, item, body, times as u32 - 1, "max_deliver");
                     }
                     continue;
                 }
-                self.deliver(e, times as u32).await;
+                again.push((e, times as u32));
             }
+            self.deliver_all(again).await;
             if next == "0-0" {
                 break;
             }
@@ -513,68 +539,121 @@ impl StreamReader {
             .collect())
     }
 
-    fn item(&self, group: &Arc<str>, id: String) -> AckItem {
-        AckItem {
-            stream: self.topic.clone(),
-            group: group.clone(),
-            id,
-        }
-    }
-
     /// An entry whose body Redis no longer has (trimmed by `MAXLEN`):
     /// acknowledged, counted as discarded, never returned as an empty message.
-    fn discard_trimmed(&self, group: &Arc<str>, id: String) {
+    fn discard_trimmed(&self, key: &Arc<StreamGroup>, id: &str) {
         tracing::warn!(stream = %self.topic, id = %id, "a pending stream entry was trimmed away before it was settled; acknowledged and counted as discarded");
         self.ctx.counters.add_discarded(1);
-        let _ = self.ack_tx.send(AckMsg::Ack(self.item(group, id)));
+        let _ = self.ack_tx.send(AckMsg::Ack(item(key, id)));
     }
 
-    async fn deliver(&self, entry: Entry, attempt: u32) {
-        let Entry { id, body } = entry;
-        let Some(Body { payload, headers }) = body else {
-            match &self.group {
-                Some(g) => self.discard_trimmed(g, id),
-                None => {
-                    tracing::warn!(stream = %self.topic, id = %id, "stream entry without a payload field skipped")
+    /// Entries read together, each with its delivery attempt, to the
+    /// receive buffer in order. They go in batches, each under one lock
+    /// and with one wake-up of the reader ([`Inbox::deliver_batch`]):
+    /// delivered one by one, every entry of a read woke a reader that
+    /// waits (a futex wake-up and a context switch per message, the most
+    /// of what the blocking API spent receiving). In manual ack mode each
+    /// message first takes its place among the unsettled ones; where none
+    /// is free, the batch gathered so far goes in first, then it waits. A
+    /// group in auto ack mode delivers one by one (each is acknowledged
+    /// when taken).
+    async fn deliver_all(&self, entries: impl IntoIterator<Item = (Entry, u32)>) {
+        let mut batch = Batch::default();
+        for (Entry { id, body }, attempt) in entries {
+            let Some(Body { payload, headers }) = body else {
+                match &self.key {
+                    Some(key) => self.discard_trimmed(key, &id),
+                    None => {
+                        tracing::warn!(stream = %self.topic, id = %id, "stream entry without a payload field skipped")
+                    }
                 }
+                continue;
+            };
+            if attempt > 1 {
+                self.ctx.counters.add_redelivered(1);
             }
-            return;
-        };
-        if attempt > 1 {
-            self.ctx.counters.add_redelivered(1);
+            // Settled by its id as numbers; the text goes to the message.
+            let entry_id = self.key.as_ref().map(|_| EntryId::new(&id));
+            let msg = Message::new(&*self.topic, payload.clone())
+                .with_headers(headers.clone())
+                .with_id(id)
+                .with_attempt(attempt);
+            let msg = match (&self.key, &self.settler, entry_id) {
+                (Some(_), Some(settler), Some(entry_id)) => {
+                    let permit = match self.ctx.in_flight.try_acquire(payload.len()) {
+                        Some(permit) => permit,
+                        None => {
+                            batch.deliver(&self.ctx.inbox).await;
+                            self.ctx.in_flight.acquire(payload.len()).await
+                        }
+                    };
+                    let settle = StreamSettle::new(
+                        settler.clone(),
+                        entry_id,
+                        attempt,
+                        Body { payload, headers },
+                    );
+                    msg.with_settle(Box::new(settle), permit)
+                }
+                (Some(key), None, Some(id)) => {
+                    batch.deliver(&self.ctx.inbox).await;
+                    let ack_tx = self.ack_tx.clone();
+                    let item = AckItem {
+                        key: key.clone(),
+                        id,
+                    };
+                    self.ctx
+                        .inbox
+                        .deliver_with_ack(
+                            msg,
+                            Box::new(move || {
+                                let _ = ack_tx.send(AckMsg::Ack(item));
+                            }),
+                        )
+                        .await;
+                    continue;
+                }
+                // A plain subscription (no group, no id to settle): as it is.
+                _ => msg,
+            };
+            batch.push(msg, &self.ctx.inbox).await;
         }
-        let msg = Message::new(&*self.topic, payload.clone())
-            .with_headers(headers.clone())
-            .with_id(id.clone())
-            .with_attempt(attempt);
-        match (&self.group, &self.manual) {
-            (None, _) => self.ctx.inbox.deliver(msg).await,
-            (Some(g), Some(manual)) => {
-                let permit = self.ctx.in_flight.acquire(payload.len()).await;
-                let settle = StreamSettle::new(
-                    manual.clone(),
-                    self.ack_tx.clone(),
-                    self.item(g, id),
-                    attempt,
-                    Body { payload, headers },
-                );
-                let msg = msg.with_settle(Box::new(settle), permit);
-                self.ctx.inbox.deliver(msg).await;
-            }
-            (Some(g), None) => {
-                let ack_tx = self.ack_tx.clone();
-                let item = self.item(g, id);
-                self.ctx
-                    .inbox
-                    .deliver_with_ack(
-                        msg,
-                        Box::new(move || {
-                            let _ = ack_tx.send(AckMsg::Ack(item));
-                        }),
-                    )
-                    .await;
-            }
+        batch.deliver(&self.ctx.inbox).await;
+    }
+}
+
+/// Messages gathered for one [`Inbox::deliver_batch`], at most
+/// [`Inbox::BATCH`] of them and [`Inbox::BATCH_BYTES`] of payload.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Message>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Add `msg`; a full batch goes to the buffer.
+    async fn push(&mut self, msg: Message, inbox: &Inbox) {
+        self.bytes += msg.payload.len();
+        self.messages.push(msg);
+        if self.messages.len() >= Inbox::BATCH || self.bytes >= Inbox::BATCH_BYTES {
+            self.deliver(inbox).await;
         }
+    }
+
+    /// What was gathered, to the buffer.
+    async fn deliver(&mut self, inbox: &Inbox) {
+        if !self.messages.is_empty() {
+            inbox.deliver_batch(&mut self.messages).await;
+        }
+        self.bytes = 0;
+    }
+}
+
+/// The entry `id` of the reader's stream and group, to settle.
+fn item(key: &Arc<StreamGroup>, id: &str) -> AckItem {
+    AckItem {
+        key: key.clone(),
+        id: EntryId::new(id),
     }
 }
 
