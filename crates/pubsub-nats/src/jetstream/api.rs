@@ -108,6 +108,19 @@ pub(crate) fn not_enabled(shown: &str) -> Error {
     )
 }
 
+/// Whether `e` may pass by itself: JetStream temporarily unavailable, no
+/// leader yet, or (in a cluster that just started, whose members do not
+/// know each other's JetStream yet) no peers for placement.
+pub(crate) fn is_transient(e: &ServerError) -> bool {
+    matches!(e.error_code().0, 10008 | 10009 | 10005) || e.code() == 503
+}
+
+/// How often, and how far apart, a request refused for a passing reason
+/// ([`is_transient`]) is sent again.
+pub(crate) const RETRIES: u32 = 5;
+/// See [`RETRIES`].
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(400);
+
 /// Whether `e` says the stream or consumer asked for does not exist.
 pub(crate) fn is_not_found(e: &ServerError) -> bool {
     e.code() == 404

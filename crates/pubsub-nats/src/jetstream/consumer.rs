@@ -17,7 +17,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, Info, Repl
 use pubsub_core::{Error, Result};
 use serde_json::json;
 
-use super::api::{is_not_found, Api};
+use super::api::{is_not_found, is_transient, Api, RETRIES, RETRY_PAUSE};
 use super::Settings;
 use crate::config::{bad_name, DeliverFrom};
 
@@ -173,7 +173,17 @@ pub(crate) async fn ensure(
         None => format!("CONSUMER.CREATE.{}", spec.stream),
     };
     let body = json!({ "stream_name": spec.stream, "config": asked });
-    match api.request::<Info>(&subject, &body).await? {
+    let mut created = api.request::<Info>(&subject, &body).await?;
+    for _ in 1..RETRIES {
+        match &created {
+            Err(e) if is_transient(e) => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                created = api.request::<Info>(&subject, &body).await?;
+            }
+            _ => break,
+        }
+    }
+    match created {
         Ok(info) => {
             check(spec, &info, Some(&asked))?;
             tracing::debug!(stream = %spec.stream, consumer = %info.name, filter = %spec.filter, "nats jetstream: consumer created");

@@ -43,7 +43,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Idle heartbeat asked of an open pull request.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence, with a pull open, after which the consumer is looked at.
-const SILENCE: Duration = Duration::from_secs(3);
+const SILENCE: Duration = Duration::from_secs(2);
 /// The longest a fetcher waits before looking at its state again.
 const CHECK: Duration = Duration::from_millis(500);
 
@@ -175,6 +175,10 @@ pub(crate) struct Fetcher {
     last_seq: u64,
     held: Arc<Mutex<BTreeSet<u64>>>,
     reconnects: u64,
+    /// A lookup of the consumer under way beside the pulls: whether it is
+    /// still there (a cluster electing a leader may not answer for a while,
+    /// and pulling goes on meanwhile).
+    checking: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 impl Fetcher {
@@ -206,6 +210,7 @@ impl Fetcher {
                 last_seq: 0,
                 held: Arc::default(),
                 reconnects,
+                checking: None,
             },
             current,
         ))
@@ -218,14 +223,22 @@ impl Fetcher {
             self.pull().await;
             let blocked = self.pulls.is_empty();
             let window = self.shared.window.clone();
+            let checking = self.checking.is_some();
             tokio::select! {
                 biased;
                 m = self.sub.next() => match m {
                     Some(m) => self.received(m).await,
                     None => return,
                 },
+                gone = async { self.checking.as_mut().expect("checking").await }, if checking => {
+                    self.checking = None;
+                    if gone == Ok(false) {
+                        tracing::warn!(consumer = %self.consumer().name, stream = %self.spec.stream, "nats jetstream: the consumer is gone; making it again");
+                        self.recreate().await;
+                    }
+                }
                 _ = window.freed(), if blocked => {}
-                _ = tokio::time::sleep(CHECK) => self.check_silence().await,
+                _ = tokio::time::sleep(CHECK) => self.check_silence(),
             }
         }
     }
@@ -442,6 +455,7 @@ impl Fetcher {
             StatusCode::REQUEST_TERMINATED => {
                 if description.contains("Consumer Deleted") {
                     tracing::warn!(consumer = %self.consumer().name, "nats jetstream: the consumer was deleted; making it again");
+                    self.checking = None;
                     self.pulls.clear();
                     self.recreate().await;
                 } else if description.contains("Message Size Exceeds MaxBytes") {
@@ -470,7 +484,7 @@ impl Fetcher {
             }
             StatusCode::NO_RESPONDERS => {
                 self.pulls.clear();
-                self.check_consumer().await;
+                self.check_consumer();
             }
             other => {
                 tracing::debug!(status = %other, description, "nats jetstream: unexpected status on a pull inbox");
@@ -483,9 +497,9 @@ impl Fetcher {
         lock(&self.current).clone()
     }
 
-    /// Nothing heard for a while with a pull open: a warning, then the
-    /// consumer is looked at and pulled again.
-    async fn check_silence(&mut self) {
+    /// Nothing heard for a while with a pull open: a warning; the consumer
+    /// is pulled again at once and looked up beside.
+    fn check_silence(&mut self) {
         if self.pulls.is_empty() || self.heard.elapsed() < SILENCE {
             return;
         }
@@ -500,7 +514,7 @@ impl Fetcher {
         }
         self.pulls.clear();
         self.heard = Instant::now();
-        self.check_consumer().await;
+        self.check_consumer();
     }
 
     /// After a reconnect the server may have lost the open pulls (and, when
@@ -513,22 +527,28 @@ impl Fetcher {
         self.reconnects = now;
         self.pulls.clear();
         self.heard = Instant::now();
-        self.check_consumer().await;
+        self.check_consumer();
     }
 
-    /// Make the consumer again if it is gone.
-    async fn check_consumer(&mut self) {
-        let c = self.consumer();
-        match consumer::exists(&self.shared.api, &c).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(consumer = %c.name, stream = %c.stream, "nats jetstream: the consumer is gone; making it again");
-                self.recreate().await;
-            }
-            Err(e) => {
-                tracing::debug!(consumer = %c.name, error = %e, "nats jetstream: looking up the consumer failed; trying again");
-            }
+    /// Look the consumer up in the background (unless a lookup is under
+    /// way); the loop makes it again if it is gone.
+    fn check_consumer(&mut self) {
+        if self.checking.is_some() {
+            return;
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (api, c) = (self.shared.api.clone(), self.consumer());
+        tokio::spawn(async move {
+            let there = match consumer::exists(&api, &c).await {
+                Ok(there) => there,
+                Err(e) => {
+                    tracing::debug!(consumer = %c.name, error = %e, "nats jetstream: looking up the consumer failed; pulling goes on");
+                    true
+                }
+            };
+            let _ = tx.send(there);
+        });
+        self.checking = Some(rx);
     }
 
     /// Make the consumer again, starting where nothing is skipped.

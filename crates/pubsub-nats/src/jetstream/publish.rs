@@ -49,6 +49,9 @@ pub(crate) const MSG_ID_RESERVE: usize = 96;
 
 /// How often the confirmer looks at the pending table.
 const TICK: Duration = Duration::from_millis(100);
+/// A publish answered with "no responders" is sent again after this (the
+/// stream may have no leader for a while: a cluster electing one).
+const NO_STREAM_RETRY: Duration = Duration::from_millis(500);
 
 pub(crate) struct Publisher {
     client: Client,
@@ -69,6 +72,8 @@ pub(crate) struct Publisher {
     counters: Arc<Counters>,
     /// The reconnect count the confirmer saw last.
     reconnects_seen: AtomicU64,
+    /// Streams being looked up or made again, in the background.
+    ensuring: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -130,6 +135,7 @@ impl Publisher {
             ack_timeout: nats.publish_ack_timeout,
             resend_after: (nats.publish_ack_timeout / 5).max(Duration::from_millis(500)),
             reconnects_seen: AtomicU64::new(counters.snapshot().reconnects),
+            ensuring: Mutex::new(std::collections::HashSet::new()),
             counters,
         }
     }
@@ -404,7 +410,7 @@ impl Publisher {
 
     /// Give up what is too old; send again what waited long enough, or
     /// everything after a reconnect.
-    async fn sweep(&self, streams: &Streams) {
+    async fn sweep(self: &Arc<Self>, streams: &Arc<Streams>) {
         let now = Instant::now();
         let reconnects = self.counters.snapshot().reconnects;
         let reconnected = self.reconnects_seen.swap(reconnects, Ordering::AcqRel) != reconnects;
@@ -420,7 +426,7 @@ impl Publisher {
                     lost_streams
                         .entry(p.target.name.clone())
                         .or_insert_with(|| p.topic.clone());
-                    if now.duration_since(p.last) > TICK {
+                    if now.duration_since(p.last) > NO_STREAM_RETRY {
                         again.push(*n);
                     }
                 } else if reconnected || now.duration_since(p.last) > self.resend_after {
@@ -436,9 +442,18 @@ impl Publisher {
             self.settle(n, Err(why.clone()));
         }
         for (stream, topic) in lost_streams {
-            if let Err(e) = streams.ensure(&topic).await {
-                tracing::warn!(stream, error = %e, "nats jetstream: a publish found no stream, and making it again failed; trying again");
+            // Looked up (made again if it is gone) beside the confirmer,
+            // which goes on reading PubAcks meanwhile.
+            if !lock(&self.ensuring).insert(stream.clone()) {
+                continue;
             }
+            let (me, streams) = (self.clone(), streams.clone());
+            tokio::spawn(async move {
+                if let Err(e) = streams.ensure(&topic).await {
+                    tracing::warn!(stream, error = %e, "nats jetstream: a publish found no stream (no leader, or gone), and looking it up failed; trying again");
+                }
+                lock(&me.ensuring).remove(&stream);
+            });
         }
         if reconnected && !again.is_empty() {
             tracing::info!(pending = again.len(), "nats jetstream: reconnected; sending the unconfirmed publishes again (deduplicated by Nats-Msg-Id)");

@@ -17,7 +17,7 @@ use pubsub_core::{Error, ErrorKind, Result, TopicCache};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{is_not_found, Api, ServerError};
+use super::api::{is_not_found, is_transient, Api, ServerError, RETRIES, RETRY_PAUSE};
 use super::Settings;
 use crate::config::{bad_name, StreamDiscard, StreamStorage};
 
@@ -197,10 +197,17 @@ impl Streams {
             ));
         }
         let asked = self.create_config(plan);
-        let created = self
-            .api
-            .request::<StreamInfo>(&format!("STREAM.CREATE.{}", plan.name), &asked)
-            .await?;
+        let subject = format!("STREAM.CREATE.{}", plan.name);
+        let mut created = self.api.request::<StreamInfo>(&subject, &asked).await?;
+        for _ in 1..RETRIES {
+            match &created {
+                Err(e) if is_transient(e) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    created = self.api.request::<StreamInfo>(&subject, &asked).await?;
+                }
+                _ => break,
+            }
+        }
         match created {
             Ok(info) => {
                 tracing::info!(stream = %plan.name, subjects = ?plan.subjects, "nats jetstream: created stream");
