@@ -46,6 +46,9 @@ pub(crate) struct Consumer {
     pub stream: String,
     pub name: String,
     pub durable: bool,
+    /// The stream sequence it had delivered last when found or made (for
+    /// a new consumer reading new messages: the stream's last sequence).
+    pub delivered: u64,
 }
 
 impl ConsumerSpec {
@@ -209,8 +212,9 @@ pub(crate) async fn ensure(
 fn found(spec: &ConsumerSpec, info: Info) -> Consumer {
     Consumer {
         stream: spec.stream.clone(),
-        name: info.name,
         durable: spec.durable.is_some(),
+        delivered: info.delivered.stream_sequence,
+        name: info.name,
     }
 }
 

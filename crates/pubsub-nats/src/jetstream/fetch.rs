@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use super::api::Api;
 use super::consumer::{self, Consumer, ConsumerSpec};
 use super::settle::{Acker, GiveUp, JsSettle, Manual, ACK};
-use super::stream::Streams;
+use super::stream::{StreamTarget, Streams};
 use super::Settings;
 use crate::headers;
 
@@ -160,6 +160,10 @@ pub(crate) type Current = Arc<Mutex<Consumer>>;
 
 pub(crate) struct Fetcher {
     shared: Arc<Shared>,
+    /// When the stream read was made: a consumer made again on a stream
+    /// made again (lost with a server on memory storage, or deleted) reads
+    /// it from its start.
+    stream_created: async_nats::datetime::DateTime,
     spec: ConsumerSpec,
     current: Current,
     next_subject: String,
@@ -169,9 +173,10 @@ pub(crate) struct Fetcher {
     /// Last time anything came for a pull (or one was sent).
     heard: Instant,
     warned_silence: bool,
-    /// Ask for one message without byte limit next (a message larger than
-    /// the room left came alone).
-    single: bool,
+    /// The largest message seen (as the server counts it), or the byte
+    /// budget of a pull that brought nothing because its first message did
+    /// not fit: a pull with less room than this waits for room instead.
+    largest: usize,
     last_seq: u64,
     held: Arc<Mutex<BTreeSet<u64>>>,
     reconnects: u64,
@@ -184,6 +189,7 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     pub async fn new(
         shared: Arc<Shared>,
+        target: &StreamTarget,
         spec: ConsumerSpec,
         consumer: Consumer,
     ) -> pubsub_core::Result<(Fetcher, Current)> {
@@ -198,6 +204,8 @@ impl Fetcher {
         Ok((
             Fetcher {
                 next_subject: next_subject(&consumer),
+                stream_created: target.created,
+                last_seq: consumer.delivered,
                 shared,
                 spec,
                 current: current.clone(),
@@ -206,8 +214,7 @@ impl Fetcher {
                 pulls: VecDeque::new(),
                 heard: Instant::now(),
                 warned_silence: false,
-                single: false,
-                last_seq: 0,
+                largest: 0,
                 held: Arc::default(),
                 reconnects,
                 checking: None,
@@ -254,22 +261,21 @@ impl Fetcher {
         if want == 0 || (out_msgs > 0 && want < half) {
             return;
         }
-        let (messages, bytes) = if self.single {
-            if !self.pulls.is_empty() || !self.shared.window.empty() {
-                return;
-            }
+        let budget = self
+            .shared
+            .settings
+            .nats
+            .fetch_max_bytes
+            .min(room_bytes.saturating_sub(out_bytes));
+        let (messages, bytes) = if budget > self.largest {
+            (want, budget)
+        } else if self.pulls.is_empty() && self.shared.window.empty() {
+            // Nothing held, nothing asked: one message of any size may
+            // come (a frame larger than the byte bound comes alone).
             (1, 0)
         } else {
-            let bytes = self
-                .shared
-                .settings
-                .nats
-                .fetch_max_bytes
-                .min(room_bytes.saturating_sub(out_bytes));
-            if bytes == 0 {
-                return;
-            }
-            (want, bytes)
+            // Too little room for the messages seen: wait for a settle.
+            return;
         };
         let mut request = json!({
             "batch": messages,
@@ -294,7 +300,6 @@ impl Fetcher {
                 bytes,
                 expires: Instant::now() + PULL_EXPIRES,
             });
-            self.single = false;
         }
     }
 
@@ -337,6 +342,7 @@ impl Fetcher {
     /// A stream message: accounted to its pull; given up past
     /// `max_deliver`, else turned into a [`Message`].
     fn message(&mut self, m: async_nats::Message) -> Option<Prepared> {
+        self.largest = self.largest.max(m.length);
         if let Some(p) = self.pulls.front_mut() {
             p.messages = p.messages.saturating_sub(1);
             if p.bytes > 0 {
@@ -454,10 +460,11 @@ impl Fetcher {
             }
             StatusCode::REQUEST_TERMINATED => {
                 if description.contains("Consumer Deleted") {
-                    tracing::warn!(consumer = %self.consumer().name, "nats jetstream: the consumer was deleted; making it again");
-                    self.checking = None;
+                    // Looked up first: every open pull says so, and the
+                    // consumer may be back already.
+                    tracing::warn!(consumer = %self.consumer().name, "nats jetstream: the server says the consumer was deleted; looking it up");
                     self.pulls.clear();
-                    self.recreate().await;
+                    self.check_consumer();
                 } else if description.contains("Message Size Exceeds MaxBytes") {
                     let pending: usize = m
                         .headers
@@ -465,12 +472,12 @@ impl Fetcher {
                         .and_then(|h| h.get("Nats-Pending-Messages"))
                         .and_then(|v| v.as_str().parse().ok())
                         .unwrap_or(0);
-                    let asked = self.pulls.front().map_or(0, |p| p.messages);
+                    let asked = self.pulls.front().map_or((0, 0), |p| (p.messages, p.bytes));
                     self.pulls.pop_front();
                     // Nothing came for it: the next message is larger than
-                    // the room left; it comes alone once nothing is held.
-                    if pending >= asked {
-                        self.single = true;
+                    // its budget; ask again once there is more room.
+                    if pending >= asked.0 {
+                        self.largest = self.largest.max(asked.1 + 1);
                     }
                 } else if description.starts_with("Exceeded Max") {
                     tracing::warn!(consumer = %self.consumer().name, description, "nats jetstream: a pull request was refused");
@@ -551,31 +558,50 @@ impl Fetcher {
         self.checking = Some(rx);
     }
 
-    /// Make the consumer again, starting where nothing is skipped.
+    /// Make the consumer again, starting where nothing is skipped: the
+    /// oldest message held unsettled (manual ack), else the one after the
+    /// last delivered; on a stream made again, its start.
     async fn recreate(&mut self) {
+        let created = match stream_created(&self.shared.api, &self.spec.stream).await {
+            Ok(Some(created)) => created,
+            Ok(None) => {
+                // The stream is gone too: made again as a publish would.
+                match self.shared.streams.remake(&self.spec.filter).await {
+                    Ok(target) => target.created,
+                    Err(e) => {
+                        tracing::warn!(stream = %self.spec.stream, error = %e, "nats jetstream: making the stream again failed; trying again");
+                        tokio::time::sleep(CHECK).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.spec.stream, error = %e, "nats jetstream: looking the stream up failed; trying again");
+                tokio::time::sleep(CHECK).await;
+                return;
+            }
+        };
         let floor = lock(&self.held).first().copied();
         let start = match floor {
-            Some(oldest) if self.shared.manual_ack => oldest,
+            Some(oldest) if self.shared.manual_ack => oldest.min(self.last_seq + 1),
             _ => self.last_seq + 1,
         };
-        let mut deliver = if self.last_seq == 0 && floor.is_none() {
-            consumer::configured_deliver(&self.shared.settings)
+        let deliver = if created != self.stream_created {
+            DeliverPolicy::All
         } else {
             DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             }
         };
-        // The stream was made again (its sequence went back): all of it.
-        if let Ok(target) = self.shared.streams.ensure(&self.spec.filter).await {
-            if let Some(last) = stream_last_seq(&self.shared.api, &target.name).await {
-                if last + 1 < start {
-                    deliver = DeliverPolicy::All;
-                }
-            }
-        }
         match consumer::ensure(&self.shared.api, &self.spec, deliver).await {
             Ok(c) => {
                 tracing::info!(consumer = %c.name, stream = %c.stream, "nats jetstream: consumer made again");
+                if created != self.stream_created {
+                    // The old sequence numbers mean nothing in a new stream.
+                    self.stream_created = created;
+                    self.last_seq = 0;
+                    lock(&self.held).clear();
+                }
                 self.next_subject = next_subject(&c);
                 *lock(&self.current) = c;
                 self.pulls.clear();
@@ -603,17 +629,22 @@ fn next_subject(c: &Consumer) -> String {
     format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.name)
 }
 
-/// The last sequence of a stream, if it can be asked.
-async fn stream_last_seq(api: &Api, stream: &str) -> Option<u64> {
-    let info = api
+/// When the stream was made; `None` when it is gone.
+async fn stream_created(
+    api: &Api,
+    stream: &str,
+) -> pubsub_core::Result<Option<async_nats::datetime::DateTime>> {
+    match api
         .request::<async_nats::jetstream::stream::Info>(
             &format!("STREAM.INFO.{stream}"),
             &json!({}),
         )
-        .await
-        .ok()?
-        .ok()?;
-    Some(info.state.last_sequence)
+        .await?
+    {
+        Ok(info) => Ok(Some(info.created)),
+        Err(e) if super::api::is_not_found(&e) => Ok(None),
+        Err(e) => Err(api.server_error("stream info", e)),
+    }
 }
 
 /// Delivery number and stream sequence from a `$JS.ACK.` reply subject

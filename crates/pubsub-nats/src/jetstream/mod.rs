@@ -194,13 +194,14 @@ impl JetStream {
         let spec = ConsumerSpec::new(&self.shared.settings, &target.name, topic, group)?;
         let deliver = consumer::configured_deliver(&self.shared.settings);
         let made = consumer::ensure(&self.shared.api, &spec, deliver).await?;
-        let (fetcher, current) = match Fetcher::new(self.shared.clone(), spec, made.clone()).await {
-            Ok(f) => f,
-            Err(e) => {
-                self.forget(&made).await;
-                return Err(e);
-            }
-        };
+        let (fetcher, current) =
+            match Fetcher::new(self.shared.clone(), &target, spec, made.clone()).await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.forget(&made).await;
+                    return Err(e);
+                }
+            };
         let task = AbortOnDrop::new(tokio::spawn(fetcher.run()));
         let old = lock(&self.subscriptions).insert(
             topic.to_string(),

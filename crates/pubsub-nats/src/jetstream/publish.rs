@@ -391,8 +391,10 @@ impl Publisher {
         }
         match serde_json::from_slice::<PubAck>(&m.payload) {
             Ok(PubAck { error: None }) => self.settle(n, Ok(())),
-            // JetStream temporarily unavailable: sent again later.
-            Ok(PubAck { error: Some(e) }) if e.code() == 503 => {}
+            // JetStream temporarily unavailable: sent again later. (A
+            // stream at its limits answers 503 too, with its own error code.)
+            Ok(PubAck { error: Some(e) })
+                if e.error_code().0 == 10008 || (e.code() == 503 && e.error_code().0 == 0) => {}
             Ok(PubAck { error: Some(e) }) => {
                 let stream = lock(&self.state)
                     .pending

@@ -35,6 +35,8 @@ pub(crate) struct StreamTarget {
     pub name: String,
     /// The subjects it captures.
     pub subjects: Vec<String>,
+    /// When the server made it (a stream made again has another time).
+    pub created: async_nats::datetime::DateTime,
     /// Cleared when a publish found no stream (deleted, or lost with a
     /// server on memory storage): the next [`Streams::ensure`] asks again.
     present: AtomicBool,
@@ -109,6 +111,7 @@ impl Streams {
         let target = Arc::new(StreamTarget {
             name: info.config.name.clone(),
             subjects: info.config.subjects.clone(),
+            created: info.created,
             present: AtomicBool::new(true),
         });
         if !target.captures(topic) {
@@ -127,6 +130,16 @@ impl Streams {
         }
         ensured.insert(plan.name, target.clone());
         Ok(target)
+    }
+
+    /// The stream of `topic` looked up again (made again if it is gone),
+    /// whatever was known of it.
+    pub async fn remake(&self, topic: &str) -> Result<Arc<StreamTarget>> {
+        let plan = self.plan(topic)?;
+        if let Some(s) = read(&self.ensured).get(&plan.name) {
+            s.lost();
+        }
+        self.ensure(topic).await
     }
 
     fn known(&self, name: &str, topic: &str) -> Option<Arc<StreamTarget>> {
@@ -448,7 +461,6 @@ impl Streams {
                 format!("nats jetstream {}: {what}", self.api.shown()),
             ),
         }
-        .with_source(Box::new(e))
     }
 }
 
