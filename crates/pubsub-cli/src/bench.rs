@@ -10,17 +10,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pubsub_core::{validate_topic_name, Config, Error, PubSub};
+use pubsub_core::{validate_topic_name, AckMode, Config, Error, OverflowPolicy, PubSub};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::CliError;
 use crate::output::say;
-use crate::settings::{isolate_memory_namespace, parse_duration, run_id};
+use crate::settings::{for_connection, isolate_memory_namespace, parse_duration, run_id};
+use crate::signals;
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies};
+
+/// What bench's own subscribers do when their receive buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchOverflow {
+    /// Back-pressure: the backend stops reading (the in-process backend
+    /// slows the publishers down) instead of dropping, so that a run
+    /// measures rather than drops.
+    Block,
+    /// Drop the oldest buffered message (the library's default).
+    DropOldest,
+    /// Drop the arriving message.
+    DropNewest,
+    /// As the config says (`buffer.overflow`, `MSIGHT_PUBSUB_OVERFLOW`).
+    Config,
+}
 
 /// How long subscribers wait for more after the publishers are done.
 const IDLE_AFTER_PUBLISH: Duration = Duration::from_secs(2);
@@ -63,6 +79,12 @@ pub struct BenchArgs {
     /// No progress bars (they are hidden anyway when stderr is not a terminal)
     #[arg(long)]
     pub no_progress: bool,
+
+    /// When a subscriber's receive buffer is full: block (back-pressure,
+    /// the default here), drop-oldest, drop-newest, or as the config says.
+    /// A run that loses messages exits 1
+    #[arg(long, value_enum, ignore_case = true, default_value_t = BenchOverflow::Block)]
+    pub overflow: BenchOverflow,
 }
 
 pub fn run(args: &BenchArgs, config: Config) -> Result<(), CliError> {
@@ -87,8 +109,19 @@ impl Handles {
         self.subs.first().is_some_and(|s| s.group_id().is_some())
     }
 
+    async fn close_subscribers(&self) {
+        for ps in &self.subs {
+            if let Err(e) = ps.close().await {
+                tracing::warn!(error = %e, "closing a bench connection failed");
+            }
+        }
+    }
+
     async fn close(&self) {
         for ps in self.pubs.iter().chain(&self.subs) {
+            if ps.is_closed() {
+                continue;
+            }
             if let Err(e) = ps.close().await {
                 tracing::warn!(error = %e, "closing a bench connection failed");
             }
@@ -105,28 +138,68 @@ async fn bench(args: &BenchArgs, mut config: Config) -> Result<(), CliError> {
     let group = config.group_id.take();
     let mut sub_config = config.clone();
     sub_config.group_id = group.clone();
+    sub_config.buffer.overflow = match args.overflow {
+        BenchOverflow::Block => OverflowPolicy::Block,
+        BenchOverflow::DropOldest => OverflowPolicy::DropOldest,
+        BenchOverflow::DropNewest => OverflowPolicy::DropNewest,
+        BenchOverflow::Config => config.buffer.overflow,
+    };
 
     let deadline = Instant::now() + args.timeout;
     let mut h = Handles {
         pubs: Vec::new(),
         subs: Vec::new(),
     };
+    // Each connection a client identity of its own (see `for_connection`).
+    let keep_sessions = sub_config.ack == AckMode::Manual;
+    let pub_configs = (1..=args.pubs)
+        .map(|n| for_connection(&config, &format!("pub{n}"), &run, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sub_configs = (1..=args.subs)
+        .map(|n| for_connection(&sub_config, &format!("sub{n}"), &run, keep_sessions))
+        .collect::<Result<Vec<_>, _>>()?;
     let connected = async {
-        for _ in 0..args.pubs {
-            h.pubs.push(PubSub::connect(&config).await?);
+        for c in &pub_configs {
+            h.pubs.push(PubSub::connect(c).await?);
         }
-        for _ in 0..args.subs {
-            h.subs.push(PubSub::connect(&sub_config).await?);
+        for c in &sub_configs {
+            h.subs.push(PubSub::connect(c).await?);
         }
         Ok::<(), Error>(())
     }
     .await;
     let result = match connected {
-        Ok(()) => run_bench(args, &h, &topic, &latency_topic, group.as_deref(), deadline).await,
+        Ok(()) => {
+            signals::connected();
+            tokio::select! {
+                r = run_bench(args, &h, &topic, &latency_topic, group.as_deref(), deadline) => r,
+                sig = signals::stopped() => Err(CliError::interrupted(sig, "")),
+            }
+        }
         Err(e) => Err(e.into()),
     };
+    // Its own topics are left behind nowhere (Redis streams), also after a
+    // failure; the subscribers close first, so that no reader makes a stream again.
+    h.close_subscribers().await;
+    if let Some(p) = h.pubs.first() {
+        for t in [&topic, &latency_topic] {
+            if let Err(e) = p.delete_topic(t.as_str()).await {
+                tracing::warn!(topic = %t, error = %e, "deleting a bench topic failed");
+            }
+        }
+    }
     h.close().await;
-    result
+    match result {
+        Err(CliError::Interrupted { signal, .. }) => {
+            let published: u64 = h.pubs.iter().map(|p| p.stats().published).sum();
+            let received: u64 = h.subs.iter().map(|s| s.stats().received).sum();
+            Err(CliError::interrupted(
+                signal,
+                format!("{published} messages published (flushed), {received} received"),
+            ))
+        }
+        other => other,
+    }
 }
 
 async fn run_bench(
@@ -147,8 +220,12 @@ async fn run_bench(
         }
     }
     let plural = |n: u16, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let overflow = match h.subs.first().map(|_| args.overflow) {
+        Some(BenchOverflow::Block) => ", back-pressure",
+        _ => "",
+    };
     say!(
-        "pubsub bench: {backend} backend, {} msgs of {} B, {}, {}{}",
+        "pubsub bench: {backend} backend, {} msgs of {} B, {}, {}{}{overflow}",
         args.msgs,
         args.size,
         plural(args.pubs, "publisher"),
@@ -231,12 +308,19 @@ async fn throughput(
     let received: u64 = subs.iter().map(|s| s.count).sum();
     print_table(args.size, &mut pubs, &mut subs);
     let dropped: u64 = h.subs.iter().map(|s| s.stats().dropped).sum();
-    print_delivery(received, expected_received(published), dropped);
+    let expected = expected_received(published);
+    print_delivery(received, expected, dropped);
     if published < args.msgs {
         return Err(CliError::Failed(format!(
             "bench: timed out after {}: {published} of {} messages published",
             fmt_duration(args.timeout),
             args.msgs
+        )));
+    }
+    if received < expected {
+        return Err(CliError::Failed(format!(
+            "bench: {} of {expected} messages lost ({dropped} dropped by receive buffers)",
+            expected - received
         )));
     }
     Ok(())
@@ -404,8 +488,8 @@ fn print_delivery(received: u64, expected: u64, dropped: u64) {
     );
     if dropped > 0 {
         say!(
-            "note: receive buffers overflowed and dropped messages; buffer.overflow = \"block\" \
-             (MSIGHT_PUBSUB_OVERFLOW=block) makes a backend that can wait slow the publishers down instead"
+            "note: receive buffers overflowed and dropped messages; --overflow block (the default) \
+             makes a backend that can wait slow the publishers down instead"
         );
     }
 }

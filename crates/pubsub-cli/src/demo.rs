@@ -7,23 +7,32 @@
 //! a sink collects the results, checks each checksum against the frame the
 //! source made, and reports frames per worker, end-to-end latency,
 //! throughput, and lost, duplicated or corrupt frames.
+//!
+//! With `--ack manual` each worker acknowledges a frame once its result is
+//! published; `--kill-worker N` aborts one worker, holding a frame, after
+//! N frames (as a crash would: nothing settled, its connection gone), and
+//! the frames it held are delivered again to the others after `ack_wait`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use pubsub_core::{validate_topic_name, Config, Error, PubSub};
-use tokio::sync::watch;
+use pubsub_core::{validate_topic_name, AckMode, Config, Error, ErrorKind, PubSub};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::CliError;
 use crate::frame::{checksum, now_us, synthetic_payload, Frame, FrameResult};
 use crate::output::say;
-use crate::settings::{isolate_memory_namespace, parse_duration, run_id};
+use crate::settings::{
+    for_connection, isolate_memory_namespace, parse_duration, parse_rate, run_id,
+};
+use crate::signals;
 use crate::stats::{fmt_duration, mib_per_second, per_second, Latencies, Pacer};
+use crate::subscribe::Ack;
 
 /// The workers' group when neither `--group` nor `group_id` names one.
 const DEFAULT_GROUP: &str = "pubsub-demo-workers";
@@ -34,6 +43,10 @@ const DUPLICATE_GRACE: Duration = Duration::from_millis(300);
 
 /// How often the sink looks whether a task failed while it waits.
 const POLL: Duration = Duration::from_millis(100);
+
+/// The workers' `ack_wait` in manual ack mode when neither `--ack-wait` nor
+/// the config sets one (the library's 30 s would outlast the run).
+const DEMO_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Run the sensor pipeline: a source, a group of workers, a sink.
 #[derive(Debug, Args)]
@@ -51,7 +64,7 @@ pub struct DemoArgs {
     pub workers: u16,
 
     /// Frames per second the source publishes; 0: as fast as it can
-    #[arg(long, value_name = "FRAMES_PER_SEC", default_value_t = 1000.0, value_parser = parse_rate_or_zero)]
+    #[arg(long, value_name = "FRAMES_PER_SEC", default_value_t = 1000.0, value_parser = parse_rate)]
     pub rate: f64,
 
     /// Longest the whole run may take
@@ -65,15 +78,22 @@ pub struct DemoArgs {
     /// Topics are PREFIX.RUN.frames and PREFIX.RUN.results, RUN a new id per run
     #[arg(long, value_name = "PREFIX", default_value = "pubsub-demo")]
     pub topic_prefix: String,
-}
 
-fn parse_rate_or_zero(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(format!(
-            "{text:?} is not a rate; write frames per second, 0 for no limit"
-        )),
-    }
+    /// How the workers settle frames: manual acknowledges each frame after
+    /// its result is published (at least once; the backend must keep
+    /// messages: memory, Redis streams), auto when taken
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Ack::Config)]
+    pub ack: Ack,
+
+    /// With manual ack: abort worker 1 after N frames while it holds the
+    /// next (nothing settled, connection gone); its frames go to the others
+    #[arg(long, value_name = "N")]
+    pub kill_worker: Option<u64>,
+
+    /// With manual ack: the workers' ack_wait [default: the config's, or 2s
+    /// when that is the library's 30s]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub ack_wait: Option<Duration>,
 }
 
 pub fn run(args: &DemoArgs, config: Config) -> Result<(), CliError> {
@@ -105,12 +125,19 @@ struct Report {
     elapsed: Duration,
     dropped: u64,
     timed_out: Option<Duration>,
+    /// Manual ack: frames delivered again (attempt > 1).
+    redelivered: Option<u64>,
+    /// The worker killed, and after how many frames.
+    killed: Option<(u16, u64)>,
 }
 
 struct Pipeline {
     source: PubSub,
     workers: Vec<PubSub>,
+    /// Each worker's config, for starting a killed one again.
+    worker_configs: Vec<Config>,
     sink: PubSub,
+    manual: bool,
 }
 
 /// The topics and the workers' group: frames -> group -> results.
@@ -136,18 +163,58 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn close(&self) {
-        for ps in self.handles() {
-            if let Err(e) = ps.close().await {
-                tracing::warn!(error = %e, "closing a demo connection failed");
+    /// Close every connection, and delete the run's topics where the broker
+    /// keeps them (Redis streams and their groups): the subscribers close
+    /// first, so that no reader is left to make a stream again.
+    async fn finish(&self, route: &Route) {
+        let close = |ps: &PubSub| {
+            let ps = ps.clone();
+            async move {
+                if let Err(e) = ps.close().await {
+                    if e.kind() != ErrorKind::Closed {
+                        tracing::warn!(error = %e, "closing a demo connection failed");
+                    }
+                }
+            }
+        };
+        for ps in self.workers.iter().chain(std::iter::once(&self.sink)) {
+            close(ps).await;
+        }
+        for t in [&route.frames, &route.results] {
+            if let Err(e) = self.source.delete_topic(t.as_str()).await {
+                tracing::warn!(topic = %t, error = %e, "deleting a demo topic failed");
             }
         }
+        close(&self.source).await;
     }
+}
+
+/// Whether the workers settle manually, and their `ack_wait`.
+fn ack_settings(args: &DemoArgs, config: &Config) -> Result<(bool, Duration), CliError> {
+    let manual = match args.ack {
+        Ack::Config => config.ack == AckMode::Manual,
+        Ack::Auto => false,
+        Ack::Manual => true,
+    };
+    if args.kill_worker.is_some() && !manual {
+        return Err(CliError::Usage(
+            "--kill-worker needs --ack manual: with auto ack the frames a killed worker holds are lost".into(),
+        ));
+    }
+    let ack_wait = args
+        .ack_wait
+        .unwrap_or(if config.ack_wait == Config::default().ack_wait {
+            DEMO_ACK_WAIT
+        } else {
+            config.ack_wait
+        });
+    Ok((manual, ack_wait))
 }
 
 async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliError> {
     let run = run_id();
     isolate_memory_namespace(&mut config, "pubsub-demo", &run)?;
+    let (manual, ack_wait) = ack_settings(args, &config)?;
     let route = Route {
         frames: format!("{}.{run}.frames", args.topic_prefix),
         group: config
@@ -159,22 +226,56 @@ async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliErro
     validate_topic_name(&route.frames)?;
     validate_topic_name(&route.results)?;
 
+    // The source and the sink take what arrives; the workers settle.
+    config.ack = AckMode::Auto;
     let mut worker_config = config.clone();
     worker_config.group_id = Some(route.group.clone());
-    let sink = PubSub::connect(&config).await?;
-    let mut workers = Vec::with_capacity(usize::from(args.workers));
-    for _ in 0..args.workers {
-        workers.push(PubSub::connect(&worker_config).await?);
+    if manual {
+        worker_config.ack = AckMode::Manual;
+        worker_config.ack_wait = ack_wait;
     }
-    let source = PubSub::connect(&config).await?;
+    // Each connection a client identity of its own; with manual ack, MQTT
+    // workers keep their sessions, which hold what they have not acked.
+    let worker_configs = (1..=args.workers)
+        .map(|n| for_connection(&worker_config, &format!("w{n}"), &run, manual))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sink = PubSub::connect(&for_connection(&config, "sink", &run, false)?).await?;
+    let mut workers = Vec::with_capacity(usize::from(args.workers));
+    for c in &worker_configs {
+        let worker = PubSub::connect(c).await.map_err(|e| {
+            if manual && e.kind() == ErrorKind::InvalidConfig && e.message().contains("ack") {
+                CliError::Usage(format!("demo --ack manual: {e}"))
+            } else {
+                e.into()
+            }
+        })?;
+        workers.push(worker);
+    }
+    let source = PubSub::connect(&for_connection(&config, "source", &run, false)?).await?;
     let p = Pipeline {
         source,
         workers,
+        worker_configs,
         sink,
+        manual,
     };
-    let result = run_pipeline(args, &p, &route).await;
-    p.close().await;
-    result
+    signals::connected();
+    let result = tokio::select! {
+        r = run_pipeline(args, &p, &route) => r,
+        sig = signals::stopped() => Err(CliError::interrupted(sig, "")),
+    };
+    p.finish(&route).await;
+    match result {
+        Err(CliError::Interrupted { signal, .. }) => Err(CliError::interrupted(
+            signal,
+            format!(
+                "{} frames published (flushed), {} results received",
+                p.source.stats().published,
+                p.sink.stats().received
+            ),
+        )),
+        other => other,
+    }
 }
 
 async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Report, CliError> {
@@ -188,18 +289,21 @@ async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Re
         .collect();
     let deadline = Instant::now() + args.timeout;
     let index = FrameIndex::default();
-    let tasks = Tasks::spawn(args, p, route, deadline, &index);
+    let mut tasks = Tasks::spawn(args, p, route, deadline, &index);
 
     let mut tally = Tally::new(expected, args.payload_size, p.workers.len(), index);
-    let timed_out = collect(&p.sink, &mut tally, args.frames, &tasks.failed, deadline).await?;
+    let timed_out = collect(p, &mut tally, &mut tasks, route, deadline).await?;
     let elapsed = tally.last_at.map_or(Duration::ZERO, |t| t - tasks.started);
 
-    let (published, processed) = tasks.finish().await?;
+    let source_progress = tasks.progress.clone();
+    let (processed, killed, redelivered) = tasks.finish().await?;
+    let published = source_progress.published.load(Ordering::Acquire);
     // Late duplicates: the workers have flushed; listen a little longer.
     while let Some(m) = p.sink.recv_timeout(DUPLICATE_GRACE).await? {
         tally.add(&m.payload);
     }
     let dropped = p.handles().map(|ps| ps.stats().dropped).sum();
+    let redelivered = p.manual.then_some(redelivered);
     Ok(Report {
         frames: args.frames,
         published,
@@ -215,6 +319,8 @@ async fn run_pipeline(args: &DemoArgs, p: &Pipeline, route: &Route) -> Result<Re
         elapsed,
         dropped,
         timed_out: timed_out.then_some(args.timeout),
+        redelivered,
+        killed,
     })
 }
 
@@ -247,25 +353,53 @@ fn print_banner(args: &DemoArgs, p: &Pipeline, route: &Route) {
         args.payload_size,
         args.sensor
     );
+    let n = p.workers.len();
     say!(
-        "  {} -> group {:?} ({} workers) -> {} -> sink",
+        "  {} -> group {:?} ({n} worker{}) -> {} -> sink",
         route.frames,
         route.group,
-        p.workers.len(),
+        if n == 1 { "" } else { "s" },
         route.results
     );
+    if p.manual {
+        let kill = args
+            .kill_worker
+            .map(|n| format!("; worker 1 is killed after {n} frames and started again"))
+            .unwrap_or_default();
+        say!("  workers ack each frame after publishing its result (manual ack){kill}");
+    }
     say!();
+}
+
+/// How far the source is.
+#[derive(Debug, Default)]
+struct SourceProgress {
+    published: AtomicU64,
+    done: AtomicBool,
 }
 
 /// The source and the workers, running.
 struct Tasks {
     source: JoinHandle<Result<u64, Error>>,
-    workers: Vec<JoinHandle<Result<u64, Error>>>,
+    workers: Vec<WorkerTask>,
+    /// The killed worker, started again.
+    restarted: Option<WorkerTask>,
+    /// Frames the workers were given again (manual ack).
+    redelivered: Arc<AtomicU64>,
     /// Raised when a task fails, so the sink stops waiting.
     failed: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     /// When the source started.
     started: Instant,
+    progress: Arc<SourceProgress>,
+}
+
+/// A worker task and its count of frames processed.
+struct WorkerTask {
+    task: JoinHandle<Result<(), Error>>,
+    processed: Arc<AtomicU64>,
+    /// Worker 1 with `--kill-worker`: told when it holds the frame it dies with.
+    dies: Option<(oneshot::Receiver<()>, PubSub)>,
 }
 
 impl Tasks {
@@ -278,19 +412,38 @@ impl Tasks {
         index: &FrameIndex,
     ) -> Tasks {
         let failed = Arc::new(AtomicBool::new(false));
+        let redelivered = Arc::new(AtomicU64::new(0));
         let (stop, stop_rx) = watch::channel(false);
         let workers = p
             .workers
             .iter()
             .zip(1u16..)
             .map(|(ps, n)| {
-                tokio::spawn(flag_failure(
-                    failed.clone(),
-                    worker(ps.clone(), n, route.results.clone(), stop_rx.clone()),
-                ))
+                let processed = Arc::new(AtomicU64::new(0));
+                let (dies, die_after) = match args.kill_worker.filter(|_| n == 1) {
+                    Some(after) => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some((rx, ps.clone())), Some((after, tx)))
+                    }
+                    None => (None, None),
+                };
+                let w = Worker {
+                    ps: ps.clone(),
+                    n,
+                    results_topic: route.results.clone(),
+                    processed: processed.clone(),
+                    redelivered: redelivered.clone(),
+                    die_after,
+                };
+                WorkerTask {
+                    task: tokio::spawn(flag_failure(failed.clone(), w.run(stop_rx.clone()))),
+                    processed,
+                    dies,
+                }
             })
             .collect();
         let started = Instant::now();
+        let progress = Arc::new(SourceProgress::default());
         let source = tokio::spawn(flag_failure(
             failed.clone(),
             source(
@@ -298,53 +451,150 @@ impl Tasks {
                 index.clone(),
                 route.frames.clone(),
                 args.sensor.clone(),
-                args.frames,
-                args.payload_size,
+                (args.frames, args.payload_size),
                 (args.rate > 0.0).then_some(args.rate),
                 deadline,
+                progress.clone(),
             ),
         ));
         Tasks {
             source,
             workers,
+            restarted: None,
+            redelivered,
             failed,
             stop,
             started,
+            progress,
         }
     }
 
     /// Wait for the source, then stop the workers and wait for them.
-    /// Returns the frames published and the frames processed.
-    async fn finish(self) -> Result<(u64, u64), CliError> {
-        let published = join(self.source, "source").await?;
+    /// Returns the frames processed, the worker killed with its count, and
+    /// the frames given again.
+    async fn finish(self) -> Result<(u64, Option<(u16, u64)>, u64), CliError> {
+        join(self.source, "source").await?;
         let _ = self.stop.send(true);
         let mut processed = 0;
-        for (task, n) in self.workers.into_iter().zip(1..) {
-            processed += join(task, &format!("worker {n}")).await?;
+        let mut killed = None;
+        for (w, n) in self.workers.into_iter().zip(1u16..) {
+            let died = match w.dies {
+                Some((mut rx, _)) => rx.try_recv().is_ok(),
+                None => false,
+            };
+            if died {
+                // Aborted when it died (again here, in case the sink was done first).
+                w.task.abort();
+                killed = Some((n, w.processed.load(Ordering::Acquire)));
+            } else {
+                join(w.task, &format!("worker {n}")).await?;
+            }
+            processed += w.processed.load(Ordering::Acquire);
         }
-        Ok((published, processed))
+        if let Some(w) = self.restarted {
+            join(w.task, "worker started again").await?;
+            processed += w.processed.load(Ordering::Acquire);
+        }
+        Ok((processed, killed, self.redelivered.load(Ordering::Acquire)))
     }
 }
 
-/// The sink: collect until every frame has a result, a task failed, or
-/// time is up. Returns whether time ran out.
+/// The sink: collect until every frame is accounted for (it has a result,
+/// or a receive buffer dropped it or its result, counted), a task failed,
+/// or time is up. Kills the worker that is to die when it says so.
+/// Returns whether time ran out.
 async fn collect(
-    sink: &PubSub,
+    p: &Pipeline,
     tally: &mut Tally,
-    frames: u64,
-    failed: &AtomicBool,
+    tasks: &mut Tasks,
+    route: &Route,
     deadline: Instant,
 ) -> Result<bool, Error> {
-    while tally.distinct < frames && !failed.load(Ordering::Acquire) {
+    let mut dying: Vec<usize> = tasks
+        .workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.dies.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    loop {
+        if tasks.failed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let published = tasks.progress.published.load(Ordering::Acquire);
+        if tasks.progress.done.load(Ordering::Acquire) {
+            let dropped: u64 = p.handles().map(|ps| ps.stats().dropped).sum();
+            if tally.distinct + dropped >= published {
+                return Ok(false);
+            }
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(true);
         }
-        if let Some(m) = sink.recv_timeout(left.min(POLL)).await? {
+        dying.retain(|&i| !tasks.kill_if_due(i, p, route));
+        if let Some(m) = p.sink.recv_timeout(left.min(POLL)).await? {
             tally.add(&m.payload);
         }
     }
-    Ok(false)
+}
+
+impl Tasks {
+    /// If worker `i` said it is to die now: abort its task (the frame it
+    /// holds and those buffered are dropped unsettled) and close its
+    /// connection, as a crash would, then start it again under the same
+    /// identity, as a supervisor would (on MQTT the broker then sends it
+    /// what it held, from its session; elsewhere another member takes
+    /// those after `ack_wait`). Whether it was killed.
+    fn kill_if_due(&mut self, i: usize, p: &Pipeline, route: &Route) -> bool {
+        let w = &self.workers[i];
+        let Some((rx, ps)) = &w.dies else {
+            return true;
+        };
+        if rx.is_empty() {
+            return false;
+        }
+        w.task.abort();
+        let processed = Arc::new(AtomicU64::new(0));
+        let again = restart_worker(
+            ps.clone(),
+            p.worker_configs[i].clone(),
+            Worker {
+                ps: ps.clone(),
+                n: u16::try_from(i + 1).unwrap_or(u16::MAX),
+                results_topic: route.results.clone(),
+                processed: processed.clone(),
+                redelivered: self.redelivered.clone(),
+                die_after: None,
+            },
+            route.frames.clone(),
+            self.stop.subscribe(),
+        );
+        self.restarted = Some(WorkerTask {
+            task: tokio::spawn(flag_failure(self.failed.clone(), again)),
+            processed,
+            dies: None,
+        });
+        true
+    }
+}
+
+/// Close the killed worker's connection, then run `worker` again on a new
+/// connection with its config, subscribed to `frames`.
+async fn restart_worker(
+    killed: PubSub,
+    config: Config,
+    mut worker: Worker,
+    frames: String,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let _ = killed.close().await;
+    worker.ps = PubSub::connect(&config).await?;
+    worker.ps.subscribe(frames.as_str()).await?;
+    let ps = worker.ps.clone();
+    let r = worker.run(stop).await;
+    let _ = ps.close().await;
+    r
 }
 
 /// Run `fut`; if it fails, raise `failed` so the sink stops waiting.
@@ -376,18 +626,18 @@ async fn join<T>(task: JoinHandle<Result<T, Error>>, what: &str) -> Result<T, Cl
 /// frame before it publishes it, the sink looks results up.
 type FrameIndex = Arc<Mutex<HashMap<i64, usize>>>;
 
-/// Publish `frames` frames (msight `ImageData`) at `rate`, then flush.
-/// Returns how many were published.
+/// Publish `frames` frames (msight `ImageData`) of `payload_size` bytes at
+/// `rate`, then flush; `progress` counts them and says when it is done.
 #[allow(clippy::too_many_arguments)]
 async fn source(
     ps: PubSub,
     index: FrameIndex,
     topic: String,
     sensor: String,
-    frames: u64,
-    payload_size: usize,
+    (frames, payload_size): (u64, usize),
     rate: Option<f64>,
     deadline: Instant,
+    progress: Arc<SourceProgress>,
 ) -> Result<u64, Error> {
     let mut pacer = Pacer::new(rate);
     let mut published = 0;
@@ -403,42 +653,78 @@ async fn source(
             .insert(frame.frame_id, id as usize);
         ps.publish(topic.as_str(), frame.encode()).await?;
         published += 1;
+        progress.published.store(published, Ordering::Release);
     }
     ps.flush().await?;
+    progress.done.store(true, Ordering::Release);
     Ok(published)
 }
 
-/// Take frames until told to stop; publish a result for each. Returns how
-/// many frames this worker processed.
-async fn worker(
+/// One worker of the group.
+struct Worker {
     ps: PubSub,
     n: u16,
     results_topic: String,
-    mut stop: watch::Receiver<bool>,
-) -> Result<u64, Error> {
-    let mut processed = 0;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            m = ps.recv() => m?,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let Some(frame) = Frame::decode(&msg.payload) else {
-            tracing::warn!(worker = n, topic = %msg.topic, "not an msight ImageData; ignored");
-            continue;
-        };
-        let result = FrameResult {
-            frame_id: frame.frame_id,
-            capture_us: frame.capture_us,
-            worker: n,
-            payload_len: u32::try_from(frame.payload.len()).unwrap_or(u32::MAX),
-            checksum: checksum(&frame.payload),
-        };
-        ps.publish(results_topic.as_str(), result.encode()).await?;
-        processed += 1;
+    processed: Arc<AtomicU64>,
+    /// Counts the frames given to a worker again.
+    redelivered: Arc<AtomicU64>,
+    /// Die holding the frame after this many, saying so on the sender.
+    die_after: Option<(u64, oneshot::Sender<()>)>,
+}
+
+impl Worker {
+    /// Take frames until told to stop; publish a result for each, then
+    /// (manual ack) acknowledge the frame.
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        let mut processed = 0;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                m = self.ps.recv() => m?,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            if self
+                .die_after
+                .as_ref()
+                .is_some_and(|(n, _)| processed >= *n)
+            {
+                // Holding this frame, unsettled: the sink aborts this task.
+                if let Some((_, tx)) = self.die_after.take() {
+                    let _ = tx.send(());
+                }
+                let _held = msg;
+                let never: std::convert::Infallible = std::future::pending().await;
+                match never {}
+            }
+            if msg.redelivered || msg.attempt > 1 {
+                self.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(frame) = Frame::decode(&msg.payload) else {
+                tracing::warn!(worker = self.n, topic = %msg.topic, "not an msight ImageData; ignored");
+                if msg.needs_settling() {
+                    msg.term()?;
+                }
+                continue;
+            };
+            let result = FrameResult {
+                frame_id: frame.frame_id,
+                capture_us: frame.capture_us,
+                worker: self.n,
+                payload_len: u32::try_from(frame.payload.len()).unwrap_or(u32::MAX),
+                checksum: checksum(&frame.payload),
+            };
+            self.ps
+                .publish(self.results_topic.as_str(), result.encode())
+                .await?;
+            if msg.needs_settling() {
+                msg.ack()?;
+            }
+            processed += 1;
+            self.processed.store(processed, Ordering::Release);
+        }
+        self.ps.flush().await?;
+        Ok(())
     }
-    ps.flush().await?;
-    Ok(processed)
 }
 
 /// The sink's bookkeeping.
@@ -517,7 +803,13 @@ impl Tally {
 impl Report {
     fn print(&mut self) {
         for (i, n) in self.per_worker.iter().enumerate() {
-            say!("worker {:<3}   {n} frames", i + 1);
+            let killed = match self.killed {
+                Some((k, after)) if usize::from(k) == i + 1 => {
+                    format!(" (killed after {after} frames, holding one, and started again)")
+                }
+                _ => String::new(),
+            };
+            say!("worker {:<3}   {n} frames{killed}", i + 1);
         }
         say!(
             "frames:      {} published, {} processed, {} results; lost {}, duplicated {}, corrupt {}",
@@ -541,6 +833,12 @@ impl Report {
             fmt_duration(self.elapsed)
         );
         say!("dropped:     {} by receive buffers", self.dropped);
+        if let Some(r) = self.redelivered {
+            say!(
+                "redelivered: {r} frame{} (manual ack: at least once, duplicates allowed)",
+                if r == 1 { "" } else { "s" }
+            );
+        }
         say!(
             "result:      {}",
             if self.problems().is_empty() {
@@ -562,9 +860,15 @@ impl Report {
                 self.published, self.frames
             ));
         }
+        // Manual ack is at least once: a frame may come twice, never lost.
+        let duplicated = if self.redelivered.is_some() {
+            0
+        } else {
+            self.duplicated
+        };
         for (n, what) in [
             (self.lost, "lost"),
-            (self.duplicated, "duplicated"),
+            (duplicated, "duplicated"),
             (self.corrupt + self.malformed, "corrupt"),
         ] {
             if n > 0 {
@@ -647,6 +951,8 @@ mod tests {
             elapsed: Duration::from_secs(1),
             dropped: 0,
             timed_out: None,
+            redelivered: None,
+            killed: None,
         };
         assert!(r.verdict().is_ok());
         r.lost = 2;

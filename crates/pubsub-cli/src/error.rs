@@ -13,6 +13,14 @@ pub enum CliError {
     Usage(String),
     /// The command ran but did not succeed (exit code 1).
     Failed(String),
+    /// A signal stopped the command, which finished cleanly: its one-line
+    /// summary (exit code 128 + the signal's number).
+    Interrupted {
+        /// SIGINT or SIGTERM.
+        signal: i32,
+        /// What was done, shown on stderr.
+        summary: String,
+    },
 }
 
 impl CliError {
@@ -21,6 +29,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Failed(_) => 1,
+            CliError::Interrupted { signal, .. } => crate::signals::exit_code(*signal),
             CliError::Library(e) => match e.kind() {
                 ErrorKind::InvalidConfig | ErrorKind::InvalidTopic | ErrorKind::Unsupported => 2,
                 _ => 1,
@@ -34,6 +43,19 @@ impl fmt::Display for CliError {
         match self {
             CliError::Library(e) => write!(f, "{e}"),
             CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+            CliError::Interrupted { signal, summary } => {
+                write!(f, "stopped by {}: {summary}", crate::signals::name(*signal))
+            }
+        }
+    }
+}
+
+impl CliError {
+    /// Stopped by `signal`, having done what `summary` says.
+    pub fn interrupted(signal: i32, summary: impl Into<String>) -> CliError {
+        CliError::Interrupted {
+            signal,
+            summary: summary.into(),
         }
     }
 }
@@ -60,5 +82,7 @@ mod tests {
         assert_eq!(code(ErrorKind::Timeout), 1);
         assert_eq!(CliError::Usage("u".into()).exit_code(), 2);
         assert_eq!(CliError::Failed("f".into()).exit_code(), 1);
+        assert_eq!(CliError::interrupted(2, "x").exit_code(), 130);
+        assert_eq!(CliError::interrupted(15, "x").exit_code(), 143);
     }
 }

@@ -9,6 +9,7 @@ mod frame;
 mod output;
 mod publish;
 mod settings;
+mod signals;
 mod stats;
 mod subscribe;
 
@@ -25,7 +26,8 @@ use crate::settings::Common;
 /// `MSIGHT_*` environment variables.
 ///
 /// Exit codes: 0 success, 1 runtime failure (connect, auth, timeout, lost
-/// frames), 2 usage or configuration error.
+/// frames or messages), 2 usage or configuration error, 130 / 143 stopped
+/// by SIGINT / SIGTERM (after a clean stop and a summary on stderr).
 #[derive(Debug, Parser)]
 #[command(name = "pubsub", version, max_term_width = 100)]
 struct Cli {
@@ -55,12 +57,31 @@ fn main() -> ExitCode {
                             // buffer's own warnings would bury their output.
     let reports_drops = matches!(cli.command, Command::Bench(_) | Command::Demo(_));
     init_tracing(cli.common.verbose, reports_drops);
+    let name = cli.command.name();
+    signals::install(name);
     backends::register_backends();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ CliError::Interrupted { .. }) => {
+            eprintln!("pubsub {name}: {e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+impl Command {
+    /// The command's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Pub(_) => "pub",
+            Command::Sub(_) => "sub",
+            Command::Bench(_) => "bench",
+            Command::Check(_) => "check",
+            Command::Demo(_) => "demo",
         }
     }
 }

@@ -17,7 +17,7 @@ use clap::ValueEnum;
 use msight_data::json::BytesAs;
 use msight_data::Value;
 use pubsub_core::codec::MsgPack;
-use pubsub_core::{Bytes, Codec};
+use pubsub_core::{Bytes, Codec, Message};
 
 /// Output format of `pubsub sub`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -28,7 +28,9 @@ pub enum Format {
     Raw,
     /// The payload as one line of lowercase hex.
     Hex,
-    /// One JSON object per line: {"topic", "len", "payload_base64"}.
+    /// One JSON object per line: {"topic", "len", "payload_base64",
+    /// "headers" (a list of [key, value] pairs, in order), "id" (the
+    /// broker's, or null), "attempt" (1 the first time)}.
     Json,
     /// Each msight message (MessagePack, as Python's `Data.serialize()`
     /// writes it) as one line of its JSON form; byte fields as
@@ -52,10 +54,10 @@ pub fn warn_if_in_process(ps: &pubsub_core::blocking::PubSub, consequence: &str)
 pub fn write_message(
     out: &mut dyn Write,
     format: Format,
-    topic: &str,
-    payload: &Bytes,
+    msg: &Message,
     bytes: BytesAs,
 ) -> io::Result<()> {
+    let (topic, payload) = (msg.topic.as_str(), &msg.payload);
     match format {
         Format::Msight => match msight_line(payload, bytes) {
             Ok(line) => {
@@ -94,6 +96,9 @@ pub fn write_message(
                 topic,
                 len: payload.len(),
                 payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+                headers: msg.headers.iter().collect(),
+                id: msg.id.as_deref(),
+                attempt: msg.attempt,
             };
             serde_json::to_writer(&mut *out, &object)?;
             out.write_all(b"\n")
@@ -116,6 +121,9 @@ struct JsonMessage<'a> {
     topic: &'a str,
     len: usize,
     payload_base64: String,
+    headers: Vec<(&'a str, &'a str)>,
+    id: Option<&'a str>,
+    attempt: u32,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -126,8 +134,8 @@ mod tests {
 
     fn render(format: Format, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let payload = Bytes::copy_from_slice(payload);
-        write_message(&mut out, format, "t.x", &payload, BytesAs::Length).unwrap();
+        let msg = Message::new("t.x", Bytes::copy_from_slice(payload));
+        write_message(&mut out, format, &msg, BytesAs::Length).unwrap();
         out
     }
 
@@ -152,7 +160,8 @@ mod tests {
              \"detection_results\": null, \"size\": [30, 100, 1]}\n"
         );
         let mut out = Vec::new();
-        write_message(&mut out, Format::Msight, "t", &payload, BytesAs::Base64).unwrap();
+        let msg = Message::new("t", payload.clone());
+        write_message(&mut out, Format::Msight, &msg, BytesAs::Base64).unwrap();
         let line = String::from_utf8(out).unwrap();
         assert_eq!(line.trim_end(), msight_data::json::to_json(&img).unwrap());
         // Not msight: nothing on standard output.
@@ -174,7 +183,22 @@ mod tests {
         assert_eq!(json["payload_base64"], "aGn/ACE=");
         assert_eq!(
             render(Format::Json, b""),
-            b"{\"topic\":\"t.x\",\"len\":0,\"payload_base64\":\"\"}\n"
+            b"{\"topic\":\"t.x\",\"len\":0,\"payload_base64\":\"\",\"headers\":[],\"id\":null,\"attempt\":1}\n"
+        );
+        // Headers in order (a key may repeat), the broker's id, the attempt.
+        let mut h = pubsub_core::Headers::new();
+        h.append("trace", "7f")
+            .append("hop", "a")
+            .append("hop", "b");
+        let msg = Message::new("t.y", Bytes::from_static(b"x"))
+            .with_headers(h)
+            .with_id("1700-0")
+            .with_attempt(3);
+        let mut out = Vec::new();
+        write_message(&mut out, Format::Json, &msg, BytesAs::Length).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"topic\":\"t.y\",\"len\":1,\"payload_base64\":\"eA==\",\"headers\":[[\"trace\",\"7f\"],[\"hop\",\"a\"],[\"hop\",\"b\"]],\"id\":\"1700-0\",\"attempt\":3}\n"
         );
     }
 }

@@ -1,16 +1,18 @@
 //! `pubsub pub TOPIC [MESSAGE]`.
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use clap::Args;
 use msight_data::Data;
 use pubsub_core::codec::MsgPack;
-use pubsub_core::{blocking::PubSub, validate_topic_name, Bytes, Codec, Config};
+use pubsub_core::{blocking::PubSub, validate_topic_name, Bytes, Codec, Config, Headers};
 
 use crate::error::CliError;
 use crate::settings::parse_rate;
+use crate::signals;
 use crate::stats::Pacer;
 
 /// Publish one message, a file, or each line of standard input.
@@ -40,9 +42,21 @@ pub struct PubArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
 
-    /// At most this many messages per second (default: no limit)
+    /// At most this many messages per second; 0 (the default): no limit
     #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
+
+    /// A header of every message, KEY=VALUE; repeat it for more (kept in
+    /// order; a key may repeat). Backends without headers refuse it
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{text:?}: write a header as KEY=VALUE")),
+    }
 }
 
 pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
@@ -57,15 +71,33 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
         (None, None, Some(path)) => Some(msight_payloads(path)?),
         (None, None, None) => None,
     };
+    let headers: Headers = args.headers.iter().cloned().collect();
+    headers
+        .validate()
+        .map_err(|e| CliError::Usage(format!("--header: {}", e.message())))?;
+    let from_stdin = fixed.is_none();
     let ps = PubSub::connect(config)?;
+    signals::connected();
     tracing::info!(backend = ps.backend_name(), topic = %args.topic, "connected");
     crate::output::warn_if_in_process(&ps, "no other process receives these messages");
+    if from_stdin && io::stdin().is_terminal() {
+        eprintln!(
+            "reading messages from standard input, one per line; end with Ctrl-D \
+             (or give MESSAGE, --file or --msight-json)"
+        );
+    }
     let mut pacer = Pacer::new(args.rate);
     let mut sent = 0u64;
     let mut send = |payload: &Bytes| -> Result<(), CliError> {
         for _ in 0..args.count {
-            pacer.wait_blocking();
-            ps.publish(args.topic.as_str(), payload.clone())?;
+            if let Some(sig) = signals::sleep(pacer.next_delay()) {
+                return Err(CliError::interrupted(sig, ""));
+            }
+            if headers.is_empty() {
+                ps.publish(args.topic.as_str(), payload.clone())?;
+            } else {
+                ps.publish_with_headers(args.topic.as_str(), headers.clone(), payload.clone())?;
+            }
             sent += 1;
         }
         Ok(())
@@ -76,6 +108,17 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
     };
     // Whatever happened, send what was accepted and disconnect.
     let closed = ps.flush().and_then(|()| ps.close());
+    if let Err(CliError::Interrupted { signal, .. }) = result {
+        closed?;
+        return Err(CliError::interrupted(
+            signal,
+            format!(
+                "{} messages published to {} (flushed)",
+                ps.stats().published,
+                args.topic
+            ),
+        ));
+    }
     result?;
     closed?;
     let stats = ps.stats();
@@ -84,6 +127,9 @@ pub fn run(args: &PubArgs, config: &Config) -> Result<(), CliError> {
             "{sent} messages sent but {} accepted",
             stats.published
         )));
+    }
+    if from_stdin && sent == 0 {
+        eprintln!("no input: 0 messages published to {}", args.topic);
     }
     tracing::info!(messages = sent, topic = %args.topic, "published and flushed");
     Ok(())
@@ -119,25 +165,46 @@ fn msight_payloads(path: &Path) -> Result<Vec<Bytes>, CliError> {
 }
 
 /// Call `f` with each line of standard input, without its line ending
-/// (`\n` or `\r\n`), as it is read.
+/// (`\n` or `\r\n`), as it is read. The lines are read by a thread of
+/// their own, so that a signal stops the command while it waits for input.
 fn each_stdin_line(mut f: impl FnMut(Bytes) -> Result<(), CliError>) -> Result<(), CliError> {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| CliError::Failed(format!("reading standard input: {e}")))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
+    let (tx, lines) = mpsc::sync_channel::<io::Result<Option<Bytes>>>(64);
+    // Ends at the end of the input; blocked on a read, it ends with the process.
+    std::thread::spawn(move || {
+        let stdin = io::stdin();
+        let mut input = stdin.lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let line = match input.read_until(b'\n', &mut buf) {
+                Ok(0) => Ok(None),
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                        if buf.last() == Some(&b'\r') {
+                            buf.pop();
+                        }
+                    }
+                    Ok(Some(Bytes::copy_from_slice(&buf)))
+                }
+                Err(e) => Err(e),
+            };
+            let last = !matches!(line, Ok(Some(_)));
+            if tx.send(line).is_err() || last {
+                return;
             }
         }
-        f(Bytes::copy_from_slice(&buf))?;
+    });
+    loop {
+        match lines.recv_timeout(signals::POLL) {
+            Ok(Ok(Some(line))) => f(line)?,
+            Ok(Ok(None)) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Ok(Err(e)) => return Err(CliError::Failed(format!("reading standard input: {e}"))),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(sig) = signals::stop_requested() {
+                    return Err(CliError::interrupted(sig, ""));
+                }
+            }
+        }
     }
 }

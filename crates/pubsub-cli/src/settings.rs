@@ -14,8 +14,9 @@ use crate::error::CliError;
 /// The backend and its settings, as the library takes them.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Backend: memory, nats, redis or mqtt (those compiled in) [default:
-    /// `backend` of the config, else MSIGHT_PUBSUB_BACKEND, else memory]
+    /// Backend: memory, nats, redis or mqtt (those compiled in), any case
+    /// [default: MSIGHT_PUBSUB_BACKEND, else `backend` of the config file,
+    /// else memory]
     #[arg(
         long,
         global = true,
@@ -89,6 +90,55 @@ pub fn isolate_memory_namespace(
     Ok(())
 }
 
+/// How long a demo or bench connection's MQTT session outlives it when the
+/// command keeps sessions (manual ack) and none is configured.
+#[cfg(feature = "mqtt")]
+pub const SESSION_EXPIRY: Duration = Duration::from_secs(60);
+
+/// The config of one of the several connections a command opens, `role`
+/// naming it (`source`, `sink`, `w1`, `pub2` ...): identities the broker
+/// holds per client are made distinct, since two connections under one
+/// MQTT client id throw each other off, and two Redis stream readers under
+/// one consumer name share their pending entries. A configured
+/// `mqtt.client_id` or `redis.stream_consumer` becomes `<it>-<role>`. With
+/// `keep_session` (manual ack on MQTT, where the broker keeps what a client
+/// has not acknowledged in its session), a client id is made if none is
+/// configured (`pubsub-<run>-<role>`, the same for a client started again in
+/// that role) and `mqtt.session_expiry` defaults to 60 s.
+// Without the mqtt and redis features there is nothing to change.
+#[allow(unused_mut, unused_variables)]
+pub fn for_connection(
+    config: &Config,
+    role: &str,
+    run: &str,
+    keep_session: bool,
+) -> Result<Config, CliError> {
+    let mut c = config.clone();
+    match c.backend.as_str() {
+        #[cfg(feature = "mqtt")]
+        "mqtt" => {
+            let mqtt = c.section_mut::<pubsub_mqtt::MqttConfig>()?;
+            mqtt.client_id = match (&mqtt.client_id, keep_session) {
+                (Some(id), _) => Some(format!("{id}-{role}")),
+                (None, true) => Some(format!("pubsub-{run}-{role}")),
+                (None, false) => None,
+            };
+            if keep_session && mqtt.session_expiry.is_none() {
+                mqtt.session_expiry = Some(SESSION_EXPIRY);
+            }
+        }
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let redis = c.section_mut::<pubsub_redis::RedisConfig>()?;
+            if let Some(name) = &redis.stream_consumer {
+                redis.stream_consumer = Some(format!("{name}-{role}"));
+            }
+        }
+        _ => {}
+    }
+    Ok(c)
+}
+
 /// A duration on the command line: a number of seconds (`30`, `2.5`) or a
 /// number with a unit (`250ms`, `30s`, `2m`, `1h`, `500us`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -115,12 +165,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// A positive, finite rate (messages per second).
+/// A rate per second, with one meaning for every command: a positive
+/// number, or `0` for no limit (as fast as the backend accepts).
 pub fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r.abs()),
         _ => Err(format!(
-            "{text:?} is not a rate; write a number of messages per second above 0"
+            "{text:?} is not a rate; write a number per second, or 0 for no limit"
         )),
     }
 }
@@ -150,10 +201,12 @@ mod tests {
     }
 
     #[test]
-    fn rates_must_be_positive() {
+    fn rates_are_positive_or_zero_for_no_limit() {
         assert_eq!(parse_rate("100").unwrap(), 100.0);
         assert_eq!(parse_rate("0.5").unwrap(), 0.5);
-        for bad in ["0", "-3", "fast", "inf", "NaN"] {
+        assert_eq!(parse_rate("0").unwrap(), 0.0);
+        assert_eq!(parse_rate("-0").unwrap(), 0.0);
+        for bad in ["-3", "fast", "inf", "NaN", "-0.5"] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
     }

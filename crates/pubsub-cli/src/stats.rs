@@ -128,14 +128,6 @@ impl Pacer {
         due.saturating_duration_since(Instant::now())
     }
 
-    /// Block the thread until the next event is due.
-    pub fn wait_blocking(&mut self) {
-        let d = self.next_delay();
-        if !d.is_zero() {
-            std::thread::sleep(d);
-        }
-    }
-
     /// Sleep (async) until the next event is due.
     pub async fn wait(&mut self) {
         let d = self.next_delay();
@@ -184,7 +176,7 @@ mod tests {
         let mut p = Pacer::new(Some(100.0));
         let t0 = Instant::now();
         for _ in 0..6 {
-            p.wait_blocking();
+            std::thread::sleep(p.next_delay());
         }
         let e = t0.elapsed();
         // Events 0..=5 at 10 ms spacing: the sixth is due at 50 ms.

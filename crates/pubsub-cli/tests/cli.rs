@@ -90,7 +90,7 @@ fn check_on_memory_prints_the_config_without_secrets() {
         ("MSIGHT_NATS_USERNAME", "alice"),
         ("MSIGHT_NATS_PASSWORD", "hunter2-marker"),
     ])
-    .arg("check"));
+    .args(["check", "--all-sections"]));
     assert_code(&o, 0);
     let out = stdout(&o);
     assert!(out.contains("backend = \"memory\""), "{out}");
@@ -101,24 +101,6 @@ fn check_on_memory_prints_the_config_without_secrets() {
     assert!(out.contains("capabilities: groups yes"), "{out}");
     assert!(out.contains("round trip:   "), "{out}");
     assert!(out.trim_end().ends_with("OK"), "{out}");
-}
-
-#[test]
-fn check_prints_json_on_request() {
-    let o = run(pubsub(&[("MSIGHT_PUBSUB_GROUP_ID", "g1")]).args(["check", "--format", "json"]));
-    assert_code(&o, 0);
-    let out = stdout(&o);
-    // The JSON document sits between the comment line and the first blank line.
-    let json: String = out
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("the config is JSON");
-    assert_eq!(v["backend"], "memory");
-    assert_eq!(v["group_id"], "g1");
-    assert_eq!(v["buffer"]["capacity"], 10000);
 }
 
 #[test]
@@ -319,7 +301,7 @@ fn usage_errors_exit_2() {
         &["sub", "x", "--format", "xml"],
         &["sub", "x", "--timeout", "soon"],
         &["sub", "x", "--count", "0"],
-        &["pub", "x", "msg", "--rate", "0"],
+        &["pub", "x", "msg", "--rate", "fast"],
         &["pub", "x", "msg", "--file", "f"],
         &["frobnicate"],
     ] {
@@ -579,6 +561,24 @@ mod nats {
             "{}",
             stdout(&o)
         );
+    }
+
+    /// Core NATS keeps nothing: `demo --ack manual` is refused, saying which
+    /// backends can (exit 2), not run at most once.
+    #[test]
+    fn demo_with_manual_ack_is_refused_clearly_on_core_nats() {
+        let server = NatsServer::start();
+        let vars = nats_env(&server);
+        let o =
+            run(pubsub(&as_refs(&vars)).args(["demo", "--ack", "manual", "--kill-worker", "10"]));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.starts_with("error: demo --ack manual: "), "{err}");
+        assert!(
+            err.contains("core NATS") && err.contains("redis.mode = \"streams\""),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "{}", stdout(&o));
     }
 
     #[test]

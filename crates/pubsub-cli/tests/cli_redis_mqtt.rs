@@ -138,6 +138,417 @@ mod redis {
         assert!(o.stdout.is_empty());
     }
 
+    /// A site-wide group id does not stop a publisher on Redis pubsub mode
+    /// (issue 16, item 10): the group applies to subscriptions only.
+    #[test]
+    fn pub_with_a_group_id_on_redis_pubsub_mode_publishes() {
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "pubsub");
+        vars.push(("MSIGHT_PUBSUB_GROUP_ID", "node-group".to_string()));
+        let env = as_refs(&vars);
+        let topic = "cli.grouped-publisher";
+        let mut plain = redis_env(&server, "pubsub");
+        plain.push(("MSIGHT_PUBSUB_GROUP_ID", String::new()));
+        let mut cmd = pubsub(&as_refs(&plain));
+        cmd.args(["sub", topic, "--count", "1", "--timeout", "30"]);
+        let sub = start_sub(cmd, &[topic]);
+        let o = run(pubsub(&env).args(["pub", topic, "hi", "--group", "g"]));
+        assert_code(&o, 0);
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert_eq!(out, b"hi\n");
+        // Subscribing in the group is what is refused.
+        let o = run(pubsub(&env).args(["sub", topic, "--timeout", "5"]));
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).contains("set redis.mode = \"streams\""),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    /// `demo`, `check` and `bench` in streams mode leave no stream and no
+    /// consumer group behind (issue 16, item 13), also after a failure.
+    #[test]
+    fn streams_mode_commands_leave_nothing_behind() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let env = as_refs(&vars);
+        assert_clean_demo(&run(pubsub(&env).args(["demo", "--frames", "200"])), 200, 3);
+        assert_code(&run(pubsub(&env).arg("check")), 0);
+        let o = run(pubsub(&env)
+            .args(["bench", "--msgs", "2000", "--subs", "2", "--group", "g"])
+            .args(["--latency-samples", "20", "--no-progress"]));
+        assert_code(&o, 0);
+        // A demo that fails (out of time) cleans up too.
+        let o = run(pubsub(&env).args([
+            "demo",
+            "--frames",
+            "1000",
+            "--rate",
+            "50",
+            "--timeout",
+            "1s",
+        ]));
+        assert_code(&o, 1);
+        assert_eq!(
+            server.cli(&["DBSIZE"]).trim(),
+            "0",
+            "{}",
+            server.cli(&["KEYS", "*"])
+        );
+    }
+
+    /// `demo --ack manual --kill-worker N` on Redis streams: the frames the
+    /// killed worker held are claimed by the others after ack_wait; lost 0.
+    #[test]
+    fn demo_with_a_killed_worker_loses_nothing_on_redis_streams() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "demo",
+            "--ack",
+            "manual",
+            "--kill-worker",
+            "100",
+            "--ack-wait",
+            "1s",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        println!("{out}");
+        assert!(
+            out.contains("(killed after 100 frames, holding one, and started again)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("1000 published") && out.contains("lost 0,"),
+            "{out}"
+        );
+        assert!(
+            demo_redelivered(&out) >= 1,
+            "the held frame came back: {out}"
+        );
+        assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
+    }
+
+    /// At least once on the command line (issue 12): two `sub --group g
+    /// --ack manual` share a stream; one blocks writing its output (nobody
+    /// reads its stdout) and is killed with SIGKILL. It acknowledged only
+    /// what it had written and flushed, so the other member, or the test
+    /// reading the killed one's pipe, has every message.
+    #[test]
+    fn a_subscriber_killed_while_writing_loses_nothing_with_manual_ack() {
+        const N: usize = 3000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_PUBSUB_ACK_WAIT", "4s".into()));
+        vars.push(("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "100".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.at-least-once";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "manual"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        // 4 KiB lines: the 64 KiB pipe is full after about 16.
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        // The healthy member takes all it can; then its count stands still
+        // (the rest is held by the blocked member, not yet past ack_wait).
+        let mut last = 0;
+        let mut still_since = Instant::now();
+        let t0 = Instant::now();
+        loop {
+            let n = ids(&healthy.stdout_now()).len();
+            if n != last {
+                last = n;
+                still_since = Instant::now();
+            }
+            if still_since.elapsed() >= Duration::from_millis(800) && n > 0 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no progress: {n}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!blocked.exited(), "the blocked member is still there");
+        let before_kill = last;
+        assert!(before_kill < N, "the blocked member holds some");
+        let killed_at = Instant::now();
+        let _ = blocked.kill();
+        let mut written_by_killed = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written_by_killed).unwrap();
+        }
+        let killed_ids = ids(&written_by_killed);
+        assert!(
+            !killed_ids.is_empty(),
+            "the killed member wrote some before it blocked"
+        );
+        // The healthy member now gets what the killed one held.
+        let complete = healthy.wait_until(Duration::from_secs(30), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(killed_ids.iter().copied());
+            all.len() == N
+        });
+        let redelivered_after = killed_at.elapsed();
+        let healthy_ids = ids(&healthy.stdout_now());
+        healthy.signal(libc::SIGTERM);
+        let (status, _, err) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = healthy_ids.iter().copied().collect();
+        let duplicates =
+            healthy_ids.len() - all.len() + killed_ids.iter().filter(|i| all.contains(i)).count();
+        all.extend(killed_ids.iter().copied());
+        println!(
+            "{N} published; the healthy member had {before_kill} before the kill; the killed one wrote {} (acknowledged) and held {} unsettled; all {} reached the healthy member {:?} after the kill (ack_wait 4 s); lost {}, duplicates {duplicates}",
+            killed_ids.len(),
+            N - before_kill - killed_ids.len(),
+            healthy_ids.len() - before_kill,
+            redelivered_after,
+            N - all.len()
+        );
+        assert!(complete, "lost {} of {N}", N - all.len());
+        assert_eq!(all.len(), N);
+        assert_eq!(status.code(), Some(143), "{err}");
+        assert!(err.contains("pubsub sub: stopped by SIGTERM: "), "{err}");
+    }
+
+    /// Stopped by SIGTERM while its output is blocked, a `sub --ack manual`
+    /// settles nothing it did not write and releases what it holds at
+    /// once (nak 0): the other member has them in about a second, not
+    /// after ack_wait (30 s here).
+    #[test]
+    fn a_stopped_manual_ack_subscriber_releases_what_it_holds_at_once() {
+        const N: usize = 1000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_PUBSUB_ACK_WAIT", "30s".into()));
+        vars.push(("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "100".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.released";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "manual"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+        // It has read its first batch and blocked writing it; the other
+        // member joins only now, so the blocked one surely holds some.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        let stopped_at = Instant::now();
+        blocked.signal(libc::SIGTERM);
+        let (status, _, err) = blocked.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(143), "{err}");
+        let summary = err.lines().last().unwrap_or_default().to_string();
+        let released: usize = summary
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" released for redelivery"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a summary: {err}"));
+        assert!(released > 0, "it held some: {summary}");
+        let mut written = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written).unwrap();
+        }
+        let written_ids = ids(&written);
+        let complete = healthy.wait_until(Duration::from_secs(10), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(written_ids.iter().copied());
+            all.len() == N
+        });
+        let took = stopped_at.elapsed();
+        healthy.signal(libc::SIGTERM);
+        let (_, out, _) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = ids(&out).into_iter().collect();
+        all.extend(written_ids.iter().copied());
+        println!(
+            "{summary}; all {N} at the other member {took:?} after SIGTERM; lost {}",
+            N - all.len()
+        );
+        assert!(complete, "lost {}", N - all.len());
+        assert!(
+            took < Duration::from_secs(10),
+            "released at once, not after ack_wait: {took:?}"
+        );
+    }
+
+    /// `pub --header` publishes headers in order (a key may repeat), and
+    /// `sub --format json` shows them with the entry id and the attempt;
+    /// Redis pubsub mode, which has no headers, refuses them (exit 2).
+    #[test]
+    fn pub_headers_reach_sub_json_with_id_and_attempt() {
+        let server = RedisServer::start();
+        let vars = redis_env(&server, "streams");
+        let env = as_refs(&vars);
+        let topic = "cli.headers";
+        let mut cmd = pubsub(&env);
+        cmd.args([
+            "sub",
+            topic,
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+            "--format",
+            "json",
+        ]);
+        let sub = start_sub(cmd, &[topic]);
+        let o = run(pubsub(&env).args([
+            "pub",
+            topic,
+            "hi",
+            "--header",
+            "trace=7f3a",
+            "--header",
+            "hop=camera",
+            "--header",
+            "hop=detector",
+        ]));
+        assert_code(&o, 0);
+        let (status, out, err) = sub.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(0), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["headers"],
+            serde_json::json!([["trace", "7f3a"], ["hop", "camera"], ["hop", "detector"]])
+        );
+        assert_eq!(v["attempt"], 1);
+        let id = v["id"].as_str().expect("the entry id");
+        assert!(
+            id.contains('-') && id.starts_with(|c: char| c.is_ascii_digit()),
+            "{id}"
+        );
+        assert_eq!(v["payload_base64"], "aGk=");
+
+        let vars = redis_env(&server, "pubsub");
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", topic, "hi", "--header", "a=1"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("headers"), "{}", stderr(&o));
+        let o = run(pubsub(&as_refs(&vars)).args(["pub", topic, "hi", "--header", "novalue"]));
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
+    }
+
+    /// In auto ack mode a stopped `sub` leaves what it buffered and did not
+    /// take unacknowledged, so another group member gets it after
+    /// `redis.stream_claim_idle`; only the message it was writing when
+    /// stopped (taken, so acknowledged) may be lost.
+    #[test]
+    fn a_stopped_auto_ack_subscriber_leaves_its_buffer_to_the_group() {
+        const N: usize = 1000;
+        let server = RedisServer::start();
+        let mut vars = redis_env(&server, "streams");
+        vars.push(("MSIGHT_REDIS_MESSAGE_BROKER_STREAM_CLAIM_IDLE", "1s".into()));
+        let env = as_refs(&vars);
+        let topic = "cli.auto-stopped";
+        let sub_args = ["sub", topic, "--group", "g", "--ack", "auto"];
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let (mut blocked, blocked_out) =
+            Background::spawn_unread_stdout("pubsub sub (unread)", &mut cmd);
+        assert!(
+            blocked.wait_until(READY_TIMEOUT, |_, err| err
+                .contains(&format!("subscribed to {topic}"))),
+            "{}",
+            blocked.stderr_now()
+        );
+        let pad = "x".repeat(4000);
+        let input: String = (0..N).map(|i| format!("{i:06}-{pad}\n")).collect();
+        let publisher = Background::spawn_with_input(
+            "pubsub pub",
+            pubsub(&env).args(["pub", topic]),
+            input.as_bytes(),
+        );
+        let (status, _, err) = publisher.finish(COMMAND_TIMEOUT);
+        assert!(status.success(), "{err}");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cmd = pubsub(&env);
+        cmd.args(sub_args);
+        let mut healthy = start_sub(cmd, &[topic]);
+        std::thread::sleep(Duration::from_millis(500));
+        blocked.signal(libc::SIGTERM);
+        let (status, _, err) = blocked.finish(COMMAND_TIMEOUT);
+        assert_eq!(status.code(), Some(143), "{err}");
+        let ids = |out: &[u8]| -> Vec<usize> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| l.len() == 4007)
+                .map(|l| std::str::from_utf8(&l[..6]).unwrap().parse().unwrap())
+                .collect()
+        };
+        let mut written = Vec::new();
+        {
+            use std::io::Read;
+            let mut pipe = blocked_out;
+            pipe.read_to_end(&mut written).unwrap();
+        }
+        let written_ids = ids(&written);
+        let all_but_one = healthy.wait_until(Duration::from_secs(15), |out, _| {
+            let mut all: std::collections::BTreeSet<usize> = ids(out).into_iter().collect();
+            all.extend(written_ids.iter().copied());
+            all.len() >= N - 1
+        });
+        healthy.signal(libc::SIGTERM);
+        let (_, out, _) = healthy.finish(COMMAND_TIMEOUT);
+        let mut all: std::collections::BTreeSet<usize> = ids(&out).into_iter().collect();
+        all.extend(written_ids.iter().copied());
+        assert!(
+            all_but_one,
+            "lost {} of {N} (at most the one being written may be)",
+            N - all.len()
+        );
+    }
+
     #[test]
     fn check_against_live_redis_succeeds_in_both_modes() {
         let server = RedisServer::start();
@@ -367,6 +778,39 @@ mod mqtt {
         ]
     }
 
+    /// `demo --ack manual --kill-worker N` on MQTT: each worker gets a
+    /// client id and a session of its own; the killed one, started again
+    /// under its id, gets back from its session what it held; lost 0.
+    #[test]
+    fn demo_with_a_killed_worker_loses_nothing_on_mqtt() {
+        let broker = Mosquitto::start();
+        let vars = mqtt_env(&broker);
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "demo",
+            "--ack",
+            "manual",
+            "--kill-worker",
+            "100",
+            "--ack-wait",
+            "1s",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        println!("{out}");
+        assert!(
+            out.contains("(killed after 100 frames, holding one, and started again)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("1000 published") && out.contains("lost 0,"),
+            "{out}"
+        );
+        assert!(
+            demo_redelivered(&out) >= 1,
+            "the held frame came back: {out}"
+        );
+    }
+
     /// `mosquitto_pub` / `mosquitto_sub` pointed at the broker.
     fn mosquitto_client(name: &str, broker: &Mosquitto) -> Command {
         let mut cmd = Command::new(find_binary(name));
@@ -422,17 +866,30 @@ mod mqtt {
         let text = String::from_utf8(out).unwrap();
         // The real topics, not the filter nor the `$share/...` form.
         assert!(
-            text.contains("{\"topic\":\"cli/sensors/a\",\"len\":1,\"payload_base64\":\"MQ==\"}"),
+            text.contains("{\"topic\":\"cli/sensors/a\",\"len\":1,\"payload_base64\":\"MQ==\","),
             "{text}"
         );
         assert!(
-            text.contains("{\"topic\":\"cli/sensors/b/c\",\"len\":1,\"payload_base64\":\"Mg==\"}"),
+            text.contains("{\"topic\":\"cli/sensors/b/c\",\"len\":1,\"payload_base64\":\"Mg==\","),
             "{text}"
         );
         assert!(
             broker.log_contents().contains("$share/g/cli/sensors/#"),
             "a shared subscription"
         );
+    }
+
+    /// A NATS wildcard on MQTT is refused, naming MQTT's own (issue 16,
+    /// item 11); it was subscribed to as a plain topic name.
+    #[test]
+    fn a_nats_wildcard_on_mqtt_is_refused_naming_mqtts_own() {
+        let broker = Mosquitto::start();
+        let vars = mqtt_env(&broker);
+        let o = run(pubsub(&as_refs(&vars)).args(["sub", "sensors.>", "--timeout", "5"]));
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains("`>` is a NATS wildcard"), "{err}");
+        assert!(err.contains("`+` (one level) and `#` (the rest)"), "{err}");
     }
 
     #[test]

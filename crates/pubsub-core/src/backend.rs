@@ -346,6 +346,23 @@ pub trait PubSubBackend: Send + Sync + fmt::Debug + 'static {
         ))
     }
 
+    /// Delete what the broker keeps of `topic` for this library (a Redis
+    /// stream with its consumer groups), for a program that made the topic
+    /// for itself and is done with it. The default does nothing, right for
+    /// a broker that keeps nothing.
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let _ = topic;
+        Ok(())
+    }
+
+    /// Extra checks of subscribing in `group`, before
+    /// [`Capabilities::groups`] is looked at: a backend without groups (in
+    /// some mode) can say here what to do instead. The default accepts.
+    fn check_subscribe_group(&self, group: &str) -> Result<()> {
+        let _ = group;
+        Ok(())
+    }
+
     /// Wait until the broker has received everything accepted by `publish`.
     async fn flush(&self) -> Result<()>;
 

@@ -220,6 +220,12 @@ impl PubSub {
         self.inner.codec()
     }
 
+    /// Delete what the broker keeps of `topic`; see
+    /// [`crate::PubSub::delete_topic`].
+    pub fn delete_topic(&self, topic: impl TopicName) -> Result<()> {
+        run(self.inner.delete_topic(topic))
+    }
+
     /// Wait until everything accepted has been written to the broker.
     pub fn flush(&self) -> Result<()> {
         run(self.inner.flush())

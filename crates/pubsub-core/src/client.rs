@@ -166,16 +166,9 @@ impl PubSub {
                 ),
             ));
         }
-        if config.group_id.is_some() && !capabilities.groups {
-            let _ = backend.close().await;
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "group_id: the {} backend, as configured, has no groups; remove group_id or choose a mode with groups",
-                    factory.name()
-                ),
-            ));
-        }
+        // A `group_id` on a backend without groups is refused when a
+        // subscription would use it, not here: a publisher has no use for
+        // it, and a site-wide group id must not stop publishers.
         Ok(PubSub {
             inner: Arc::new(Inner {
                 backend,
@@ -221,7 +214,9 @@ impl PubSub {
         self.check_open()?;
         validate_topic_name(name)?;
         self.inner.backend.check_subscribe_topic(name)?;
+        check_wildcards(name, &self.inner.capabilities, self.inner.name)?;
         if let Some(g) = group {
+            self.inner.backend.check_subscribe_group(g)?;
             if !self.inner.capabilities.groups {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
@@ -268,6 +263,18 @@ impl PubSub {
         subs.remove(name);
         self.inner.inbox.set_subscribed(!subs.is_empty());
         Ok(())
+    }
+
+    /// Delete what the broker keeps of `topic` (a Redis stream and its
+    /// consumer groups; nothing where the broker keeps nothing), within
+    /// `close_timeout`. For a program that made a topic for itself (a test,
+    /// a benchmark) and is done with it: other programs' messages on it go too.
+    pub async fn delete_topic(&self, topic: impl TopicName) -> Result<()> {
+        let name = topic.topic_name();
+        self.check_open()?;
+        validate_topic_name(name)?;
+        self.with_close_timeout("delete_topic", self.inner.backend.delete_topic(name))
+            .await
     }
 
     /// The topics subscribed now.
@@ -580,6 +587,48 @@ fn receive_buffer(config: &Config) -> BufferConfig {
     }
 }
 
+/// The wildcards of the two syntaxes: NATS (`*` one token, `>` the rest,
+/// tokens separated by `.`) and MQTT (`+` one level, `#` the rest, levels
+/// separated by `/`).
+const NATS_WILDCARDS: (char, [&str; 2]) = ('.', ["*", ">"]);
+const MQTT_WILDCARDS: (char, [&str; 2]) = ('/', ["+", "#"]);
+
+/// Refuse a subscription to `topic` when it holds a wildcard of a syntax
+/// the backend does not have (it would be taken as a plain topic name,
+/// which is never what was meant), naming the backend's own wildcards.
+fn check_wildcards(topic: &str, capabilities: &Capabilities, backend: &str) -> Result<()> {
+    let own: Vec<&str> = capabilities
+        .wildcards
+        .map(|w| w.split_whitespace().collect())
+        .unwrap_or_default();
+    for (syntax, (separator, tokens)) in [("NATS", NATS_WILDCARDS), ("MQTT", MQTT_WILDCARDS)] {
+        if tokens.iter().any(|t| own.contains(t)) {
+            continue;
+        }
+        let Some(found) = topic.split(separator).find(|part| tokens.contains(part)) else {
+            continue;
+        };
+        let instead = if own.contains(&"*") {
+            format!("the {backend} backend's wildcards are `*` (one token) and `>` (the rest), tokens separated by `.`")
+        } else if own.contains(&"+") {
+            format!("the {backend} backend's wildcards are `+` (one level) and `#` (the rest), levels separated by `/`")
+        } else if let Some(w) = capabilities.wildcards {
+            format!("the {backend} backend's wildcards are {w}")
+        } else {
+            format!(
+                "the {backend} backend has no wildcards: subscribe to each topic by its full name"
+            )
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidTopic,
+            format!(
+                "topic {topic:?}: `{found}` is a {syntax} wildcard, which this backend would take as part of a plain topic name; {instead}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_subscribed() -> Error {
     Error::new(
         ErrorKind::NotSubscribed,
@@ -594,5 +643,57 @@ pub(crate) fn recv_result(r: Recv) -> Result<Option<Message>> {
         Recv::Timeout => Ok(None),
         Recv::NotSubscribed => Err(not_subscribed()),
         Recv::Closed => Err(Error::closed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(wildcards: Option<&'static str>) -> Capabilities {
+        Capabilities {
+            wildcards,
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn wildcards_of_another_syntax_are_refused_naming_the_backends_own() {
+        let nats = caps(Some("* >"));
+        let mqtt = caps(Some("+ #"));
+        let none = caps(None);
+        for ok in ["a.*", "a.>", "a.*.c", "a.b"] {
+            assert!(check_wildcards(ok, &nats, "nats").is_ok(), "{ok}");
+        }
+        for ok in ["a/+", "a/#", "a/+/c", "a/b", "a.b"] {
+            assert!(check_wildcards(ok, &mqtt, "mqtt").is_ok(), "{ok}");
+        }
+        // Not a whole token or level: a plain name everywhere.
+        for ok in ["a*b", "a.b>", "a+b/c", "x#"] {
+            for c in [&nats, &mqtt, &none] {
+                assert!(check_wildcards(ok, c, "b").is_ok(), "{ok}");
+            }
+        }
+        let e = check_wildcards("sensors.>", &mqtt, "mqtt").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidTopic);
+        let msg = e.to_string();
+        assert!(msg.contains("`>` is a NATS wildcard"), "{msg}");
+        assert!(msg.contains("`+` (one level) and `#`"), "{msg}");
+        let msg = check_wildcards("a/#", &nats, "nats")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`#` is a MQTT wildcard") && msg.contains("`*` (one token)"),
+            "{msg}"
+        );
+        for bad in ["a.>", "a.*.c", "a/+/c", "#"] {
+            let msg = check_wildcards(bad, &none, "memory")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("the memory backend has no wildcards"),
+                "{bad}: {msg}"
+            );
+        }
     }
 }

@@ -47,6 +47,40 @@ pub struct TlsFiles<'a> {
     pub verify: bool,
 }
 
+impl TlsFiles<'_> {
+    /// The keys of the files that are set (`nats.tls_ca_cert`, ...).
+    pub fn keys_set(&self) -> Vec<String> {
+        [
+            (self.ca_key, self.ca),
+            (self.cert_key, self.cert),
+            (self.key_key, self.key),
+        ]
+        .into_iter()
+        .filter(|(_, path)| path.is_some())
+        .map(|(key, _)| format!("{}.{key}", self.section))
+        .collect()
+    }
+}
+
+/// With TLS off, TLS files that are set are not used: warn about them, so
+/// that a forgotten `tls = true` does not pass unnoticed. `enable` says how
+/// to turn TLS on for the backend. The same words on every backend.
+pub fn warn_files_without_tls(files: &TlsFiles<'_>, enable: &str) {
+    let set = files.keys_set();
+    if set.is_empty() {
+        return;
+    }
+    let (verb, them) = if set.len() == 1 {
+        ("is", "it is")
+    } else {
+        ("are", "they are")
+    };
+    tracing::warn!(
+        "{} {verb} set but TLS is off, so {them} not used: {enable}",
+        set.join(", ")
+    );
+}
+
 fn tls_err(key: &str, msg: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Tls, format!("{key}: {msg}"))
 }

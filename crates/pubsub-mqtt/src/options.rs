@@ -89,9 +89,10 @@ impl Options {
         if broker.tls {
             let tls = pubsub_core::tls::client_config(&tls_files(&mqtt))?;
             client_options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
-        } else if mqtt.tls_ca_cert.is_some() || mqtt.tls_cert.is_some() {
-            tracing::warn!(
-                "mqtt.tls_ca_cert / mqtt.tls_cert are set but TLS is off: set mqtt.tls = true (MSIGHT_MQTT_USE_TLS) or use an mqtts:// URL"
+        } else {
+            pubsub_core::tls::warn_files_without_tls(
+                &tls_files(&mqtt),
+                "set mqtt.tls = true (MSIGHT_MQTT_USE_TLS=true) or use an mqtts:// URL",
             );
         }
         Ok(Options {

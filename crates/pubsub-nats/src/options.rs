@@ -46,6 +46,11 @@ impl Options {
             client_options = client_options
                 .require_tls(true)
                 .tls_client_config(tls::client_config(&tls_files(&nats))?);
+        } else {
+            tls::warn_files_without_tls(
+                &tls_files(&nats),
+                "set nats.tls = true (MSIGHT_NATS_USE_TLS=true) or use tls:// server URLs",
+            );
         }
         Ok(Options {
             client_options: connection(client_options, config, &nats, counters),

@@ -89,12 +89,12 @@ pub struct RedisConfig {
     pub stream_maxlen: u64,
     /// Streams mode: entries pending longer than this at another group
     /// member (one that went away) are claimed (`XCLAIM`) by this one (default 30 s).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "pubsub_core::config::duration")]
     pub stream_claim_idle: Duration,
     /// Streams mode: how long one `XREAD`/`XREADGROUP` waits for new entries
     /// before it polls again (default 1 s). It is not cut short by any
     /// response timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "pubsub_core::config::duration")]
     pub stream_block: Duration,
     /// Streams mode: most entries fetched by one read (default 100).
     pub stream_read_count: usize,

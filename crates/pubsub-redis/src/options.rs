@@ -76,6 +76,12 @@ impl Options {
         let certs = if tls {
             Some(Arc::new(tls_certificates(&redis)?))
         } else {
+            if !redis.tls {
+                pubsub_core::tls::warn_files_without_tls(
+                    &tls_files(&redis),
+                    "set redis.tls = true (MSIGHT_REDIS_MESSAGE_BROKER_USE_TLS=true)",
+                );
+            }
             None
         };
         Ok(Options {
@@ -263,10 +269,9 @@ fn check_unix_socket(path: &Path) -> Result<()> {
     })
 }
 
-/// Check the TLS files through core (clear errors naming the key), then
-/// hand their PEM bytes to redis-rs.
-fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
-    let files = TlsFiles {
+/// The TLS files and switches of the section, for core's TLS setup.
+fn tls_files(r: &RedisConfig) -> TlsFiles<'_> {
+    TlsFiles {
         section: "redis",
         ca_key: "tls_ca_cert",
         cert_key: "tls_cert",
@@ -275,9 +280,14 @@ fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
         cert: r.tls_cert.as_deref(),
         key: r.tls_key.as_deref(),
         verify: r.tls_verify,
-    };
+    }
+}
+
+/// Check the TLS files through core (clear errors naming the key), then
+/// hand their PEM bytes to redis-rs.
+fn tls_certificates(r: &RedisConfig) -> Result<TlsCertificates> {
     // Installs the `ring` provider and checks every file.
-    pubsub_core::tls::client_config(&files)?;
+    pubsub_core::tls::client_config(&tls_files(r))?;
     // Read again for redis-rs: only a file removed or changed since the
     // check can fail here.
     let read = |key: &str, p: &Path| {

@@ -110,6 +110,30 @@ async fn tls_failures_are_tls_errors_that_name_the_key() {
     assert!(t0.elapsed() < Duration::from_secs(4), "{e}");
 }
 
+/// TLS on against a plain Redis: a TLS error at once, saying the port
+/// speaks plain Redis, as NATS and MQTT fail at once (issue 16, item 14);
+/// not `connect_timeout` (5 s) and then "timed out". Several tries, since
+/// whether Redis answers a client hello at all depends on its random bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_against_a_plain_server_fails_at_once_with_a_tls_error() {
+    let server = start(RedisServer::start);
+    for _ in 0..5 {
+        let mut c = config_for(&server, RedisMode::PubSub);
+        c.section_mut::<RedisConfig>().unwrap().tls = true;
+        c.section_mut::<RedisConfig>().unwrap().tls_verify = false;
+        let t0 = Instant::now();
+        let e = pubsub_redis::connect(&c).await.unwrap_err();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}: {e}");
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("redis.tls = false") && msg.contains(&format!(":{}", server.port())),
+            "{msg}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_takes_precedence_over_tcp() {
     let server = start(|| RedisServer::builder().unix_socket(true).start());

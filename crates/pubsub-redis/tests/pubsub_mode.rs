@@ -141,26 +141,56 @@ async fn publish_returns_while_redis_is_paused_and_flush_waits() {
     assert_eq!(recv_n(&sub, 1001, WAIT).await.len(), 1001);
 }
 
+/// A site-wide group id (Python nodes set one per node) does not stop a
+/// publisher: the group applies to subscriptions, and subscribing in a
+/// group is what pubsub mode refuses, naming streams mode. Async API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_in_pubsub_mode_is_refused_and_names_streams_mode() {
+async fn a_group_in_pubsub_mode_is_refused_by_subscribe_not_by_connect() {
+    let server = start(RedisServer::start);
+    let mut c = config_for(&server, RedisMode::PubSub);
+    let listener: PubSub = pubsub_redis::connect(&c).await.unwrap();
+    listener.subscribe("grouped.t").await.unwrap();
+    c.group_id = Some("workers".into());
+    let ps = pubsub_redis::connect(&c)
+        .await
+        .expect("a publisher with a group_id connects");
+    assert!(!ps.capabilities().groups);
+    ps.publish("grouped.t", "from a node with a group id")
+        .await
+        .unwrap();
+    ps.flush().await.unwrap();
+    let got = recv_n(&listener, 1, WAIT).await;
+    assert_eq!(&got[0].payload[..], b"from a node with a group id");
+    for e in [
+        ps.subscribe("grouped.t").await.unwrap_err(),
+        ps.subscribe_in("grouped.t", Some("g")).await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("group_id") && msg.contains("mode = \"streams\""),
+            "{msg}"
+        );
+    }
+    // A plain subscription of the same handle is fine.
+    ps.subscribe_in("grouped.t", None).await.unwrap();
+    ps.close().await.unwrap();
+    listener.close().await.unwrap();
+}
+
+/// The same with the blocking API.
+#[test]
+fn a_group_in_pubsub_mode_is_refused_by_subscribe_not_by_connect_blocking() {
     let server = start(RedisServer::start);
     let mut c = config_for(&server, RedisMode::PubSub);
     c.group_id = Some("workers".into());
-    let e = pubsub_redis::connect(&c).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-    let msg = e.to_string();
-    assert!(
-        msg.contains("group_id") && msg.contains("mode = \"streams\""),
-        "{msg}"
-    );
-    c.group_id = None;
-    let ps = pubsub_redis::connect(&c).await.unwrap();
-    assert!(!ps.capabilities().groups);
-    let e = ps.subscribe_in("t", Some("g")).await.unwrap_err();
-    assert!(
-        matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::InvalidConfig),
-        "{e}"
-    );
+    let ps = pubsub_redis::connect_blocking(&c).expect("a publisher with a group_id connects");
+    ps.publish("grouped.b", "x").unwrap();
+    ps.flush().unwrap();
+    let e = ps.subscribe("grouped.b").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(e.to_string().contains("mode = \"streams\""), "{e}");
+    ps.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,10 @@
 //!
 //! A test that needs a child checks [`child_role`] first:
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::time::Duration;
+//! # use pubsub_testkit::peer::{child_role, spawn_self};
+//! # fn hold_messages_until_killed() {}
 //! #[test]
 //! fn member_killed_loses_nothing() {
 //!     if child_role().as_deref() == Some("member") {

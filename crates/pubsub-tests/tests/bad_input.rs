@@ -973,18 +973,31 @@ async fn bad_input_table() {
             InvalidConfig,
             "expected \"pubsub\" or \"streams\"",
         ),
-        config_case(
+        // A group id alone connects (a publisher never uses it); the
+        // subscription in the group is refused.
+        valid(config_case(
             redis_config(rport),
-            "group_id = \"g\" in redis pubsub mode",
+            "group_id = \"g\" in redis pubsub mode, connect only",
+            InvalidConfig,
+            "",
+            |c| c.group_id = Some("g".into()),
+        )),
+        subscribe_case(
+            "group_id = \"g\" in redis pubsub mode, then subscribe",
+            {
+                let mut c = redis_config(rport);
+                c.group_id = Some("g".into());
+                c
+            },
+            "grouped",
             InvalidConfig,
             "set redis.mode = \"streams\"",
-            |c| c.group_id = Some("g".into()),
         ),
         group_subscribe_case(
             "subscribe_in(topic, Some(group)) in redis pubsub mode",
             redis_config(rport),
             "g",
-            Unsupported,
+            InvalidConfig,
             "has no groups",
         ),
         valid(publish_case(

@@ -19,10 +19,19 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a background process may take to say it is ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The binary under test: this package's, or `$PUBSUB_TEST_BIN` (to show
+/// that a test fails with an older build).
+pub fn binary() -> std::path::PathBuf {
+    match std::env::var_os("PUBSUB_TEST_BIN") {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => env!("CARGO_BIN_EXE_pubsub").into(),
+    }
+}
+
 /// The binary with a clean environment: no `MSIGHT_*` or `RUST_LOG` from
 /// the caller, then `vars`.
 pub fn pubsub(vars: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pubsub"));
+    let mut cmd = Command::new(binary());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("MSIGHT_") {
             cmd.env_remove(&k);
@@ -144,6 +153,29 @@ impl Background {
         }
     }
 
+    /// Spawn `cmd` with stdout piped but not read: the pipe is handed back,
+    /// so that the process blocks once the pipe's buffer is full (a reader
+    /// that does not read). Its stderr is collected as with [`Background::spawn`].
+    pub fn spawn_unread_stdout(
+        what: &str,
+        cmd: &mut Command,
+    ) -> (Background, std::process::ChildStdout) {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (err, err_reader) = collect(child.stderr.take().expect("stderr piped"));
+        let bg = Background {
+            what: what.to_string(),
+            child,
+            out: Arc::default(),
+            err,
+            readers: vec![err_reader],
+        };
+        (bg, stdout)
+    }
+
     /// Spawn `cmd` with `input` written to its stdin, which is then closed.
     pub fn spawn_with_input(what: &str, cmd: &mut Command, input: &[u8]) -> Background {
         use std::io::Write;
@@ -152,6 +184,32 @@ impl Background {
         // A process that exits early closes the pipe; its exit status tells.
         let _ = stdin.write_all(input);
         bg
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send it `signal` (`libc::SIGINT`, `libc::SIGTERM`), a real signal.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with a pid of a child we own and have not reaped.
+        let r = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Write `bytes` to its standard input (spawned with `Stdio::piped()`).
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        stdin.write_all(bytes).expect("write to the child's stdin");
+        stdin.flush().expect("flush the child's stdin");
     }
 
     /// What it wrote on stdout so far.
@@ -310,4 +368,17 @@ pub fn assert_format_output(format: &str, want: &[u8], topic: &str, out: Vec<u8>
         text.starts_with(&format!("{{\"topic\":\"{topic}\",\"len\":5,")),
         "{text}"
     );
+}
+
+/// The count on the `redelivered: N frames` line of a manual-ack demo's
+/// summary.
+///
+/// # Panics
+/// When there is no such line.
+pub fn demo_redelivered(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("redelivered: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no redelivered line in {out}"))
 }

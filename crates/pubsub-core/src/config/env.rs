@@ -177,10 +177,10 @@ pub fn parse_duration(name: &str, value: &str) -> Result<Duration> {
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime_serde::re::humantime::parse_duration(v).map_err(|e| {
+    humantime_serde::re::humantime::parse_duration(v).map_err(|_| {
         Error::config(
             name,
-            format!("expected a duration like \"5s\", \"250ms\" or a number of seconds, got {v:?} ({e})"),
+            format!("expected a duration like \"5s\", \"250ms\" or a number of seconds, got {v:?}"),
         )
     })
 }

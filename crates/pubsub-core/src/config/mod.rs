@@ -22,6 +22,7 @@
 //! # Ok::<(), pubsub_core::Error>(())
 //! ```
 
+pub mod duration;
 pub mod env;
 mod secret;
 mod section;
@@ -176,15 +177,15 @@ pub struct Config {
 struct Common {
     backend: String,
     group_id: Option<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     close_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     publish_timeout: Duration,
     buffer: BufferConfig,
     ack: AckMode,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     ack_wait: Duration,
     max_deliver: u32,
     dead_letter_topic: Option<String>,
@@ -307,8 +308,33 @@ impl fmt::Debug for Config {
 /// every registered backend and every section set in code, by name.
 /// Secrets are redacted (each section's `Serialize` does it). Tables of
 /// backends this program does not link are left out: only their section
-/// type knows which of their values are secret.
+/// type knows which of their values are secret. [`Config::view`] writes
+/// fewer sections.
 impl Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.view(None)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+/// The document with some of its sections, as [`Config::view`] makes it:
+/// `Serialize` writes the common settings, then those sections by name.
+pub struct ConfigView<'a> {
+    config: &'a Config,
+    sections: BTreeMap<&'static str, Box<dyn AnySection>>,
+}
+
+impl fmt::Debug for ConfigView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigView")
+            .field("backend", &self.config.backend)
+            .field("sections", &self.sections.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Serialize for ConfigView<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct View<'a> {
@@ -330,24 +356,24 @@ impl Serialize for Config {
             max_in_flight_bytes: usize,
             codec: Format,
             #[serde(flatten)]
-            sections: BTreeMap<&'static str, Box<dyn AnySection>>,
+            sections: &'a BTreeMap<&'static str, Box<dyn AnySection>>,
         }
-        let sections = self.shown_sections().map_err(serde::ser::Error::custom)?;
+        let c = self.config;
         View {
-            backend: &self.backend,
-            group_id: &self.group_id,
-            connect_timeout: self.connect_timeout,
-            close_timeout: self.close_timeout,
-            publish_timeout: self.publish_timeout,
-            buffer: &self.buffer,
-            ack: self.ack,
-            ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
-            dead_letter_topic: &self.dead_letter_topic,
-            max_in_flight: self.max_in_flight,
-            max_in_flight_bytes: self.max_in_flight_bytes,
-            codec: self.codec,
-            sections,
+            backend: &c.backend,
+            group_id: &c.group_id,
+            connect_timeout: c.connect_timeout,
+            close_timeout: c.close_timeout,
+            publish_timeout: c.publish_timeout,
+            buffer: &c.buffer,
+            ack: c.ack,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            dead_letter_topic: &c.dead_letter_topic,
+            max_in_flight: c.max_in_flight,
+            max_in_flight_bytes: c.max_in_flight_bytes,
+            codec: c.codec,
+            sections: &self.sections,
         }
         .serialize(s)
     }
@@ -456,6 +482,32 @@ impl Config {
     /// The names of the document's sections and of those set in code, sorted.
     pub fn section_names(&self) -> Vec<String> {
         self.sections.names().map(str::to_string).collect()
+    }
+
+    /// The document to write out (secrets redacted) with the common
+    /// settings and, of the sections `Serialize` writes (every registered
+    /// backend's and every one set in code), those named in `sections`;
+    /// `None`: all of them. `pubsub check` shows the chosen backend's alone:
+    ///
+    /// ```
+    /// use pubsub_core::Config;
+    /// let config = Config::default();
+    /// let json = serde_json::to_value(config.view(Some(&["memory"]))?).unwrap();
+    /// assert_eq!(json["backend"], "memory");
+    /// assert_eq!(json["memory"]["namespace"], "default");
+    /// let json = serde_json::to_value(config.view(Some(&[]))?).unwrap();
+    /// assert!(json.get("memory").is_none());
+    /// # Ok::<(), pubsub_core::Error>(())
+    /// ```
+    pub fn view(&self, sections: Option<&[&str]>) -> Result<ConfigView<'_>> {
+        let mut shown = self.shown_sections()?;
+        if let Some(names) = sections {
+            shown.retain(|name, _| names.contains(name));
+        }
+        Ok(ConfigView {
+            config: self,
+            sections: shown,
+        })
     }
 
     /// The sections written out by `Serialize`: every registered backend's
@@ -674,6 +726,8 @@ mod tests {
         brokers: Vec<String>,
         user: Option<String>,
         password: Option<Secret>,
+        #[serde(with = "humantime_serde")]
+        retry: Duration,
     }
 
     impl Section for Kafka {
@@ -819,6 +873,51 @@ mod tests {
         assert_eq!(c.section::<Kafka>().unwrap().brokers, ["y:1"]);
         let j = write(&dir, "c.json", r#"{"buffer": {"capacity": 5}}"#);
         assert_eq!(Config::from_file(&j).unwrap().buffer.capacity, 5);
+    }
+
+    #[test]
+    fn a_number_where_a_duration_belongs_says_so_and_shows_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(&dir, "n.toml", "connect_timeout = 5\n");
+        let msg = Config::from_file(&f).unwrap_err().to_string();
+        assert!(msg.contains("connect_timeout"), "{msg}");
+        assert!(msg.contains("the number 5 is not a duration"), "{msg}");
+        assert!(msg.contains("\"5s\""), "{msg}");
+        assert!(!msg.contains("string"), "{msg}");
+        let f = write(&dir, "w.toml", "ack_wait = \"soon\"\n");
+        let msg = Config::from_file(&f).unwrap_err().to_string();
+        assert!(
+            msg.contains("ack_wait") && msg.contains("\"soon\" is not a duration"),
+            "{msg}"
+        );
+        // In a backend's section too, whatever its own deserializer.
+        let f = write(&dir, "s.toml", "[kafka]\nretry = 30\n");
+        let msg = Config::from_file(&f)
+            .unwrap()
+            .section::<Kafka>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("kafka.retry: the number 30 is not a duration") && msg.contains("\"30s\""),
+            "{msg}"
+        );
+        let f = write(&dir, "ok.toml", "close_timeout = \"1m 30s\"\n");
+        assert_eq!(
+            Config::from_file(&f).unwrap().close_timeout,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn env_durations_say_what_to_write_without_parser_jargon() {
+        let e = Config::loader()
+            .env([("MSIGHT_PUBSUB_CONNECT_TIMEOUT", "fast")])
+            .load()
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("MSIGHT_PUBSUB_CONNECT_TIMEOUT"), "{msg}");
+        assert!(msg.ends_with("got \"fast\""), "{msg}");
+        assert!(!msg.contains("expected number at"), "{msg}");
     }
 
     #[test]

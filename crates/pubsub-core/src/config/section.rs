@@ -221,6 +221,7 @@ impl Sections {
     /// The table, strictly: a key `T` does not know is an error that names
     /// the key, the section and the file.
     fn deserialize<T: Section>(&self, table: &config::Value) -> Result<T> {
+        self.check_duration_numbers::<T>(table)?;
         // Wrapped in a one-entry map, so errors give the whole key path
         // (`nats.servers`), not the key inside the table.
         let wrapped = config::Value::new(
@@ -231,6 +232,41 @@ impl Sections {
             .try_deserialize()
             .map_err(|e| self.document_error(e))?;
         Ok(map.remove(T::NAME).unwrap_or_default())
+    }
+
+    /// A number where the section has a duration (its default is written
+    /// as one, `"30s"`) is refused saying so, with the text to write: the
+    /// file parser would turn `30` into the string "30" and the duration
+    /// parser then calls it an invalid string. Whatever the section's own
+    /// deserializer, so every backend's durations read alike.
+    fn check_duration_numbers<T: Section>(&self, table: &config::Value) -> Result<()> {
+        let config::ValueKind::Table(entries) = &table.kind else {
+            return Ok(());
+        };
+        let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(T::default()) else {
+            return Ok(());
+        };
+        for (key, value) in entries {
+            let number = match &value.kind {
+                config::ValueKind::I64(n) => n.to_string(),
+                config::ValueKind::I128(n) => n.to_string(),
+                config::ValueKind::U64(n) => n.to_string(),
+                config::ValueKind::U128(n) => n.to_string(),
+                config::ValueKind::Float(n) => n.to_string(),
+                _ => continue,
+            };
+            let is_duration = defaults
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|d| humantime_serde::re::humantime::parse_duration(d).is_ok());
+            if is_duration {
+                return Err(self.document_error(format!(
+                    "{}.{key}: the number {number} is not a duration: write it as text with a unit, \"{number}s\" for {number} seconds (or \"{number}ms\")",
+                    T::NAME
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn document_error(&self, e: impl fmt::Display) -> Error {

@@ -86,10 +86,17 @@ pub(crate) async fn open(
     let probe_config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(opts.connect_timeout))
         .set_response_timeout(Some(opts.connect_timeout));
-    let probe = client
-        .get_multiplexed_async_connection_with_config(&probe_config)
-        .await
-        .map_err(|e| first_connect_error(opts, e))?;
+    let probe = async {
+        client
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .map_err(|e| first_connect_error(opts, e))
+    };
+    let probe = if opts.tls {
+        tls_probe(opts, probe).await?
+    } else {
+        probe.await?
+    };
     drop(probe);
     let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(opts.connect_timeout))
@@ -108,6 +115,61 @@ pub(crate) async fn open(
         .await
         .map_err(|e| redis_error(&opts.shown, "cannot connect", e))?;
     Ok(Conn::Single(manager))
+}
+
+/// How long a TLS handshake may take before we look whether the server
+/// speaks plain Redis instead.
+const SNIFF_AFTER: Duration = Duration::from_millis(300);
+
+/// The first TLS connect. A plain Redis server does not answer a TLS
+/// client hello (it waits for the end of an inline command that never
+/// comes), so the handshake would hang for all of `connect_timeout`. NATS
+/// and MQTT fail at once there; to match them, a handshake still going
+/// after [`SNIFF_AFTER`] is checked by a second, plain connection sending
+/// `PING`: a Redis answer means the port is not TLS, which is a TLS error
+/// at once. A TLS server is left alone unless its handshake is that slow.
+async fn tls_probe<T>(
+    opts: &Options,
+    probe: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut probe = std::pin::pin!(probe);
+    let sniff = async {
+        tokio::time::sleep(SNIFF_AFTER).await;
+        speaks_plain_redis(&opts.redis.host, opts.redis.port).await
+    };
+    tokio::select! {
+        r = &mut probe => r,
+        plain = sniff => {
+            if plain {
+                return Err(Error::new(
+                    ErrorKind::Tls,
+                    format!(
+                        "redis {}: TLS handshake failed: the server answers in plain text (the Redis protocol), so this port does not serve TLS; \
+                         set redis.tls = false (MSIGHT_REDIS_MESSAGE_BROKER_USE_TLS=false) or use the server's TLS port",
+                        opts.shown
+                    ),
+                ));
+            }
+            probe.await
+        }
+    }
+}
+
+/// Whether `host:port` answers a plain `PING` as Redis does (`+PONG`, or
+/// an error such as `-NOAUTH`), within a second.
+async fn speaks_plain_redis(host: &str, port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(n > 1 && matches!(buf[0], b'+' | b'-') && buf[..n].ends_with(b"\r\n"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), talk).await,
+        Ok(Some(true))
+    )
 }
 
 /// The error of the first connect. A plain client at a TLS-only port is

@@ -95,9 +95,8 @@ impl Backend for RedisBackend {
         ctx: BackendContext,
     ) -> Result<RedisBackend> {
         let opts = Arc::new(Options::new(config, redis)?);
-        if config.group_id.is_some() && opts.redis.mode == RedisMode::PubSub {
-            return Err(pubsub_mode_has_no_groups(config.group_id.as_deref()));
-        }
+        // A group_id in pubsub mode is refused by `subscribe`, not here: a
+        // publisher never uses it (Python nodes set one per node).
         let manual = match (streams::is_manual(config), opts.redis.mode) {
             (false, _) => None,
             (true, RedisMode::Streams) => Some(Arc::new(Manual::new(config, ctx.counters.clone()))),
@@ -195,7 +194,7 @@ fn pubsub_mode_keeps_nothing() -> Error {
     )
 }
 
-fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
+pub(crate) fn pubsub_mode_has_no_groups(group: Option<&str>) -> Error {
     let g = group.map(|g| format!(" {g:?}")).unwrap_or_default();
     Error::new(
         ErrorKind::InvalidConfig,
@@ -237,6 +236,30 @@ impl PubSubBackend for RedisBackend {
             s.dead_letter = Support::Emulated;
         }
         c
+    }
+
+    fn check_subscribe_group(&self, group: &str) -> Result<()> {
+        match self.opts.redis.mode {
+            RedisMode::PubSub => Err(pubsub_mode_has_no_groups(Some(group))),
+            RedisMode::Streams => Ok(()),
+        }
+    }
+
+    /// Streams mode: `DEL` the stream, which takes its consumer groups
+    /// with it. Pubsub mode keeps nothing.
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        if self.opts.redis.mode == RedisMode::PubSub {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        self.bounded(
+            &format!("DEL {topic:?} (delete_topic)"),
+            redis::cmd("DEL")
+                .arg(topic)
+                .query_async::<redis::Value>(&mut conn),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {

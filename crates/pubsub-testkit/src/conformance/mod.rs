@@ -9,13 +9,9 @@
 //! harness = false
 //! ```
 //!
-//! ```ignore
-//! fn main() {
-//!     pubsub_testkit::conformance::main(vec![Suite::new("nats", nats)]);
-//! }
-//! ```
-//!
-//! where `nats` is an `async fn() -> impl Harness` that starts a broker.
+//! and a `main` that hands [`main`] a [`Suite`] per configuration, each
+//! with an `async fn` that starts a broker and returns a [`Harness`] (the
+//! crate's front page has a complete example).
 //! Each case of [`CASES`] becomes one test, `<suite>::<case>`, with a fresh
 //! harness (and so a fresh broker). A harness whose
 //! [`Harness::config`] sets `ack = "manual"` runs every case in manual ack
