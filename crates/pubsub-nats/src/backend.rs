@@ -1,6 +1,8 @@
 //! The NATS backend: core NATS publish/subscribe with queue groups and
-//! headers ([`crate::headers`]). Core NATS keeps no message, so manual ack
-//! mode is refused at connect.
+//! headers ([`crate::headers`]), or, with `nats.mode = "jetstream"`,
+//! JetStream ([`crate::jetstream`]), to which every operation is handed.
+//! Core NATS keeps no message, so manual ack mode is refused there at
+//! connect.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,8 +16,10 @@ use pubsub_core::{
     Headers, Inbox, Message, PubSubBackend, Result, TopicCache, TryPublish,
 };
 
+use crate::config::NatsMode;
 use crate::error::{connect_error, op_error, publish_error};
 use crate::headers;
+use crate::jetstream::JetStream;
 use crate::options::Options;
 use crate::NatsConfig;
 
@@ -35,6 +39,8 @@ pub struct NatsBackend {
     /// has passed [`check_subject`].
     subjects: TopicCache<Subject>,
     probe: Probe,
+    /// Set in JetStream mode, which then does every operation.
+    jetstream: Option<JetStream>,
 }
 
 /// A round trip through the server on this connection, the equivalent of
@@ -64,19 +70,22 @@ impl Backend for NatsBackend {
     type Config = NatsConfig;
 
     /// Connect with the `[nats]` section; received messages go to `ctx.inbox`.
-    /// `ack = "manual"` is refused before any network traffic: core NATS
-    /// keeps no message that could be delivered again.
+    /// In core mode `ack = "manual"` is refused before any network
+    /// traffic: core NATS keeps no message that could be delivered again.
+    /// In JetStream mode a server without JetStream is an error naming
+    /// `nats.mode`.
     async fn connect(
         config: &Config,
         nats: NatsConfig,
         ctx: BackendContext,
     ) -> Result<NatsBackend> {
-        if config.ack == AckMode::Manual {
+        if config.ack == AckMode::Manual && nats.mode == NatsMode::Core {
             return Err(Error::config(
                 "ack",
-                "\"manual\" is not available for core NATS: the server keeps no message, so none can be held until settled or delivered again (JetStream, which keeps them, is not supported yet); use ack = \"auto\", or for manual ack Redis streams (redis.mode = \"streams\") or MQTT with a persistent session (mqtt.session_expiry and a fixed mqtt.client_id, QoS 1 or 2) for now",
+                "\"manual\" is not available for core NATS (nats.mode = \"core\", the default): the server keeps no message, so none can be held until settled or delivered again; set nats.mode = \"jetstream\" (MSIGHT_NATS_MODE=jetstream), which keeps messages in a stream, or use ack = \"auto\"",
             ));
         }
+        let jetstream_section = (nats.mode == NatsMode::JetStream).then(|| nats.clone());
         let opts = Options::new(config, nats, ctx.counters.clone()).await?;
         let client = opts
             .client_options
@@ -100,6 +109,24 @@ impl Backend for NatsBackend {
             max_payload = info.max_payload,
             "nats: connected"
         );
+        let jetstream = match jetstream_section {
+            Some(section) => match JetStream::connect(
+                client.clone(),
+                config,
+                section,
+                ctx.clone(),
+                opts.shown.clone(),
+            )
+            .await
+            {
+                Ok(js) => Some(js),
+                Err(e) => {
+                    let _ = client.drain().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         Ok(NatsBackend {
             client,
             shown: opts.shown,
@@ -108,6 +135,7 @@ impl Backend for NatsBackend {
             subscriptions: Mutex::new(HashMap::new()),
             subjects: TopicCache::new(SUBJECT_CACHE),
             probe,
+            jetstream,
         })
     }
 }
@@ -208,7 +236,10 @@ impl PubSubBackend for NatsBackend {
         c.wildcards = Some("* >");
         c.max_payload = Some(self.client.server_info().max_payload);
         c.headers = true;
-        c
+        match &self.jetstream {
+            Some(js) => js.capabilities(c),
+            None => c,
+        }
     }
 
     fn broker_info(&self) -> BrokerInfo {
@@ -227,6 +258,9 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn subscribe(&self, topic: &str, group: Option<&str>) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            return js.subscribe(topic, group).await;
+        }
         let subject = topic.to_string();
         let mut sub = match group {
             Some(g) => self.client.queue_subscribe(subject, g.to_string()).await,
@@ -270,6 +304,9 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            return js.unsubscribe(topic).await;
+        }
         let task = self.subs().remove(topic);
         if let Some(task) = task {
             Self::stop(task).await;
@@ -279,6 +316,9 @@ impl PubSubBackend for NatsBackend {
     }
 
     fn try_publish(&self, topic: &str, payload: Bytes) -> TryPublish {
+        if let Some(js) = &self.jetstream {
+            return js.try_publish(topic, payload);
+        }
         let subject = match self.subject(topic) {
             Ok(s) => s,
             Err(e) => return TryPublish::Done(Err(e)),
@@ -300,6 +340,9 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            return js.publish(topic, None, payload).await;
+        }
         self.client
             .publish(self.subject(topic)?, payload)
             .await
@@ -314,6 +357,9 @@ impl PubSubBackend for NatsBackend {
         headers: Headers,
         payload: Bytes,
     ) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            return js.publish(topic, Some(headers), payload).await;
+        }
         let map = headers::to_nats(&headers)?;
         self.client
             .publish_with_headers(self.subject(topic)?, map, payload)
@@ -322,10 +368,18 @@ impl PubSubBackend for NatsBackend {
     }
 
     async fn flush(&self) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            return js.flush().await;
+        }
         self.round_trip("flush").await
     }
 
     async fn close(&self) -> Result<()> {
+        if let Some(js) = &self.jetstream {
+            let closed = js.close().await;
+            let _ = self.client.drain().await;
+            return closed;
+        }
         let tasks: Vec<AbortOnDrop> = self.subs().drain().map(|(_, t)| t).collect();
         for t in tasks {
             Self::stop(t).await;

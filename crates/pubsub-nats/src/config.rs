@@ -1,11 +1,13 @@
 //! The `[nats]` section: everything the Python `NATSPubSub` config dict and
-//! `get_nats_config` know, with the same key names.
+//! `get_nats_config` know, with the same key names, and the JetStream keys
+//! (`mode`, `stream*`, `consumer`, `deliver_*`, `fetch_*`, `publish_*`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use pubsub_core::config::env::parse_duration;
 use pubsub_core::config::{redact_url, serialize_redacted_urls, Env, EnvSource, Secret, Section};
 use pubsub_core::{Error, Result};
 
@@ -58,7 +60,171 @@ pub struct NatsConfig {
     /// Interval of client PINGs that detect a dead connection.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// `core` (default: core NATS, at most once, as the Python original) or
+    /// `jetstream` (messages kept in a stream, at least once, manual ack).
+    pub mode: NatsMode,
+    /// JetStream: the stream of a topic. A name with `{token}` is a
+    /// template: `{token}` is replaced by the topic's first token
+    /// (`sensors.camera.front` -> `msight_sensors`, the default `msight_{token}`),
+    /// so every first token gets a stream of its own; without it, one stream
+    /// for every topic.
+    pub stream: String,
+    /// JetStream: the subjects the stream captures when this library creates
+    /// it (`{token}` replaced as in `stream`). Empty (default): `{token}` and
+    /// `{token}.>` for a templated stream; a fixed stream name needs them
+    /// unless the stream exists already.
+    pub stream_subjects: Vec<String>,
+    /// JetStream: `file` (default when created) or `memory`.
+    pub stream_storage: Option<StreamStorage>,
+    /// JetStream: copies of the stream in a cluster (default 1 when created).
+    pub stream_replicas: Option<usize>,
+    /// JetStream: oldest message kept (default 24 h when created; `0s`: no limit).
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Option<Duration>,
+    /// JetStream: most bytes kept (default 1 GiB when created; 0: no limit).
+    pub stream_max_bytes: Option<u64>,
+    /// JetStream: most messages kept (default 1,000,000 when created; 0: no limit).
+    pub stream_max_msgs: Option<u64>,
+    /// JetStream: what goes when a limit is reached: `old` (default when
+    /// created) or `new` (a publish is then refused).
+    pub stream_discard: Option<StreamDiscard>,
+    /// JetStream: a durable consumer name for plain subscriptions, which then
+    /// resume where they stopped after a restart (default: an ephemeral
+    /// consumer per subscription).
+    pub consumer: Option<String>,
+    /// JetStream: where a new consumer starts: `new` (default), `all`,
+    /// `last`, `last_per_subject`, `by_start_time` (with
+    /// `deliver_start_time`) or `by_start_sequence` (with
+    /// `deliver_start_sequence`).
+    pub deliver_policy: DeliverFrom,
+    /// JetStream: RFC 3339 time for `deliver_policy = "by_start_time"`.
+    pub deliver_start_time: Option<String>,
+    /// JetStream: stream sequence for `deliver_policy = "by_start_sequence"`.
+    pub deliver_start_sequence: Option<u64>,
+    /// JetStream: most messages asked for by one pull request (default 256).
+    pub fetch_batch: usize,
+    /// JetStream: most bytes asked for by one pull request (default 8 MiB).
+    pub fetch_max_bytes: usize,
+    /// JetStream: most publishes sent and not yet acknowledged by the
+    /// stream (default 1,024); `publish` waits for room beyond.
+    pub publish_max_pending: usize,
+    /// JetStream: most payload bytes of those (default 64 MiB).
+    pub publish_max_pending_bytes: usize,
+    /// JetStream: how long a publish may go unconfirmed (sent again
+    /// meanwhile with the same `Nats-Msg-Id`) before `flush` reports it
+    /// (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub publish_ack_timeout: Duration,
 }
+
+/// How the NATS backend carries messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsMode {
+    /// Core NATS publish/subscribe, as the Python original: nothing is
+    /// kept, at most once.
+    #[default]
+    Core,
+    /// JetStream: messages kept in a stream and read through pull
+    /// consumers, at least once, manual ack available.
+    #[serde(rename = "jetstream")]
+    JetStream,
+}
+
+impl std::str::FromStr for NatsMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "")
+            .as_str()
+        {
+            "core" => Ok(NatsMode::Core),
+            "jetstream" | "js" => Ok(NatsMode::JetStream),
+            _ => Err("expected \"core\" or \"jetstream\"".into()),
+        }
+    }
+}
+
+/// Where a JetStream stream keeps its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStorage {
+    /// On disk: survives a server restart.
+    File,
+    /// In memory: lost with the server.
+    Memory,
+}
+
+impl std::str::FromStr for StreamStorage {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "file" => Ok(StreamStorage::File),
+            "memory" => Ok(StreamStorage::Memory),
+            _ => Err("expected \"file\" or \"memory\"".into()),
+        }
+    }
+}
+
+/// What a JetStream stream discards at its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamDiscard {
+    /// The oldest messages make room.
+    Old,
+    /// New messages are refused (the publish fails at `flush`).
+    New,
+}
+
+impl std::str::FromStr for StreamDiscard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "old" => Ok(StreamDiscard::Old),
+            "new" => Ok(StreamDiscard::New),
+            _ => Err("expected \"old\" or \"new\"".into()),
+        }
+    }
+}
+
+/// Where a new JetStream consumer starts reading its stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverFrom {
+    /// Messages published after the consumer was made (as core NATS).
+    #[default]
+    New,
+    /// Everything the stream has.
+    All,
+    /// The last message of the stream, then what follows.
+    Last,
+    /// The last message of each subject, then what follows.
+    LastPerSubject,
+    /// From `deliver_start_time` on.
+    ByStartTime,
+    /// From stream sequence `deliver_start_sequence` on.
+    ByStartSequence,
+}
+
+impl std::str::FromStr for DeliverFrom {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "new" => Ok(DeliverFrom::New),
+            "all" => Ok(DeliverFrom::All),
+            "last" => Ok(DeliverFrom::Last),
+            "last_per_subject" => Ok(DeliverFrom::LastPerSubject),
+            "by_start_time" => Ok(DeliverFrom::ByStartTime),
+            "by_start_sequence" => Ok(DeliverFrom::ByStartSequence),
+            _ => Err("expected \"new\", \"all\", \"last\", \"last_per_subject\", \"by_start_time\" or \"by_start_sequence\"".into()),
+        }
+    }
+}
+
+/// The default stream name template: a stream per first token of the topic.
+pub const DEFAULT_STREAM: &str = "msight_{token}";
 
 impl std::fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +247,24 @@ impl std::fmt::Debug for NatsConfig {
             .field("max_reconnects", &self.max_reconnects)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
             .field("ping_interval", &self.ping_interval)
+            .field("mode", &self.mode)
+            .field("stream", &self.stream)
+            .field("stream_subjects", &self.stream_subjects)
+            .field("stream_storage", &self.stream_storage)
+            .field("stream_replicas", &self.stream_replicas)
+            .field("stream_max_age", &self.stream_max_age)
+            .field("stream_max_bytes", &self.stream_max_bytes)
+            .field("stream_max_msgs", &self.stream_max_msgs)
+            .field("stream_discard", &self.stream_discard)
+            .field("consumer", &self.consumer)
+            .field("deliver_policy", &self.deliver_policy)
+            .field("deliver_start_time", &self.deliver_start_time)
+            .field("deliver_start_sequence", &self.deliver_start_sequence)
+            .field("fetch_batch", &self.fetch_batch)
+            .field("fetch_max_bytes", &self.fetch_max_bytes)
+            .field("publish_max_pending", &self.publish_max_pending)
+            .field("publish_max_pending_bytes", &self.publish_max_pending_bytes)
+            .field("publish_ack_timeout", &self.publish_ack_timeout)
             .finish()
     }
 }
@@ -105,6 +289,24 @@ impl Default for NatsConfig {
             max_reconnects: None,
             reconnect_delay_max: Duration::from_secs(4),
             ping_interval: Duration::from_secs(30),
+            mode: NatsMode::Core,
+            stream: DEFAULT_STREAM.to_string(),
+            stream_subjects: Vec::new(),
+            stream_storage: None,
+            stream_replicas: None,
+            stream_max_age: None,
+            stream_max_bytes: None,
+            stream_max_msgs: None,
+            stream_discard: None,
+            consumer: None,
+            deliver_policy: DeliverFrom::New,
+            deliver_start_time: None,
+            deliver_start_sequence: None,
+            fetch_batch: 256,
+            fetch_max_bytes: 8 << 20,
+            publish_max_pending: 1024,
+            publish_max_pending_bytes: 64 << 20,
+            publish_ack_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -123,6 +325,22 @@ pub const NATS_ENV: &[(&str, &str)] = &[
     ("MSIGHT_NATS_TLS_CERT_FILE", "nats.tls_cert"),
     ("MSIGHT_NATS_TLS_KEY_FILE", "nats.tls_key"),
     ("MSIGHT_NATS_TLS_VERIFY", "nats.tls_verify"),
+    ("MSIGHT_NATS_MODE", "nats.mode"),
+    ("MSIGHT_NATS_STREAM", "nats.stream"),
+    ("MSIGHT_NATS_STREAM_SUBJECTS", "nats.stream_subjects"),
+    ("MSIGHT_NATS_STREAM_STORAGE", "nats.stream_storage"),
+    ("MSIGHT_NATS_STREAM_REPLICAS", "nats.stream_replicas"),
+    ("MSIGHT_NATS_STREAM_MAX_AGE", "nats.stream_max_age"),
+    ("MSIGHT_NATS_STREAM_MAX_BYTES", "nats.stream_max_bytes"),
+    ("MSIGHT_NATS_STREAM_MAX_MSGS", "nats.stream_max_msgs"),
+    ("MSIGHT_NATS_STREAM_DISCARD", "nats.stream_discard"),
+    ("MSIGHT_NATS_CONSUMER", "nats.consumer"),
+    ("MSIGHT_NATS_DELIVER_POLICY", "nats.deliver_policy"),
+    ("MSIGHT_NATS_DELIVER_START_TIME", "nats.deliver_start_time"),
+    (
+        "MSIGHT_NATS_DELIVER_START_SEQUENCE",
+        "nats.deliver_start_sequence",
+    ),
 ];
 
 impl Section for NatsConfig {
@@ -148,6 +366,49 @@ impl Section for NatsConfig {
         env.path("MSIGHT_NATS_TLS_CERT_FILE", &mut self.tls_cert);
         env.path("MSIGHT_NATS_TLS_KEY_FILE", &mut self.tls_key);
         env.bool("MSIGHT_NATS_TLS_VERIFY", &mut self.tls_verify)?;
+        env.parse("MSIGHT_NATS_MODE", &mut self.mode)?;
+        env.string_req("MSIGHT_NATS_STREAM", &mut self.stream);
+        env.list(
+            "MSIGHT_NATS_STREAM_SUBJECTS",
+            &["events", "events.>"],
+            &mut self.stream_subjects,
+        )?;
+        parse_opt(&env, "MSIGHT_NATS_STREAM_STORAGE", &mut self.stream_storage)?;
+        parse_opt(
+            &env,
+            "MSIGHT_NATS_STREAM_REPLICAS",
+            &mut self.stream_replicas,
+        )?;
+        if let Some(v) = source.var("MSIGHT_NATS_STREAM_MAX_AGE") {
+            let v = v.trim();
+            self.stream_max_age = Some(if v.eq_ignore_ascii_case("none") {
+                Duration::ZERO
+            } else {
+                parse_duration("MSIGHT_NATS_STREAM_MAX_AGE", v)?
+            });
+        }
+        parse_opt(
+            &env,
+            "MSIGHT_NATS_STREAM_MAX_BYTES",
+            &mut self.stream_max_bytes,
+        )?;
+        parse_opt(
+            &env,
+            "MSIGHT_NATS_STREAM_MAX_MSGS",
+            &mut self.stream_max_msgs,
+        )?;
+        parse_opt(&env, "MSIGHT_NATS_STREAM_DISCARD", &mut self.stream_discard)?;
+        env.string("MSIGHT_NATS_CONSUMER", &mut self.consumer);
+        env.parse("MSIGHT_NATS_DELIVER_POLICY", &mut self.deliver_policy)?;
+        env.string(
+            "MSIGHT_NATS_DELIVER_START_TIME",
+            &mut self.deliver_start_time,
+        );
+        parse_opt(
+            &env,
+            "MSIGHT_NATS_DELIVER_START_SEQUENCE",
+            &mut self.deliver_start_sequence,
+        )?;
         Ok(())
     }
 
@@ -209,6 +470,132 @@ impl Section for NatsConfig {
             return Err(Error::config(
                 "nats.subscription_capacity",
                 "must be at least 1",
+            ));
+        }
+        self.validate_jetstream()
+    }
+}
+
+/// A variable parsed into an optional field by the field type's `FromStr`.
+fn parse_opt<T: std::str::FromStr>(env: &Env<'_>, name: &str, field: &mut Option<T>) -> Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(v) = env.0.var(name) {
+        *field = Some(
+            v.trim()
+                .parse()
+                .map_err(|e| Error::config(name, format!("{e} (got {:?})", v.trim())))?,
+        );
+    }
+    Ok(())
+}
+
+/// Why `name` cannot be a JetStream stream or consumer name, if it cannot
+/// (the server refuses `.`, `*`, `>`, whitespace, path separators and
+/// control characters; names become file names, so 255 bytes at most).
+pub(crate) fn bad_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > 255 {
+        Some("is longer than 255 bytes")
+    } else if name
+        .chars()
+        .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        Some("has a character JetStream refuses in names ('.', '*', '>', '/', '\\', whitespace or a control character)")
+    } else {
+        None
+    }
+}
+
+impl NatsConfig {
+    /// The JetStream keys (checked in either mode: a file may switch modes).
+    fn validate_jetstream(&self) -> Result<()> {
+        let template = self.stream.replace("{token}", "t");
+        if let Some(why) = bad_name(&template) {
+            return Err(Error::config(
+                "nats.stream",
+                format!(
+                    "{:?} {why}; use a name like \"EVENTS\" or a template like \"{DEFAULT_STREAM}\"",
+                    self.stream
+                ),
+            ));
+        }
+        for (i, s) in self.stream_subjects.iter().enumerate() {
+            let s = s.replace("{token}", "t");
+            if crate::backend::check_subject(&s, false).is_err() {
+                return Err(Error::config(
+                    &format!("nats.stream_subjects[{i}]"),
+                    format!(
+                        "{:?} is not a NATS subject (dot-separated tokens, wildcards `*` and `>` as whole tokens, `>` last)",
+                        self.stream_subjects[i]
+                    ),
+                ));
+            }
+        }
+        if self.stream_replicas.is_some_and(|r| !(1..=5).contains(&r)) {
+            return Err(Error::config(
+                "nats.stream_replicas",
+                format!(
+                    "{} is not from 1 to 5 (JetStream keeps at most 5 copies)",
+                    self.stream_replicas.unwrap_or_default()
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("nats.stream_max_bytes", self.stream_max_bytes),
+            ("nats.stream_max_msgs", self.stream_max_msgs),
+        ] {
+            if v.is_some_and(|v| v > i64::MAX as u64) {
+                return Err(Error::config(key, "is larger than JetStream can take"));
+            }
+        }
+        if let Some(c) = &self.consumer {
+            if let Some(why) = bad_name(c) {
+                return Err(Error::config("nats.consumer", format!("{c:?} {why}")));
+            }
+        }
+        match (self.deliver_policy, &self.deliver_start_time, self.deliver_start_sequence) {
+            (DeliverFrom::ByStartTime, None, _) => {
+                return Err(Error::config(
+                    "nats.deliver_start_time",
+                    "deliver_policy = \"by_start_time\" needs a start time (RFC 3339, e.g. \"2024-05-01T12:00:00Z\")",
+                ))
+            }
+            (DeliverFrom::ByStartSequence, _, None | Some(0)) => {
+                return Err(Error::config(
+                    "nats.deliver_start_sequence",
+                    "deliver_policy = \"by_start_sequence\" needs a stream sequence of 1 or more",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(t) = &self.deliver_start_time {
+            if let Err(e) = async_nats::datetime::parse_rfc3339(t) {
+                return Err(Error::config(
+                    "nats.deliver_start_time",
+                    format!("{t:?} is not an RFC 3339 time like \"2024-05-01T12:00:00Z\" ({e})"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("nats.fetch_batch", self.fetch_batch),
+            ("nats.fetch_max_bytes", self.fetch_max_bytes),
+            ("nats.publish_max_pending", self.publish_max_pending),
+            (
+                "nats.publish_max_pending_bytes",
+                self.publish_max_pending_bytes,
+            ),
+        ] {
+            if v == 0 {
+                return Err(Error::config(key, "must be at least 1"));
+            }
+        }
+        if self.publish_ack_timeout < Duration::from_millis(100) {
+            return Err(Error::config(
+                "nats.publish_ack_timeout",
+                "must be at least 100ms",
             ));
         }
         Ok(())
@@ -300,7 +687,7 @@ mod tests {
         assert_eq!(c.tls_cert, Some(PathBuf::from("/c.pem")));
         assert_eq!(c.tls_key, Some(PathBuf::from("/k.pem")));
         assert!(!c.tls_verify);
-        assert_eq!(NATS_ENV.len(), 12);
+        assert_eq!(NATS_ENV.len(), 25);
     }
 
     #[test]

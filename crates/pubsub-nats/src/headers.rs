@@ -59,6 +59,20 @@ pub(crate) fn to_nats(headers: &Headers) -> Result<HeaderMap> {
 /// Received NATS headers as [`Headers`], in the order they were published
 /// (see the module documentation).
 pub(crate) fn from_nats(map: &HeaderMap) -> Headers {
+    from_nats_except(map, |_, _| false)
+}
+
+/// Headers of a message read from a JetStream stream: the `Nats-Msg-Id`
+/// this library added to deduplicate its publishes is removed (one set
+/// by the application, or by another client, is kept).
+pub(crate) fn from_stream(map: &HeaderMap) -> Headers {
+    from_nats_except(map, |k, v| {
+        k == crate::jetstream::MSG_ID && v.starts_with(crate::jetstream::OWN_ID_PREFIX)
+    })
+}
+
+/// [`from_nats`] without the pairs `skip` says.
+fn from_nats_except(map: &HeaderMap, skip: impl Fn(&str, &str) -> bool) -> Headers {
     let mut order = None;
     let mut by_key: Vec<(&str, VecDeque<&str>)> = Vec::with_capacity(map.len());
     for (name, values) in map.iter() {
@@ -67,7 +81,14 @@ pub(crate) fn from_nats(map: &HeaderMap) -> Headers {
             order = values.first().map(|v| v.as_str());
             continue;
         }
-        by_key.push((key, values.iter().map(|v| v.as_str()).collect()));
+        let values: VecDeque<&str> = values
+            .iter()
+            .map(|v| v.as_str())
+            .filter(|v| !skip(key, v))
+            .collect();
+        if !values.is_empty() {
+            by_key.push((key, values));
+        }
     }
     by_key.sort_unstable_by(|a, b| a.0.cmp(b.0));
     if let Some(order) = order {

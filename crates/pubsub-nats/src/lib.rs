@@ -5,10 +5,14 @@ mod backend;
 mod config;
 mod error;
 mod headers;
+mod jetstream;
 mod options;
 
 pub use backend::NatsBackend;
-pub use config::{validate_server_url, NatsConfig, NATS_ENV};
+pub use config::{
+    validate_server_url, DeliverFrom, NatsConfig, NatsMode, StreamDiscard, StreamStorage,
+    DEFAULT_STREAM, NATS_ENV,
+};
 pub use headers::HEADER_ORDER;
 pub use pubsub_core::{
     self, blocking, AckMode, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,

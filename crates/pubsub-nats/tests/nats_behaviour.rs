@@ -241,7 +241,7 @@ async fn broker_info_describes_the_server() {
 }
 
 /// Core NATS keeps no message: `ack = "manual"` is refused at connect with
-/// what to use instead, before any network traffic (a dead address gives
+/// what to use instead (JetStream mode), before any network traffic (a dead address gives
 /// the same error, not a connect error).
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_ack_is_refused_with_what_to_use_instead() {
@@ -258,8 +258,8 @@ async fn manual_ack_is_refused_with_what_to_use_instead() {
         for hint in [
             "ack",
             "core NATS",
-            "redis.mode = \"streams\"",
-            "mqtt.session_expiry",
+            "nats.mode = \"jetstream\"",
+            "MSIGHT_NATS_MODE",
         ] {
             assert!(text.contains(hint), "{hint:?} missing from: {text}");
         }

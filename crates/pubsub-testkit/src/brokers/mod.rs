@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 use pubsub_core::sync::lock;
 
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
-pub use nats::{NatsCluster, NatsServer, NatsServerBuilder};
+pub use nats::{
+    NatsCluster, NatsServer, NatsServerBuilder, JETSTREAM_MAX_FILE, JETSTREAM_MAX_MEMORY,
+};
 pub use process::{BrokerProcess, Launch, Probe, Start};
 pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 

@@ -207,6 +207,12 @@ impl<L: Launch> BrokerProcess<L> {
         self.start_again();
     }
 
+    /// The process id of the running broker, to signal it (e.g. `SIGSTOP`
+    /// to make it hang without closing its connections).
+    pub fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.child.id())
+    }
+
     /// Whether the broker process is alive.
     pub fn is_running(&mut self) -> bool {
         self.running.as_mut().is_some_and(Running::is_running)

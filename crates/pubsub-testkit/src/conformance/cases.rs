@@ -9,8 +9,8 @@ use futures::StreamExt;
 use pubsub_core::{blocking, ErrorKind, Message, PubSub};
 
 use super::{
-    assert_quiet, connect, drain, probe_until_delivered, recv_n, seq, seq_of, unique, Harness,
-    Outcome, WAIT,
+    assert_quiet, connect, drain, probe_until_delivered, recv_n, seq, seq_of, settled, unique,
+    Harness, Outcome, WAIT,
 };
 
 /// Empty, binary (all 256 byte values) and max-size payloads arrive
@@ -98,7 +98,7 @@ pub async fn group_of_three_shares_messages_exactly_once(h: &mut dyn Harness) ->
                 .expect("recv")
             {
                 per_member[i] += 1;
-                *seen.entry(seq_of(&msg)).or_default() += 1;
+                *seen.entry(seq_of(&settled(msg))).or_default() += 1;
             }
         }
     }
@@ -108,7 +108,7 @@ pub async fn group_of_three_shares_messages_exactly_once(h: &mut dyn Harness) ->
             .await
             .expect("recv")
         {
-            *seen.entry(seq_of(&msg)).or_default() += 1;
+            *seen.entry(seq_of(&settled(msg))).or_default() += 1;
         }
     }
     let dups: Vec<_> = seen
@@ -303,7 +303,12 @@ pub async fn blocking_api_from_a_plain_thread(h: &mut dyn Harness) -> Outcome {
                 ps.publish(&topic, seq(i)).expect("publish");
             }
             ps.flush().expect("flush");
-            let got: Vec<Message> = ps.listen().expect("listen").take(100).collect();
+            let got: Vec<Message> = ps
+                .listen()
+                .expect("listen")
+                .take(100)
+                .map(settled)
+                .collect();
             assert_eq!(got.len(), 100);
             assert!(got.iter().all(|m| m.topic == topic));
             assert_eq!(
@@ -376,7 +381,7 @@ pub async fn blocking_api_inside_tokio_runtime(h: &mut dyn Harness) -> Outcome {
     ps.flush().expect("flush");
     let mut last = None;
     for _ in 0..2001 {
-        last = ps.recv_timeout(WAIT).expect("recv");
+        last = ps.recv_timeout(WAIT).expect("recv").map(settled);
         assert!(last.is_some(), "a message within the wait");
     }
     let m = last.expect("the last message");
@@ -465,6 +470,7 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
     let m = tokio::time::timeout(WAIT, stream.next())
         .await
         .expect("stream item in time")
+        .map(settled)
         .expect("stream not ended");
     assert_eq!(seq_of(&m), 7);
     Outcome::Passed

@@ -13,7 +13,11 @@
 //! with an `async fn` that starts a broker and returns a [`Harness`] (the
 //! crate's front page has a complete example).
 //! Each case of [`CASES`] becomes one test, `<suite>::<case>`, with a fresh
-//! harness (and so a fresh broker). A case the backend cannot support, by
+//! harness (and so a fresh broker). A harness whose
+//! [`Harness::config`] sets `ack = "manual"` runs every case in manual ack
+//! mode: the cases acknowledge each message they take ([`settled`]), so
+//! that a backend whose broker stops sending at `max_in_flight`
+//! unacknowledged messages is held to the same cases. A case the backend cannot support, by
 //! its declared [`Capabilities`](pubsub_core::Capabilities) or because it
 //! has no broker, is reported by the test runner as *ignored* with the
 //! reason, never as passed. Every wait is bounded; a case that runs past
@@ -258,12 +262,12 @@ pub async fn probe_until_delivered(
     while t0.elapsed() < within {
         let _ = publ.publish(topic, seq(i)).await;
         i += 1;
-        if sub
+        if let Some(m) = sub
             .recv_timeout(Duration::from_millis(200))
             .await
             .expect("recv")
-            .is_some()
         {
+            settled(m);
             return true;
         }
     }
@@ -274,10 +278,22 @@ pub async fn probe_until_delivered(
 /// 100,000 messages): the probes that arrived late.
 pub async fn drain(sub: &PubSub, quiet: Duration) {
     for _ in 0..100_000 {
-        if sub.recv_timeout(quiet).await.expect("recv").is_none() {
-            return;
+        match sub.recv_timeout(quiet).await.expect("recv") {
+            Some(m) => drop(settled(m)),
+            None => return,
         }
     }
+}
+
+/// `m`, acknowledged if it is to be settled (manual ack mode): the copy
+/// returned keeps everything but the settle handle. In auto mode, `m`.
+pub fn settled(m: Message) -> Message {
+    if !m.needs_settling() {
+        return m;
+    }
+    let copy = m.clone();
+    m.ack().expect("ack a message taken by a case");
+    copy
 }
 
 /// Receive until `n` messages arrived or `within` passed.
@@ -290,7 +306,7 @@ pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
             break;
         }
         match ps.recv_timeout(left).await {
-            Ok(Some(m)) => got.push(m),
+            Ok(Some(m)) => got.push(settled(m)),
             Ok(None) => break,
             Err(e) => panic!("recv: {e}"),
         }
@@ -300,7 +316,7 @@ pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
 
 /// Assert that nothing more arrives within `quiet`.
 async fn assert_quiet(ps: &PubSub, quiet: Duration, what: &str) {
-    if let Some(m) = ps.recv_timeout(quiet).await.expect("recv") {
+    if let Some(m) = ps.recv_timeout(quiet).await.expect("recv").map(settled) {
         panic!(
             "{what}: unexpected message on {:?} ({} bytes)",
             m.topic,

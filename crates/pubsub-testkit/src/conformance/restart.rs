@@ -171,6 +171,7 @@ fn collect(
         while Instant::now() < deadline {
             match sub.recv_timeout(quiet).await {
                 Ok(Some(m)) => {
+                    let m = super::settled(m);
                     let mut r = lock(&r);
                     r.insert(seq_of(&m));
                     if r.len() == TOTAL as usize {
