@@ -563,8 +563,8 @@ mod nats {
         );
     }
 
-    /// Core NATS keeps nothing: `demo --ack manual` is refused, saying which
-    /// backends can (exit 2), not run at most once.
+    /// Core NATS keeps nothing: `demo --ack manual` is refused, saying what
+    /// can (JetStream mode; exit 2), not run at most once.
     #[test]
     fn demo_with_manual_ack_is_refused_clearly_on_core_nats() {
         let server = NatsServer::start();
@@ -575,7 +575,7 @@ mod nats {
         let err = stderr(&o);
         assert!(err.starts_with("error: demo --ack manual: "), "{err}");
         assert!(
-            err.contains("core NATS") && err.contains("redis.mode = \"streams\""),
+            err.contains("core NATS") && err.contains("nats.mode = \"jetstream\""),
             "{err}"
         );
         assert!(o.stdout.is_empty(), "{}", stdout(&o));
