@@ -6,9 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config_for, start};
-use pubsub_redis::{BlockingTopicRegistry, ErrorKind, RedisMode, Topic, TopicRegistry, TOPICS_KEY};
-use pubsub_testkit::brokers::RedisServer;
+use common::{config_for, config_port, start};
+use pubsub_redis::{
+    BlockingTopicRegistry, Config, ErrorKind, RedisConfig, RedisMode, Secret, Topic, TopicRegistry,
+    TOPICS_KEY,
+};
+use pubsub_testkit::brokers::{free_port, RedisCluster, RedisServer};
+use pubsub_testkit::certs::TestPki;
 use pubsub_testkit::python::{run_script, MSIGHT_DATA_PRELUDE};
 
 const IMAGE: &str = "msight_core.data.image.ImageData";
@@ -164,4 +168,70 @@ print(t.name, t.data_type.__module__ + "." + t.data_type.__name__, t.description
         ours.starts_with("{\"name\": \"rs.cam\", \"description\": "),
         "{ours}"
     );
+}
+
+/// Register, get and list through `config`: the registry reaches Redis.
+async fn registry_round_trip(config: &Config, name: &str) {
+    let reg = TopicRegistry::connect(config).await.expect("connect");
+    let t = topic(name, "reached");
+    reg.register(&t).await.unwrap();
+    assert_eq!(reg.get(name).await.unwrap(), Some(t.clone()));
+    let other = topic(name, "another node");
+    assert_eq!(reg.get_or_register(&other).await.unwrap(), t);
+    let listed: Vec<Topic> = reg
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .collect();
+    assert!(listed.contains(&t), "{listed:?}");
+}
+
+/// The registry is configured by the `[redis]` section as the backend is:
+/// mutual TLS, a Unix socket (with nothing on the TCP port) and an ACL
+/// user, and a three-node cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_reaches_redis_as_the_backend_does() {
+    let pki = TestPki::generate();
+    let server = start(|| {
+        RedisServer::builder()
+            .tls(&pki)
+            .require_client_cert(true)
+            .start()
+    });
+    let mut c = config_for(&server, RedisMode::PubSub);
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.tls = true;
+    redis.tls_ca_cert = Some(pki.ca_cert.clone());
+    redis.tls_cert = Some(pki.client_cert.clone());
+    redis.tls_key = Some(pki.client_key.clone());
+    registry_round_trip(&c, "over.tls").await;
+
+    let server = start(|| {
+        RedisServer::builder()
+            .unix_socket(true)
+            .acl_user("alice", "alice-secret")
+            .arg("--requirepass")
+            .arg("default-secret")
+            .start()
+    });
+    let mut c = config_port(free_port(), RedisMode::PubSub);
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.unix_socket_path = Some(server.unix_socket_path().expect("socket").to_path_buf());
+    redis.username = Some("alice".into());
+    redis.password = Some(Secret::new("alice-secret"));
+    registry_round_trip(&c, "over.unix.socket").await;
+    // The wrong password is an authentication error, not a registry one.
+    c.section_mut::<RedisConfig>().unwrap().password = Some(Secret::new("wrong"));
+    let e = TopicRegistry::connect(&c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+
+    let cluster = start(|| RedisCluster::start(3));
+    let mut c = Config::default();
+    c.backend = "redis".into();
+    let redis = c.section_mut::<RedisConfig>().unwrap();
+    redis.cluster = true;
+    redis.cluster_nodes = cluster.nodes();
+    registry_round_trip(&c, "over.cluster").await;
 }
