@@ -89,12 +89,14 @@ pub fn print(r: &JetStreamReport) {
         };
         say!("topic:        {} -> {stream}; {consumer}", t.topic);
     }
+    let n = r.streams.len() + r.streams_not_shown;
     if r.topics.is_empty() {
         say!(
-            "streams:      {} named like nats.stream = {:?}",
-            r.streams.len() + r.streams_not_shown,
+            "streams:      {n} named like nats.stream = {:?}",
             r.stream_template
         );
+    } else {
+        say!("streams:      {n} capturing the topics");
     }
     for s in &r.streams {
         print_stream(s, !r.topics.is_empty());

@@ -129,7 +129,10 @@ fn check_in_jetstream_mode_shows_the_account_streams_and_consumers() {
         out.contains("1 consumer, 1 of them reading the topics"),
         "{out}"
     );
-    assert!(!out.contains("streams:      "), "{out}");
+    assert!(
+        out.contains("streams:      1 capturing the topics\n  stream msight_sensors: "),
+        "{out}"
+    );
 
     // The earlier checks' round trips (with a group the last time): their
     // stream stays, empty, without consumers.
