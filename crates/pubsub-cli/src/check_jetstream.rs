@@ -206,7 +206,7 @@ fn plural(n: u64, what: &str) -> String {
 
 /// Bytes as B, KiB, MiB or GiB.
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
     }
@@ -239,6 +239,6 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(1 << 30), "1.0 GiB");
-        assert_eq!(bytes(u64::MAX), "16384.0 TiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
     }
 }
