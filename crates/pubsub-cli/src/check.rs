@@ -40,6 +40,12 @@ pub struct CheckArgs {
     /// Longest wait for the round-trip message
     #[arg(long, value_name = "SECS", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// NATS JetStream mode: show the stream of TOPIC, the consumer this
+    /// configuration reads it with and those on it, instead of every stream
+    /// named like nats.stream (repeat for several topics)
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
 }
 
 /// What `check` found, the `check` object of the JSON document.
@@ -50,6 +56,10 @@ struct Outcome {
     connect: Connect,
     server: Option<Server>,
     capabilities: Option<Caps>,
+    /// NATS JetStream mode: the account, streams and consumers.
+    #[cfg(feature = "nats")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jetstream: Option<pubsub_nats::JetStreamReport>,
     round_trip_seconds: Option<f64>,
     /// Why it failed.
     error: Option<String>,
@@ -102,6 +112,11 @@ pub fn run(args: &CheckArgs, config: &Config) -> Result<(), CliError> {
         Some(std::slice::from_ref(&chosen))
     })?;
     let human = args.format == ConfigFormat::Toml;
+    if !args.topics.is_empty() && !jetstream_mode(config)? {
+        return Err(CliError::Usage(
+            "check --topic: only NATS in JetStream mode has streams to show (backend = \"nats\", nats.mode = \"jetstream\")".into(),
+        ));
+    }
     if human {
         let text = toml::to_string_pretty(&view)
             .map_err(|e| CliError::Failed(format!("cannot print the configuration: {e}")))?;
@@ -110,7 +125,7 @@ pub fn run(args: &CheckArgs, config: &Config) -> Result<(), CliError> {
         say!();
     }
     let mut outcome = Outcome::default();
-    let result = check(config, args.timeout, human, &mut outcome);
+    let result = check(config, args, human, &mut outcome);
     if let Err(e) = &result {
         outcome.error = Some(e.to_string());
     }
@@ -134,7 +149,7 @@ pub fn run(args: &CheckArgs, config: &Config) -> Result<(), CliError> {
 /// Connect, describe, round trip; each step's line printed when `human`.
 fn check(
     config: &Config,
-    timeout: Duration,
+    args: &CheckArgs,
     human: bool,
     outcome: &mut Outcome,
 ) -> Result<(), CliError> {
@@ -146,7 +161,18 @@ fn check(
         Ok(ps) => ps,
         Err(e) => {
             if human {
-                say!("connect:      FAILED after {}", fmt_duration(t0.elapsed()));
+                // JetStream off: the library names nats.mode.
+                let why = if e.kind() == pubsub_core::ErrorKind::InvalidConfig
+                    && e.message().starts_with("nats.mode")
+                {
+                    " (JetStream is not enabled on the server)"
+                } else {
+                    ""
+                };
+                say!(
+                    "connect:      FAILED after {}{why}",
+                    fmt_duration(t0.elapsed())
+                );
             }
             return Err(e.into());
         }
@@ -177,8 +203,27 @@ fn check(
         manual_ack: caps.settle.manual_ack(),
     });
 
+    #[cfg(feature = "nats")]
+    if jetstream_mode(config)? {
+        match crate::check_jetstream::report(config, &args.topics) {
+            Ok(report) => {
+                if human {
+                    crate::check_jetstream::print(&report);
+                }
+                outcome.jetstream = Some(report);
+            }
+            Err(e) => {
+                if human {
+                    say!("jetstream:    FAILED");
+                }
+                let _ = ps.close();
+                return Err(e);
+            }
+        }
+    }
+
     let topic = format!("pubsub-check.{}", run_id());
-    let result = round_trip(&ps, &topic, timeout);
+    let result = round_trip(&ps, &topic, args.timeout);
     // The check's own topic is left behind nowhere (a Redis stream).
     let deleted = ps.delete_topic(topic.as_str());
     let closed = ps.close();
@@ -190,6 +235,17 @@ fn check(
         say!("round trip:   {}", fmt_duration(rtt));
     }
     Ok(())
+}
+
+/// Whether the configuration is NATS in JetStream mode.
+fn jetstream_mode(config: &Config) -> Result<bool, CliError> {
+    #[cfg(feature = "nats")]
+    return crate::check_jetstream::enabled(config);
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = config;
+        Ok(false)
+    }
 }
 
 fn print_broker(ps: &PubSub, took: Duration, info: &BrokerInfo, caps: &Capabilities) {

@@ -48,6 +48,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// the config sets one (the library's 30 s would outlast the run).
 const DEMO_ACK_WAIT: Duration = Duration::from_secs(2);
 
+/// Which backends keep messages for `--ack manual`, said when it is refused.
+const MANUAL_BACKENDS: &str = "manual ack needs a backend that keeps messages: nats with nats.mode = \"jetstream\", redis with redis.mode = \"streams\", mqtt at QoS 1 or 2, or memory";
+
 /// Run the sensor pipeline: a source, a group of workers, a sink.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -81,7 +84,8 @@ pub struct DemoArgs {
 
     /// How the workers settle frames: manual acknowledges each frame after
     /// its result is published (at least once; the backend must keep
-    /// messages: memory, Redis streams), auto when taken
+    /// messages: memory, NATS JetStream, Redis streams, MQTT at QoS 1 or 2),
+    /// auto when taken
     #[arg(long, value_enum, ignore_case = true, default_value_t = Ack::Config)]
     pub ack: Ack,
 
@@ -244,7 +248,7 @@ async fn pipeline(args: &DemoArgs, mut config: Config) -> Result<Report, CliErro
     for c in &worker_configs {
         let worker = PubSub::connect(c).await.map_err(|e| {
             if manual && e.kind() == ErrorKind::InvalidConfig && e.message().contains("ack") {
-                CliError::Usage(format!("demo --ack manual: {e}"))
+                CliError::Usage(format!("demo --ack manual: {e}; {MANUAL_BACKENDS}"))
             } else {
                 e.into()
             }

@@ -3,6 +3,8 @@
 mod backends;
 mod bench;
 mod check;
+#[cfg(feature = "nats")]
+mod check_jetstream;
 mod demo;
 mod error;
 mod frame;

@@ -575,7 +575,9 @@ mod nats {
         let err = stderr(&o);
         assert!(err.starts_with("error: demo --ack manual: "), "{err}");
         assert!(
-            err.contains("core NATS") && err.contains("nats.mode = \"jetstream\""),
+            err.contains("core NATS")
+                && err.contains("nats.mode = \"jetstream\"")
+                && err.contains("redis.mode = \"streams\""),
             "{err}"
         );
         assert!(o.stdout.is_empty(), "{}", stdout(&o));

@@ -367,6 +367,16 @@ impl PubSubBackend for NatsBackend {
             .map_err(|e| publish_error(topic, e))
     }
 
+    /// JetStream mode: the topic's messages are purged from its stream and
+    /// the consumers reading exactly it deleted (the stream stays, as other
+    /// topics may share it). Core NATS keeps nothing.
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        match &self.jetstream {
+            Some(js) => js.delete_topic(topic).await,
+            None => Ok(()),
+        }
+    }
+
     async fn flush(&self) -> Result<()> {
         if let Some(js) = &self.jetstream {
             return js.flush().await;

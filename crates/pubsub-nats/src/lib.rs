@@ -14,6 +14,10 @@ pub use config::{
     DEFAULT_STREAM, NATS_ENV,
 };
 pub use headers::HEADER_ORDER;
+pub use jetstream::report::{
+    jetstream_report, AccountReport, ConsumerReport, JetStreamReport, PlannedStream, StreamReport,
+    TopicReport, MAX_CONSUMERS, MAX_STREAMS,
+};
 pub use pubsub_core::{
     self, blocking, AckMode, Backend, BackendFactory, BrokerInfo, Bytes, Capabilities, Config,
     Delivery, Error, ErrorKind, Headers, Message, MessageStream, OverflowPolicy, PubSub, Result,

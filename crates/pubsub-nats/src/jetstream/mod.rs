@@ -9,12 +9,14 @@
 //!   ephemeral), created or found and checked against the server's answer;
 //! - [`fetch`]: the fetcher of a subscription: pulls bounded in messages
 //!   and bytes, heartbeats, and putting back a consumer that went away;
-//! - [`settle`]: ack / nak / in_progress / term, and dead letters.
+//! - [`settle`]: ack / nak / in_progress / term, and dead letters;
+//! - [`report`]: the account, streams and consumers, for `pubsub check`.
 
 mod api;
 mod consumer;
 mod fetch;
 mod publish;
+pub(crate) mod report;
 mod settle;
 mod stream;
 
@@ -306,6 +308,56 @@ impl JetStream {
 
     pub async fn flush(&self) -> Result<()> {
         self.publisher.flush().await
+    }
+
+    /// What the stream of `topic` keeps of it: this handle's subscription
+    /// to it ended, the consumers reading exactly `topic` deleted (a
+    /// group's durable among them) and its messages purged. The stream
+    /// stays: other topics may share it.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        crate::backend::check_subject(topic, false)?;
+        self.unsubscribe(topic).await?;
+        let api = &self.shared.api;
+        let names = api
+            .call::<serde_json::Value>(
+                "stream names",
+                "STREAM.NAMES",
+                &serde_json::json!({ "subject": topic }),
+            )
+            .await?;
+        let Some(stream) = names["streams"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let consumers = report::list(api, &format!("CONSUMER.LIST.{stream}"), "consumers").await?;
+        for c in consumers {
+            if c["config"]["filter_subject"].as_str() == Some(topic) {
+                if let Some(name) = c["name"].as_str() {
+                    let subject = format!("CONSUMER.DELETE.{stream}.{name}");
+                    match api
+                        .request::<serde_json::Value>(&subject, &serde_json::json!({}))
+                        .await?
+                    {
+                        Ok(_) => {}
+                        Err(e) if api::is_not_found(&e) => {}
+                        Err(e) => {
+                            return Err(api.server_error(&format!("deleting consumer {name:?}"), e))
+                        }
+                    }
+                }
+            }
+        }
+        api.call::<serde_json::Value>(
+            &format!("purging {topic:?} from stream {stream:?}"),
+            &format!("STREAM.PURGE.{stream}"),
+            &serde_json::json!({ "filter": topic }),
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn close(&self) -> Result<()> {

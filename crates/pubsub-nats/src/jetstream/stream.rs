@@ -20,6 +20,7 @@ use serde_json::json;
 use super::api::{is_not_found, is_transient, Api, ServerError, RETRIES, RETRY_PAUSE};
 use super::Settings;
 use crate::config::{bad_name, StreamDiscard, StreamStorage};
+use crate::NatsConfig;
 
 /// Defaults of a stream this library creates (the keys left unset).
 pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -68,9 +69,45 @@ pub(crate) struct Streams {
 
 /// What the configuration says of the stream of one topic.
 #[derive(Debug)]
-struct Plan {
-    name: String,
-    subjects: Vec<String>,
+pub(crate) struct Plan {
+    pub name: String,
+    pub subjects: Vec<String>,
+}
+
+/// The stream's name and subjects for `topic` from the `[nats]` section.
+pub(crate) fn plan(nats: &NatsConfig, topic: &str) -> Result<Plan> {
+    let templated = nats.stream.contains("{token}");
+    let token = topic.split('.').next().unwrap_or(topic);
+    if templated && (token == "*" || token == ">") {
+        return Err(Error::topic(
+            topic,
+            format!(
+                "nats.stream = {:?} names a stream after the topic's first token, and this one is a wildcard; subscribe below a first token (\"sensors.>\") or set a fixed nats.stream",
+                nats.stream
+            ),
+        ));
+    }
+    // Tokens cannot hold '.', '*', '>' or whitespace; path separators
+    // are allowed in subjects but not in stream names.
+    let token_name = token.replace(['/', '\\'], "_");
+    let name = nats.stream.replace("{token}", &token_name);
+    if let Some(why) = bad_name(&name) {
+        return Err(Error::config(
+            "nats.stream",
+            format!("the stream name {name:?} (for topic {topic:?}) {why}"),
+        ));
+    }
+    let subjects = if !nats.stream_subjects.is_empty() {
+        nats.stream_subjects
+            .iter()
+            .map(|s| s.replace("{token}", token))
+            .collect()
+    } else if templated {
+        vec![token.to_string(), format!("{token}.>")]
+    } else {
+        Vec::new()
+    };
+    Ok(Plan { name, subjects })
 }
 
 impl Streams {
@@ -151,39 +188,7 @@ impl Streams {
 
     /// The stream's name and subjects for `topic` from the configuration.
     fn plan(&self, topic: &str) -> Result<Plan> {
-        let nats = &self.settings.nats;
-        let templated = nats.stream.contains("{token}");
-        let token = topic.split('.').next().unwrap_or(topic);
-        if templated && (token == "*" || token == ">") {
-            return Err(Error::topic(
-                topic,
-                format!(
-                    "nats.stream = {:?} names a stream after the topic's first token, and this one is a wildcard; subscribe below a first token (\"sensors.>\") or set a fixed nats.stream",
-                    nats.stream
-                ),
-            ));
-        }
-        // Tokens cannot hold '.', '*', '>' or whitespace; path separators
-        // are allowed in subjects but not in stream names.
-        let token_name = token.replace(['/', '\\'], "_");
-        let name = nats.stream.replace("{token}", &token_name);
-        if let Some(why) = bad_name(&name) {
-            return Err(Error::config(
-                "nats.stream",
-                format!("the stream name {name:?} (for topic {topic:?}) {why}"),
-            ));
-        }
-        let subjects = if !nats.stream_subjects.is_empty() {
-            nats.stream_subjects
-                .iter()
-                .map(|s| s.replace("{token}", token))
-                .collect()
-        } else if templated {
-            vec![token.to_string(), format!("{token}.>")]
-        } else {
-            Vec::new()
-        };
-        Ok(Plan { name, subjects })
+        plan(&self.settings.nats, topic)
     }
 
     async fn bind_or_create(&self, plan: &Plan, topic: &str) -> Result<StreamInfo> {
