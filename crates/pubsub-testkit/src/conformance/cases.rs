@@ -9,7 +9,7 @@ use futures::StreamExt;
 use pubsub_core::{blocking, ErrorKind, Message, PubSub};
 
 use super::{
-    assert_quiet, connect, drain, probe_until_delivered, recv_n, seq, seq_of, settled, unique,
+    assert_quiet, connect, drain, probe_until_delivered, seq, seq_of, settled, take_n, unique,
     Harness, Outcome, WAIT,
 };
 
@@ -28,7 +28,7 @@ pub async fn round_trip_payloads(h: &mut dyn Harness) -> Outcome {
         publ.publish(&topic, p.clone()).await.expect("publish");
     }
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, payloads.len(), WAIT).await;
+    let got = take_n(&sub, payloads.len(), WAIT).await;
     assert_eq!(got.len(), payloads.len(), "payloads received");
     let mut got: Vec<Vec<u8>> = got.into_iter().map(|m| m.payload.to_vec()).collect();
     got.sort_by_key(Vec::len);
@@ -59,7 +59,7 @@ pub async fn two_plain_subscribers_each_get_everything(h: &mut dyn Harness) -> O
     }
     publ.flush().await.expect("flush");
     for (name, s) in [("a", &a), ("b", &b)] {
-        let got: BTreeSet<u32> = recv_n(s, 200, WAIT).await.iter().map(seq_of).collect();
+        let got: BTreeSet<u32> = take_n(s, 200, WAIT).await.iter().map(seq_of).collect();
         assert_eq!(got.len(), 200, "subscriber {name} got {} of 200", got.len());
     }
     Outcome::Passed
@@ -145,7 +145,7 @@ pub async fn topics_are_isolated(h: &mut dyn Harness) -> Outcome {
     publ.publish(&other, "not for you").await.expect("publish");
     publ.publish(&mine, "for you").await.expect("publish");
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, 1, WAIT).await;
+    let got = take_n(&sub, 1, WAIT).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].topic, mine);
     assert_eq!(&got[0].payload[..], b"for you");
@@ -170,7 +170,7 @@ pub async fn several_subscriptions_tag_messages_by_topic(h: &mut dyn Harness) ->
         }
     }
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, 60, WAIT).await;
+    let got = take_n(&sub, 60, WAIT).await;
     assert_eq!(got.len(), 60);
     for m in &got {
         let text = std::str::from_utf8(&m.payload).expect("utf8");
@@ -193,14 +193,14 @@ pub async fn unsubscribe_stops_delivery(h: &mut dyn Harness) -> Outcome {
     sub.subscribe(&t2).await.expect("subscribe");
     publ.publish(&t1, "before").await.expect("publish");
     publ.flush().await.expect("flush");
-    assert_eq!(recv_n(&sub, 1, WAIT).await.len(), 1);
+    assert_eq!(take_n(&sub, 1, WAIT).await.len(), 1);
     sub.unsubscribe(&t1).await.expect("unsubscribe");
     for _ in 0..10 {
         publ.publish(&t1, "after").await.expect("publish");
     }
     publ.publish(&t2, "still here").await.expect("publish");
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, 1, WAIT).await;
+    let got = take_n(&sub, 1, WAIT).await;
     assert_eq!(got.len(), 1, "the other topic still delivers");
     assert_eq!(
         got[0].topic, t2,
@@ -226,7 +226,7 @@ pub async fn publish_then_close_delivers_everything(h: &mut dyn Harness) -> Outc
         publ.publish(&topic, seq(i)).await.expect("publish");
     }
     publ.close().await.expect("close");
-    let got: BTreeSet<u32> = recv_n(&sub, N as usize, WAIT)
+    let got: BTreeSet<u32> = take_n(&sub, N as usize, WAIT)
         .await
         .iter()
         .map(seq_of)
@@ -276,7 +276,7 @@ pub async fn order_is_kept(h: &mut dyn Harness) -> Outcome {
         publ.publish(&topic, seq(i)).await.expect("publish");
     }
     publ.flush().await.expect("flush");
-    let got: Vec<u32> = recv_n(&sub, N as usize, WAIT)
+    let got: Vec<u32> = take_n(&sub, N as usize, WAIT)
         .await
         .iter()
         .map(seq_of)
@@ -360,7 +360,7 @@ pub async fn blocking_handle_shared_by_eight_threads(h: &mut dyn Harness) -> Out
     })
     .await
     .expect("publisher threads");
-    let got: BTreeSet<u32> = recv_n(&sub, 4000, WAIT).await.iter().map(seq_of).collect();
+    let got: BTreeSet<u32> = take_n(&sub, 4000, WAIT).await.iter().map(seq_of).collect();
     assert_eq!(got.len(), 4000, "messages from eight threads");
     Outcome::Passed
 }
@@ -441,7 +441,7 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
     sub.subscribe(&topic).await.expect("subscribe");
     publ.publish(&topic, seq(0)).await.expect("publish");
     publ.flush().await.expect("flush");
-    assert_eq!(recv_n(&sub, 1, WAIT).await.len(), 1, "before restart");
+    assert_eq!(take_n(&sub, 1, WAIT).await.len(), 1, "before restart");
     if !super::restart_broker(h).await {
         return Outcome::Skipped("in-process backend has no broker to restart".into());
     }
@@ -458,7 +458,7 @@ pub async fn resubscribes_after_broker_restart(h: &mut dyn Harness) -> Outcome {
             .expect("publish after restart");
     }
     publ.flush().await.expect("flush after restart");
-    let got = recv_n(&sub, 100, WAIT).await;
+    let got = take_n(&sub, 100, WAIT).await;
     assert_eq!(got.len(), 100, "messages published after the restart");
     let stats = sub.stats();
     println!("recovered in {recovered:?}; subscriber stats {stats:?}");

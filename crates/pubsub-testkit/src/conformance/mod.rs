@@ -296,8 +296,26 @@ pub fn settled(m: Message) -> Message {
     copy
 }
 
-/// Receive until `n` messages arrived or `within` passed.
+/// Receive until `n` messages arrived or `within` passed. In manual ack
+/// mode the messages are returned unsettled, for the caller to settle (or
+/// to hold, as a test of redelivery does); see [`take_n`].
 pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
+    receive(ps, n, within, |m| m).await
+}
+
+/// [`recv_n`], each message acknowledged as it arrives if it is to be
+/// settled ([`settled`]): what the cases use, so that they run the same in
+/// manual ack mode, also past a broker's limit of unacknowledged messages.
+pub async fn take_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
+    receive(ps, n, within, settled).await
+}
+
+async fn receive(
+    ps: &PubSub,
+    n: usize,
+    within: Duration,
+    each: fn(Message) -> Message,
+) -> Vec<Message> {
     let deadline = Instant::now() + within;
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
@@ -306,7 +324,7 @@ pub async fn recv_n(ps: &PubSub, n: usize, within: Duration) -> Vec<Message> {
             break;
         }
         match ps.recv_timeout(left).await {
-            Ok(Some(m)) => got.push(settled(m)),
+            Ok(Some(m)) => got.push(each(m)),
             Ok(None) => break,
             Err(e) => panic!("recv: {e}"),
         }

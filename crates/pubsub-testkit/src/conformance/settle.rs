@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pubsub_core::{dead_letter, AckMode, Config, ErrorKind, Headers, Message, PubSub, Support};
 
-use super::{connect, connect_cfg, recv_n, seq, seq_of, unique, Harness, Outcome, WAIT};
+use super::{connect, connect_cfg, seq, seq_of, take_n, unique, Harness, Outcome, WAIT};
 
 /// Headers arrive with the message, in order, repeated keys kept; the
 /// received message carries the broker's id where the backend claims ids.
@@ -31,7 +31,7 @@ pub async fn headers_arrive_in_order(h: &mut dyn Harness) -> Outcome {
         .expect("publish with headers");
     publ.publish(&topic, "without").await.expect("publish");
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, 2, WAIT).await;
+    let got = take_n(&sub, 2, WAIT).await;
     assert_eq!(got.len(), 2, "messages received");
     let with = got
         .iter()
@@ -70,7 +70,7 @@ pub async fn headers_arrive_in_order(h: &mut dyn Harness) -> Outcome {
     };
     publ.publish(&topic, "after").await.expect("publish after");
     publ.flush().await.expect("flush");
-    let got = recv_n(&sub, 1 + usize::from(tab_kept), WAIT).await;
+    let got = take_n(&sub, 1 + usize::from(tab_kept), WAIT).await;
     if tab_kept {
         assert_eq!(&got[0].payload[..], b"tab");
         assert_eq!(got[0].headers, tabbed, "a tab arrives unchanged");
@@ -117,7 +117,7 @@ pub async fn settling_in_auto_mode(h: &mut dyn Harness) -> Outcome {
         sub.publish(&topic, seq(i)).await.expect("publish");
     }
     sub.flush().await.expect("flush");
-    let mut got = recv_n(&sub, 3, WAIT).await.into_iter();
+    let mut got = take_n(&sub, 3, WAIT).await.into_iter();
     let (a, b, c) = (
         got.next().unwrap(),
         got.next().unwrap(),
