@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pubsub_core::{validate_topic_name, AckMode, Config, Error, OverflowPolicy, PubSub};
+use pubsub_core::{validate_topic_name, AckMode, Config, Error, Message, OverflowPolicy, PubSub};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -263,7 +263,10 @@ async fn one_in_flight(
         let t0 = Instant::now();
         publisher.publish(topic, payload.clone()).await?;
         match sub.recv_timeout(left).await? {
-            Some(_) => lat.record(t0.elapsed()),
+            Some(m) => {
+                lat.record(t0.elapsed());
+                settle(m)?;
+            }
             None => break,
         }
     }
@@ -542,6 +545,16 @@ async fn publisher(ps: PubSub, lane: Lane, count: u64, size: usize) -> Result<Si
     })
 }
 
+/// With `ack = "manual"`, acknowledge a message once it is counted: the
+/// bench then measures at-least-once delivery (without it a backend stops
+/// at `max_in_flight` unsettled messages). Nothing to do in auto mode.
+fn settle(m: Message) -> Result<(), Error> {
+    if m.needs_settling() {
+        m.ack()?;
+    }
+    Ok(())
+}
+
 /// Count messages until `expected` arrived (for this subscriber, or in
 /// total with a group), the publishers are done and nothing came for
 /// [`IDLE_AFTER_PUBLISH`], or the deadline.
@@ -587,7 +600,10 @@ async fn subscriber(
         let Some(msg) = ps.recv_timeout(wait.min(deadline - now)).await? else {
             continue;
         };
-        if msg.topic != topic {
+        let ours = msg.topic == topic;
+        let sent = msg.payload.get(..8).and_then(|b| b.try_into().ok());
+        settle(msg)?;
+        if !ours {
             continue; // left over from the latency phase
         }
         last = Instant::now();
@@ -595,7 +611,7 @@ async fn subscriber(
         if let Some(t) = &shared_total {
             t.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(sent) = msg.payload.get(..8).and_then(|b| b.try_into().ok()) {
+        if let Some(sent) = sent {
             let sent = u64::from_be_bytes(sent);
             side.latencies
                 .record(Duration::from_nanos(stamp(start).saturating_sub(sent)));

@@ -338,3 +338,35 @@ fn pub_and_sub_with_manual_ack_in_jetstream_mode() {
     assert_eq!(c["num_pending"], 0, "{c:#}");
     assert_eq!(c["delivered_stream_seq"], 5, "{c:#}");
 }
+
+/// `bench` in JetStream mode, with `ack = "manual"` and a group: the
+/// subscribers acknowledge what they count, so all 5,000 arrive past
+/// `max_in_flight` = 100 (without that the consumer stopped there: 1,000
+/// of 20,000 with the default 1,000); auto ack measures too.
+#[test]
+fn bench_in_jetstream_mode_in_both_ack_modes() {
+    let server = NatsServer::start_jetstream();
+    let mut vars = js_env(&server);
+    vars.push(("MSIGHT_PUBSUB_MAX_IN_FLIGHT", "100".to_string()));
+    for ack in ["auto", "manual"] {
+        vars.retain(|(k, _)| *k != "MSIGHT_PUBSUB_ACK");
+        vars.push(("MSIGHT_PUBSUB_ACK", ack.to_string()));
+        let o = run(pubsub(&as_refs(&vars)).args([
+            "bench",
+            "--msgs",
+            "5000",
+            "--subs",
+            "2",
+            "--group",
+            "bench",
+            "--latency-samples",
+            "50",
+        ]));
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(
+            out.contains("received 5000 of 5000, lost 0"),
+            "{ack}: {out}"
+        );
+    }
+}
