@@ -7,7 +7,9 @@
 //!   streams (raw: `XREADGROUP`, each entry counted, then one `XACK` for the
 //!   entries of the read), MQTT at QoS 1 with a persistent session (raw:
 //!   rumqttc with `set_manual_acks(true)`, `client.ack(&publish)` after
-//!   each message), and `memory` (no raw client).
+//!   each message), NATS JetStream (raw: an async-nats pull consumer,
+//!   `ack()` after each message; see [`crate::jetstream`]), and `memory`
+//!   (no raw client).
 //! - `e2e_ack_each`: Redis streams, the raw consumer sending an `XACK` per
 //!   entry and waiting for its answer before the next: what a redis-rs user
 //!   who acknowledges message by message writes. Ours is the same code as
@@ -108,6 +110,10 @@ pub fn raw_client(t: &Target, scenario: &str) -> Option<Box<dyn RawAckClient>> {
             read_count: *read_count,
             per_message: scenario == ACK_EACH,
         })),
+        Some(RawKind::JetStream { .. }) if scenario == ACK => {
+            let raw: Box<dyn RawAckClient> = Box::new(crate::jetstream::JsAck::of(t)?);
+            Some(raw)
+        }
         Some(RawKind::Mqtt { host, port, qos }) if *qos >= 1 && scenario == ACK => {
             Some(Box::new(MqttAck {
                 host: host.clone(),
