@@ -70,7 +70,7 @@ impl Acker {
 /// What the giver needs of a message it gives up.
 pub(crate) struct GiveUp {
     pub reply: Subject,
-    pub topic: String,
+    pub topic: Subject,
     pub payload: Bytes,
     pub headers: Headers,
     pub attempts: u32,
@@ -151,7 +151,7 @@ impl Giver {
     async fn dead_letter(&self, dlq: &str, g: &GiveUp) -> Result<()> {
         let mut headers = g.headers.clone();
         headers.insert(dead_letter::REASON, g.reason);
-        headers.insert(dead_letter::TOPIC, g.topic.as_str());
+        headers.insert(dead_letter::TOPIC, g.topic.to_string());
         headers.insert(dead_letter::ATTEMPTS, g.attempts.to_string());
         headers.insert(dead_letter::ID, g.id.to_string());
         let target = self.streams.ensure(dlq).await?;
@@ -178,7 +178,7 @@ impl Giver {
 pub(crate) struct JsSettle {
     pub manual: Arc<Manual>,
     pub reply: Subject,
-    pub topic: String,
+    pub topic: Subject,
     pub payload: Bytes,
     pub headers: Headers,
     pub attempt: u32,
