@@ -36,7 +36,12 @@ pub enum RawKind {
     /// async-nats with the server list.
     Nats { servers: Vec<String> },
     /// async-nats JetStream (publishes awaited for their PubAck).
-    JetStream { servers: Vec<String> },
+    JetStream {
+        servers: Vec<String>,
+        /// The raw publisher sends a `Nats-Msg-Id` with every message, as
+        /// ours does.
+        msg_ids: bool,
+    },
     /// redis-rs, pipelined, in `PUBLISH` or Streams mode.
     Redis {
         url: String,
@@ -118,7 +123,7 @@ impl Target {
             Some(RawKind::Redis {
                 url, streams: true, ..
             }) => crate::raw::delete_stream(url, topic).await,
-            Some(RawKind::JetStream { servers }) => {
+            Some(RawKind::JetStream { servers, .. }) => {
                 if let Some(url) = servers.first() {
                     crate::jetstream::purge(url, topic).await;
                 }
@@ -168,9 +173,9 @@ impl Conn {
                 sub: None,
                 subject: std::sync::OnceLock::new(),
             }),
-            (Variant::Raw, Some(RawKind::JetStream { servers })) => Ok(Conn::JetStream(Box::new(
-                crate::jetstream::RawJetStream::connect(servers).await?,
-            ))),
+            (Variant::Raw, Some(RawKind::JetStream { servers, msg_ids })) => Ok(Conn::JetStream(
+                Box::new(crate::jetstream::RawJetStream::connect(servers, *msg_ids).await?),
+            )),
             (
                 Variant::Raw,
                 Some(RawKind::Redis {

@@ -9,8 +9,9 @@
 //!   and `nats.publish_max_pending_bytes` = 64 MiB unconfirmed), then
 //!   `flush`, which waits for every PubAck. Ours also sends a
 //!   `Nats-Msg-Id` header with every message (its publishes are sent again
-//!   after a reconnect and must be stored once); the raw publisher sends
-//!   none.
+//!   after a reconnect and must be stored once), which the stream
+//!   deduplicates on; the raw publisher sends none, or, with
+//!   `--jetstream-raw-msg-id`, one of the same length.
 //! - `e2e_ack` (through [`crate::manual_ack`], its [`RawAckClient`]
 //!   [`JsAck`]): one publisher, one consumer in a group that acknowledges
 //!   every message after counting it. Raw: a durable pull consumer with
@@ -61,7 +62,7 @@ pub fn is_target(t: &Target) -> bool {
 
 /// A `nats-server -js` (frames of 1 MiB and headers fit its
 /// `max_payload`) and its target, the stream made by our library.
-pub fn start() -> Result<(NatsServer, Target), BoxError> {
+pub fn start(msg_ids: bool) -> Result<(NatsServer, Target), BoxError> {
     let server = NatsServer::builder()
         .max_payload(8 << 20)
         .jetstream()
@@ -78,6 +79,7 @@ pub fn start() -> Result<(NatsServer, Target), BoxError> {
         config,
         raw: Some(RawKind::JetStream {
             servers: vec![server.url()],
+            msg_ids,
         }),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -107,14 +109,14 @@ async fn context(url: &str) -> Result<(async_nats::Client, jetstream::Context), 
     Ok((client, js))
 }
 
-/// Remove what a run left in the stream (file storage: it would fill the
-/// disk of a long run).
-pub async fn purge(url: &str, topic: &str) {
+/// Remove what a run left in the stream (runs take turns, so all of it;
+/// file storage would fill the disk of a long run).
+pub async fn purge(url: &str, _topic: &str) {
     let Ok((client, js)) = context(url).await else {
         return;
     };
     if let Ok(mut stream) = js.get_stream(STREAM).await {
-        let _ = stream.purge().filter(topic).await;
+        let _ = stream.purge().await;
         let _ = stream.info().await;
     }
     let _ = client.drain().await;
@@ -128,6 +130,10 @@ pub struct RawJetStream {
     subject: std::sync::OnceLock<(String, async_nats::Subject)>,
     /// PubAcks not awaited yet, oldest first, with their payload sizes.
     window: Mutex<Window>,
+    /// `Some`: a `Nats-Msg-Id` of this prefix and a number goes with every
+    /// message.
+    msg_ids: Option<String>,
+    sent: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -155,14 +161,18 @@ fn lock(w: &Mutex<Window>) -> std::sync::MutexGuard<'_, Window> {
 }
 
 impl RawJetStream {
-    pub async fn connect(servers: &[String]) -> Result<RawJetStream, BoxError> {
+    pub async fn connect(servers: &[String], msg_ids: bool) -> Result<RawJetStream, BoxError> {
         let url = servers.first().ok_or("no server")?;
         let (client, js) = context(url).await?;
+        // As long as ours' (`msight-` and the 22 characters of an inbox id).
+        let prefix = format!("msight-{:0>22}-", std::process::id());
         Ok(RawJetStream {
             client,
             js,
             subject: std::sync::OnceLock::new(),
             window: Mutex::new(Window::default()),
+            msg_ids: msg_ids.then_some(prefix),
+            sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -185,7 +195,18 @@ impl RawJetStream {
         } else {
             async_nats::Subject::from(topic)
         };
-        let ack = self.js.publish(s, payload).await?;
+        let ack = match &self.msg_ids {
+            None => self.js.publish(s, payload).await?,
+            Some(prefix) => {
+                let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    async_nats::HeaderValue::from(format!("{prefix}{n}")),
+                );
+                self.js.publish_with_headers(s, headers, payload).await?
+            }
+        };
         let mut w = lock(&self.window);
         w.acks.push_back((ack, len));
         w.bytes += len;
@@ -231,7 +252,7 @@ pub struct JsAck {
 impl JsAck {
     /// The raw consumer of `t` (its settings those ours gives its own).
     pub fn of(t: &Target) -> Option<JsAck> {
-        let Some(RawKind::JetStream { servers }) = &t.raw else {
+        let Some(RawKind::JetStream { servers, .. }) = &t.raw else {
             return None;
         };
         let nats = t.config.section::<NatsConfig>().ok()?;

@@ -72,6 +72,11 @@ struct Args {
     /// the table shows each one's median (the machine's noise hits all alike).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// JetStream: the raw publisher sends a `Nats-Msg-Id` header with every
+    /// message, as ours does (which the stream deduplicates on); without
+    /// it, none.
+    #[arg(long)]
+    jetstream_raw_msg_id: bool,
     /// Measure only these variants (raw, async, blocking): for profiling one
     /// of them alone.
     #[arg(long, value_delimiter = ',')]
@@ -145,7 +150,7 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 brokers._nats = Some(server);
             }
             "jetstream" => {
-                let (server, target) = jetstream::start()?;
+                let (server, target) = jetstream::start(args.jetstream_raw_msg_id)?;
                 out.push(target);
                 brokers._jetstream = Some(server);
             }
