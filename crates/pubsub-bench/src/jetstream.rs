@@ -164,8 +164,10 @@ impl RawJetStream {
     pub async fn connect(servers: &[String], msg_ids: bool) -> Result<RawJetStream, BoxError> {
         let url = servers.first().ok_or("no server")?;
         let (client, js) = context(url).await?;
-        // As long as ours' (`msight-` and the 22 characters of an inbox id).
-        let prefix = format!("msight-{:0>22}-", std::process::id());
+        // Unique to this connection, and as long as ours' (`msight-` and
+        // an inbox id).
+        let inbox = client.new_inbox();
+        let prefix = format!("msight-{}-", inbox.rsplit('.').next().unwrap_or(&inbox));
         Ok(RawJetStream {
             client,
             js,
@@ -181,9 +183,7 @@ impl RawJetStream {
         loop {
             let oldest = lock(&self.window).make_room(len);
             match oldest {
-                Some(ack) => {
-                    ack.await?;
-                }
+                Some(ack) => stored(ack).await?,
                 None => break,
             }
         }
@@ -227,7 +227,7 @@ impl RawJetStream {
             let Some((ack, _)) = oldest else {
                 break;
             };
-            ack.await?;
+            stored(ack).await?;
         }
         self.client.flush().await?;
         Ok(())
@@ -237,6 +237,15 @@ impl RawJetStream {
         let _ = self.flush().await;
         let _ = self.client.drain().await;
     }
+}
+
+/// Wait for a PubAck; one that says the stream had the message already
+/// (a duplicate `Nats-Msg-Id`: nothing stored) is an error.
+async fn stored(ack: PublishAckFuture) -> Result<(), BoxError> {
+    if ack.await?.duplicate {
+        return Err("the stream took a publish for a duplicate and did not store it".into());
+    }
+    Ok(())
 }
 
 /// Raw async-nats JetStream consumption for the manual-ack scenarios.

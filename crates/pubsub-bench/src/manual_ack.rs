@@ -20,8 +20,10 @@
 //! publish to the last `ack` call returning (raw Redis: `XACK` answered;
 //! raw MQTT and ours: the acknowledgement queued for the connection). After
 //! every run the broker is asked what it still holds unacknowledged
-//! (Redis: `XPENDING`) and ours is asked how many it acknowledged: a run
-//! whose acknowledgements did not all take effect is an error, not a figure.
+//! (Redis: `XPENDING`; JetStream: the consumer's pending and unacknowledged
+//! messages) and ours is asked how many it acknowledged: a run in which
+//! fewer messages were counted than published, or whose acknowledgements
+//! did not all take effect, is an error, not a figure.
 //!
 //! Adding a backend (JetStream, say): implement [`RawAckClient`] for its
 //! raw client library in a module of its own, return it from
@@ -176,6 +178,11 @@ pub async fn end_to_end(
         );
     }
     let received = run.received.load(Ordering::Relaxed);
+    if received < count {
+        return Err(
+            format!("only {received} of {count} messages were counted and acknowledged").into(),
+        );
+    }
     let mut s = Sample::new(t, scenario, size, v);
     s.sent = count;
     s.received = received;
