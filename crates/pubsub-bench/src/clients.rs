@@ -35,6 +35,13 @@ impl Variant {
 pub enum RawKind {
     /// async-nats with the server list.
     Nats { servers: Vec<String> },
+    /// async-nats JetStream (publishes awaited for their PubAck).
+    JetStream {
+        servers: Vec<String>,
+        /// The raw publisher sends a `Nats-Msg-Id` with every message, as
+        /// ours does.
+        msg_ids: bool,
+    },
     /// redis-rs, pipelined, in `PUBLISH` or Streams mode.
     Redis {
         url: String,
@@ -109,13 +116,19 @@ impl Target {
         format!("{}/{}", self.backend, self.mode)
     }
 
-    /// Free what a run left in the broker (Redis streams keep their entries).
+    /// Free what a run left in the broker (Redis and JetStream streams
+    /// keep their entries).
     pub async fn cleanup(&self, topic: &str) {
-        if let Some(RawKind::Redis {
-            url, streams: true, ..
-        }) = &self.raw
-        {
-            crate::raw::delete_stream(url, topic).await;
+        match &self.raw {
+            Some(RawKind::Redis {
+                url, streams: true, ..
+            }) => crate::raw::delete_stream(url, topic).await,
+            Some(RawKind::JetStream { servers, .. }) => {
+                if let Some(url) = servers.first() {
+                    crate::jetstream::purge(url, topic).await;
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -133,6 +146,7 @@ pub enum Conn {
         /// best a raw user does (a `Subject` clone is a reference count).
         subject: std::sync::OnceLock<(String, async_nats::Subject)>,
     },
+    JetStream(Box<crate::jetstream::RawJetStream>),
     Redis(Box<crate::raw::RawRedis>),
     Mqtt(Box<crate::raw::RawMqtt>),
     Ours(PubSub),
@@ -159,6 +173,9 @@ impl Conn {
                 sub: None,
                 subject: std::sync::OnceLock::new(),
             }),
+            (Variant::Raw, Some(RawKind::JetStream { servers, msg_ids })) => Ok(Conn::JetStream(
+                Box::new(crate::jetstream::RawJetStream::connect(servers, *msg_ids).await?),
+            )),
             (
                 Variant::Raw,
                 Some(RawKind::Redis {
@@ -197,6 +214,9 @@ impl Conn {
                 });
                 client.flush().await?;
             }
+            Conn::JetStream(_) => {
+                return Err("the raw JetStream client subscribes only in e2e_ack".into())
+            }
             Conn::Redis(r) => r.subscribe(topic, group).await?,
             Conn::Mqtt(m) => m.subscribe(topic, group).await?,
             Conn::Ours(p) => p.subscribe_in(topic, group).await?,
@@ -218,6 +238,7 @@ impl Conn {
                 };
                 client.publish(s, payload).await?
             }
+            Conn::JetStream(j) => j.publish(topic, payload).await?,
             Conn::Redis(r) => r.publish(topic, payload).await?,
             Conn::Mqtt(m) => m.publish(topic, payload).await?,
             Conn::Ours(p) => p.publish(topic, payload).await?,
@@ -239,6 +260,7 @@ impl Conn {
     pub async fn flush(&self) -> Result<(), BoxError> {
         match self {
             Conn::Nats { client, .. } => client.flush().await?,
+            Conn::JetStream(j) => j.flush().await?,
             Conn::Redis(r) => r.flush().await?,
             Conn::Mqtt(m) => m.flush().await?,
             Conn::Ours(p) => p.flush().await?,
@@ -257,6 +279,7 @@ impl Conn {
                     .flatten()
                     .map(|m| m.payload)
             }
+            Conn::JetStream(_) => None,
             Conn::Redis(r) => r.next(timeout).await,
             Conn::Mqtt(m) => m.next(timeout).await,
             Conn::Ours(p) => p
@@ -275,6 +298,7 @@ impl Conn {
                 let _ = client.flush().await;
                 let _ = client.drain().await;
             }
+            Conn::JetStream(j) => (*j).close().await,
             Conn::Redis(r) => {
                 let _ = r.flush().await;
             }

@@ -5,6 +5,7 @@
 
 mod clients;
 mod codec;
+mod jetstream;
 mod manual_ack;
 mod raw;
 mod scenarios;
@@ -32,9 +33,14 @@ use scenarios::Sample;
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Backends to measure (comma-separated): memory, nats, redis (both
-    /// modes), mqtt (QoS 0 and 1).
-    #[arg(long, value_delimiter = ',', default_value = "memory,nats,redis,mqtt")]
+    /// Backends to measure (comma-separated): memory, nats (core NATS),
+    /// jetstream (NATS with nats.mode = "jetstream": publish and e2e_ack
+    /// only), redis (both modes), mqtt (QoS 0 and 1).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory,nats,jetstream,redis,mqtt"
+    )]
     backends: Vec<String>,
     /// Payload sizes in bytes for publish and end-to-end throughput.
     #[arg(long, value_delimiter = ',', default_value = "128,16384,1048576")]
@@ -66,6 +72,11 @@ struct Args {
     /// the table shows each one's median (the machine's noise hits all alike).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// JetStream: the raw publisher sends a `Nats-Msg-Id` header with every
+    /// message, as ours does (which the stream deduplicates on); without
+    /// it, none.
+    #[arg(long)]
+    jetstream_raw_msg_id: bool,
     /// Measure only these variants (raw, async, blocking): for profiling one
     /// of them alone.
     #[arg(long, value_delimiter = ',')]
@@ -121,6 +132,7 @@ fn main() {
 #[derive(Default)]
 struct Brokers {
     _nats: Option<NatsServer>,
+    _jetstream: Option<NatsServer>,
     _redis: Option<RedisServer>,
     _mqtt: Option<Mosquitto>,
 }
@@ -137,6 +149,11 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 out.push(nats_target(&server)?);
                 brokers._nats = Some(server);
             }
+            "jetstream" => {
+                let (server, target) = jetstream::start(args.jetstream_raw_msg_id)?;
+                out.push(target);
+                brokers._jetstream = Some(server);
+            }
             "redis" => {
                 let server = RedisServer::start();
                 out.extend(redis_targets(&server)?);
@@ -149,9 +166,10 @@ fn targets(args: &Args) -> Result<(Vec<Target>, Brokers), BoxError> {
                 brokers._mqtt = Some(server);
             }
             other => {
-                return Err(
-                    format!("unknown backend {other:?} (known: memory, nats, redis, mqtt)").into(),
+                return Err(format!(
+                    "unknown backend {other:?} (known: memory, nats, jetstream, redis, mqtt)"
                 )
+                .into())
             }
         }
     }
@@ -317,9 +335,14 @@ fn plan<'a>(args: &Args, targets: &'a [Target]) -> Vec<Step<'a>> {
                 }));
             }
         };
+        // JetStream: publish (PubAcks awaited) and manual ack only.
+        let js = jetstream::is_target(target);
         for &size in &args.sizes {
             for scenario in ["publish", "e2e_1to1", "e2e_group4"] {
-                if wanted(args, scenario) && (target.groups || scenario != "e2e_group4") {
+                if wanted(args, scenario)
+                    && (target.groups || scenario != "e2e_group4")
+                    && (!js || scenario == "publish")
+                {
                     add(scenario, size, rounds);
                 }
             }
@@ -329,11 +352,11 @@ fn plan<'a>(args: &Args, targets: &'a [Target]) -> Vec<Step<'a>> {
                 }
             }
         }
-        if wanted(args, "rtt") {
+        if wanted(args, "rtt") && !js {
             add("rtt", 16, rounds);
         }
         // The slow subscriber is a child process: measured against raw clients.
-        if target.raw.is_some() && wanted(args, "slow_rss") && args.slow > 0 {
+        if target.raw.is_some() && !js && wanted(args, "slow_rss") && args.slow > 0 {
             add("slow_rss", 1024, 1);
         }
     }

@@ -7,7 +7,9 @@
 //!   streams (raw: `XREADGROUP`, each entry counted, then one `XACK` for the
 //!   entries of the read), MQTT at QoS 1 with a persistent session (raw:
 //!   rumqttc with `set_manual_acks(true)`, `client.ack(&publish)` after
-//!   each message), and `memory` (no raw client).
+//!   each message), NATS JetStream (raw: an async-nats pull consumer,
+//!   `ack()` after each message; see [`crate::jetstream`]), and `memory`
+//!   (no raw client).
 //! - `e2e_ack_each`: Redis streams, the raw consumer sending an `XACK` per
 //!   entry and waiting for its answer before the next: what a redis-rs user
 //!   who acknowledges message by message writes. Ours is the same code as
@@ -18,8 +20,10 @@
 //! publish to the last `ack` call returning (raw Redis: `XACK` answered;
 //! raw MQTT and ours: the acknowledgement queued for the connection). After
 //! every run the broker is asked what it still holds unacknowledged
-//! (Redis: `XPENDING`) and ours is asked how many it acknowledged: a run
-//! whose acknowledgements did not all take effect is an error, not a figure.
+//! (Redis: `XPENDING`; JetStream: the consumer's pending and unacknowledged
+//! messages) and ours is asked how many it acknowledged: a run in which
+//! fewer messages were counted than published, or whose acknowledgements
+//! did not all take effect, is an error, not a figure.
 //!
 //! Adding a backend (JetStream, say): implement [`RawAckClient`] for its
 //! raw client library in a module of its own, return it from
@@ -108,6 +112,10 @@ pub fn raw_client(t: &Target, scenario: &str) -> Option<Box<dyn RawAckClient>> {
             read_count: *read_count,
             per_message: scenario == ACK_EACH,
         })),
+        Some(RawKind::JetStream { .. }) if scenario == ACK => {
+            let raw: Box<dyn RawAckClient> = Box::new(crate::jetstream::JsAck::of(t)?);
+            Some(raw)
+        }
         Some(RawKind::Mqtt { host, port, qos }) if *qos >= 1 && scenario == ACK => {
             Some(Box::new(MqttAck {
                 host: host.clone(),
@@ -170,6 +178,11 @@ pub async fn end_to_end(
         );
     }
     let received = run.received.load(Ordering::Relaxed);
+    if received < count {
+        return Err(
+            format!("only {received} of {count} messages were counted and acknowledged").into(),
+        );
+    }
     let mut s = Sample::new(t, scenario, size, v);
     s.sent = count;
     s.received = received;

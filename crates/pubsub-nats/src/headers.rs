@@ -66,9 +66,18 @@ pub(crate) fn from_nats(map: &HeaderMap) -> Headers {
 /// this library added to deduplicate its publishes is removed (one set
 /// by the application, or by another client, is kept).
 pub(crate) fn from_stream(map: &HeaderMap) -> Headers {
-    from_nats_except(map, |k, v| {
+    let own_id = |k: &str, v: &str| {
         k == crate::jetstream::MSG_ID && v.starts_with(crate::jetstream::OWN_ID_PREFIX)
-    })
+    };
+    // Most messages carry that id alone: no allocation for them.
+    if map.len() == 1 {
+        if let Some((k, vs)) = map.iter().next() {
+            if vs.len() == 1 && own_id(k.as_ref(), vs[0].as_str()) {
+                return Headers::new();
+            }
+        }
+    }
+    from_nats_except(map, own_id)
 }
 
 /// [`from_nats`] without the pairs `skip` says.

@@ -364,7 +364,7 @@ impl Fetcher {
             .as_ref()
             .map(headers::from_stream)
             .unwrap_or_default();
-        let topic = m.subject.to_string();
+        let topic = m.subject;
         if attempt > max_deliver {
             // The server's extra delivery: the library gives it up.
             let _ = self.shared.settler.give_up(GiveUp {
@@ -381,7 +381,7 @@ impl Fetcher {
         if attempt > 1 {
             self.shared.ctx.counters.add_redelivered(1);
         }
-        let msg = Message::new(topic.clone(), m.payload.clone())
+        let msg = Message::new(topic.as_str(), m.payload.clone())
             .with_headers(headers.clone())
             .with_id(seq.to_string())
             .with_attempt(attempt);
@@ -618,7 +618,7 @@ impl Fetcher {
 struct Prepared {
     msg: Message,
     reply: Subject,
-    topic: String,
+    topic: Subject,
     payload: Bytes,
     headers: pubsub_core::Headers,
     attempt: u32,
@@ -653,8 +653,15 @@ async fn stream_created(
 /// stream: 11 or more tokens).
 pub(crate) fn parse_reply(reply: &str) -> Option<(u32, u64)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let tokens: Vec<&str> = rest.split('.').collect();
-    let at = match tokens.len() {
+    let mut tokens = [""; 7];
+    let mut n = 0;
+    for t in rest.split('.') {
+        if n < tokens.len() {
+            tokens[n] = t;
+        }
+        n += 1;
+    }
+    let at = match n {
         7 => 2,
         n if n >= 9 => 4,
         _ => return None,

@@ -371,6 +371,14 @@ impl JetStream {
         for s in subs {
             self.end(s).await;
         }
+        // Acknowledgements the acker task holds are written before the
+        // handle goes (the client's own queue is flushed with them).
+        // (Bounded like the giver's flush; the caller bounds close itself.)
+        let _ = tokio::time::timeout(
+            self.shared.settings.nats.publish_ack_timeout,
+            self.shared.acker.flush(),
+        )
+        .await;
         let _ = self.client.flush().await;
         flushed
     }

@@ -2,7 +2,10 @@
 //! JetStream's own (`+ACK`, `-NAK {"delay": ns}`, `+WPI` on the message's
 //! reply subject), handed to the client without waiting, from any thread:
 //! the first poll of the client's publish queues them, and when its queue
-//! is full the **acker** task sends them instead.
+//! is full the **acker** task sends them instead. `close` waits for the
+//! acker to have written what it holds ([`Acker::flush`]): async-nats ends
+//! its connection without writing what it still buffers when its last
+//! `Client` goes, and the acker's is often the last.
 //!
 //! Giving a message up (`term`, a `nak` of its last attempt, or its
 //! delivery number `max_deliver + 1`, which the library takes instead of
@@ -32,22 +35,48 @@ const TERM: &[u8] = b"+TERM";
 /// Sends acknowledgements to the server without waiting.
 pub(crate) struct Acker {
     client: Client,
-    later: mpsc::UnboundedSender<(Subject, Bytes)>,
+    later: mpsc::UnboundedSender<Later>,
+}
+
+/// What the acker task is given.
+enum Later {
+    /// An acknowledgement the client's queue had no room for.
+    Send(Subject, Bytes),
+    /// Answered once everything given before is written to the server.
+    Flush(oneshot::Sender<()>),
 }
 
 impl Acker {
     /// The acker and its task (which ends when the acker is dropped).
     pub fn start(client: Client) -> Arc<Acker> {
-        let (later, mut rx) = mpsc::unbounded_channel::<(Subject, Bytes)>();
+        let (later, mut rx) = mpsc::unbounded_channel::<Later>();
         let c = client.clone();
         tokio::spawn(async move {
-            while let Some((reply, body)) = rx.recv().await {
-                if let Err(e) = c.publish(reply, body).await {
-                    tracing::debug!(error = %e, "nats jetstream: an acknowledgement could not be sent");
+            while let Some(l) = rx.recv().await {
+                match l {
+                    Later::Send(reply, body) => {
+                        if let Err(e) = c.publish(reply, body).await {
+                            tracing::debug!(error = %e, "nats jetstream: an acknowledgement could not be sent");
+                        }
+                    }
+                    Later::Flush(done) => {
+                        let _ = c.flush().await;
+                        let _ = done.send(());
+                    }
                 }
             }
         });
         Arc::new(Acker { client, later })
+    }
+
+    /// Wait until every acknowledgement handed over so far is written to
+    /// the server (those queued by the client, and those the acker task
+    /// holds).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.later.send(Later::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Hand `body` for `reply` to the client now, or to the acker task when
@@ -61,7 +90,7 @@ impl Acker {
             std::task::Poll::Ready(Err(e)) => Err(crate::error::op_error("acknowledge", e)),
             std::task::Poll::Pending => self
                 .later
-                .send((reply.clone(), body))
+                .send(Later::Send(reply.clone(), body))
                 .map_err(|_| Error::closed()),
         }
     }
@@ -70,7 +99,7 @@ impl Acker {
 /// What the giver needs of a message it gives up.
 pub(crate) struct GiveUp {
     pub reply: Subject,
-    pub topic: String,
+    pub topic: Subject,
     pub payload: Bytes,
     pub headers: Headers,
     pub attempts: u32,
@@ -151,7 +180,7 @@ impl Giver {
     async fn dead_letter(&self, dlq: &str, g: &GiveUp) -> Result<()> {
         let mut headers = g.headers.clone();
         headers.insert(dead_letter::REASON, g.reason);
-        headers.insert(dead_letter::TOPIC, g.topic.as_str());
+        headers.insert(dead_letter::TOPIC, g.topic.to_string());
         headers.insert(dead_letter::ATTEMPTS, g.attempts.to_string());
         headers.insert(dead_letter::ID, g.id.to_string());
         let target = self.streams.ensure(dlq).await?;
@@ -178,7 +207,7 @@ impl Giver {
 pub(crate) struct JsSettle {
     pub manual: Arc<Manual>,
     pub reply: Subject,
-    pub topic: String,
+    pub topic: Subject,
     pub payload: Bytes,
     pub headers: Headers,
     pub attempt: u32,
