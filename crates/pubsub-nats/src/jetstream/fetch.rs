@@ -237,7 +237,12 @@ impl Fetcher {
                     Some(m) => self.received(m).await,
                     None => return,
                 },
-                gone = async { self.checking.as_mut().expect("checking").await }, if checking => {
+                gone = async {
+                    match self.checking.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                }, if checking => {
                     self.checking = None;
                     if gone == Ok(false) {
                         tracing::warn!(consumer = %self.consumer().name, stream = %self.spec.stream, "nats jetstream: the consumer is gone; making it again");
