@@ -57,6 +57,18 @@ fn a_member_killed_holding_unsettled_messages_loses_none() {
 /// nothing stays pending at the closed consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_releases_what_the_member_still_has_pending() {
+    member_leaving_releases_what_it_has_pending(false).await;
+}
+
+/// The same when the member unsubscribes instead (as `pubsub sub --ack
+/// manual` does when stopped, before it releases what it buffered): what
+/// its ended reader had read goes to the other member at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_releases_what_the_member_still_has_pending() {
+    member_leaving_releases_what_it_has_pending(true).await;
+}
+
+async fn member_leaving_releases_what_it_has_pending(unsubscribe: bool) {
     const N: u32 = 300;
     let server = start(RedisServer::start);
     let mut c = manual(&server);
@@ -101,7 +113,11 @@ async fn close_releases_what_the_member_still_has_pending() {
     let other = pubsub_redis::connect(&c).await.unwrap();
     other.subscribe(&topic).await.unwrap();
     let t0 = std::time::Instant::now();
-    closing.close().await.unwrap();
+    if unsubscribe {
+        closing.unsubscribe(&topic).await.unwrap();
+    } else {
+        closing.close().await.unwrap();
+    }
     drop(held);
     let mut got = settled.clone();
     while got.len() < N as usize && t0.elapsed() < Duration::from_secs(20) {
@@ -111,19 +127,23 @@ async fn close_releases_what_the_member_still_has_pending() {
         }
     }
     let took = t0.elapsed();
+    let how = if unsubscribe { "unsubscribe" } else { "close" };
     println!(
-        "closed holding {pending} pending (5 held); all {} at the other member {took:?} after close",
+        "{how} holding {pending} pending (5 held); all {} at the other member {took:?} after it",
         got.len()
     );
     assert_eq!(got.len(), N as usize, "lost {}", N as usize - got.len());
     assert!(
         took < Duration::from_secs(20),
-        "released at close: {took:?}"
+        "released at {how}: {took:?}"
     );
     let left =
         tokio::task::block_in_place(|| pending_at(&server, &topic, "releasing", closing_consumer));
-    assert_eq!(left, 0, "nothing stays pending at the closed consumer");
+    assert_eq!(left, 0, "nothing stays pending at the consumer that left");
     other.close().await.unwrap();
+    if unsubscribe {
+        closing.close().await.unwrap();
+    }
 }
 
 /// With `max_in_flight = 5`, the server never has more than 5 entries

@@ -309,9 +309,23 @@ impl PubSubBackend for RedisBackend {
             }
             RedisMode::Streams => {
                 // Dropping the task aborts the reader and closes its connection.
-                let sub = lock(&self.readers).remove(topic);
-                if let Some(g) = sub.and_then(|s| s.private_group) {
+                let Some(sub) = lock(&self.readers).remove(topic) else {
+                    return Ok(());
+                };
+                let streams::Subscription {
+                    reader,
+                    private_group,
+                    shared_group,
+                } = sub;
+                drop(reader);
+                if let Some(g) = private_group {
                     self.destroy_private_group(topic, &g).await;
+                }
+                // Manual ack in a group: what is pending here (held, buffered,
+                // or in a read the abort cut off) goes to the other members
+                // at once, as at close.
+                if let Some(g) = shared_group {
+                    self.release_pending(topic, &g).await;
                 }
                 Ok(())
             }

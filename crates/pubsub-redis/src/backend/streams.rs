@@ -31,7 +31,7 @@ use crate::options::{Options, PushCallback, COMMAND_TIMEOUT};
 /// A subscribed stream: its reader, and the group made for it alone (a
 /// plain subscription in manual ack mode), deleted when it ends, or, in
 /// manual ack mode, the caller's group, where what is still pending at
-/// this consumer is released at close.
+/// this consumer is released at unsubscribe and close.
 pub(super) struct Subscription {
     pub reader: AbortOnDrop,
     pub private_group: Option<Arc<str>>,
@@ -147,10 +147,10 @@ impl RedisBackend {
             .unwrap_or_else(|| "0-0".to_string()))
     }
 
-    /// At close in manual ack mode: the entries still pending at this
-    /// consumer in `group` (held unsettled by the application, in the
-    /// receive buffer, or in a read the close cut off) can no longer be
-    /// settled here, so they are released at once, as `nak(0)` would
+    /// At unsubscribe and close in manual ack mode: the entries still
+    /// pending at this consumer in `group` (held unsettled by the
+    /// application, in the receive buffer, or in a read the reader's end
+    /// cut off) are released at once, as `nak(0)` would
     /// release them (idle time set to `ack_wait`, which the other members'
     /// claim takes), instead of waiting out `ack_wait`. Best effort and
     /// bounded: a failure leaves them to be claimed after `ack_wait`.
@@ -195,13 +195,13 @@ impl RedisBackend {
         match tokio::time::timeout(COMMAND_TIMEOUT, release).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(stream = topic, group, error = %e, "releasing pending entries at close failed; they are claimed after ack_wait")
+                tracing::warn!(stream = topic, group, error = %e, "releasing pending entries failed; they are claimed after ack_wait")
             }
             Err(_) => {
                 tracing::warn!(
                     stream = topic,
                     group,
-                    "releasing pending entries at close timed out; they are claimed after ack_wait"
+                    "releasing pending entries timed out; they are claimed after ack_wait"
                 )
             }
         }
