@@ -447,13 +447,9 @@ async fn held_across_a_broker_restart_are_settled_once() {
     for m in held {
         m.ack().expect("ack after the restart");
     }
-    // Acks handed over right before `close` can miss the broker: about one
-    // run in eight, without this pause, the next connection got one of the
-    // ten again (a duplicate, never a loss; see the README). Not explained
-    // yet: the PUBACKs are queued on rumqttc's request channel before the
-    // DISCONNECT. What this test holds the backend to is that acks sent
-    // after a broker restart settle the resent messages.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Closed right after the acks: they must reach the broker (before the
+    // close read its connection to the end, about one run in eight lost
+    // one of them to the reset of a socket dropped with unread data).
     sub.close().await.expect("close");
     let again = pubsub_mqtt::connect(&config).await.expect("connect again");
     again.subscribe(&topic).await.expect("subscribe again");
